@@ -1,0 +1,59 @@
+"""The `backtor` command: one entry point, each subcommand a thin call into the package."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="backtor", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    api = commands.add_parser("api", help="serve the /backup REST API and /metrics")
+    api.add_argument("--host", default=None, help="bind address (default 0.0.0.0)")
+    api.add_argument("--port", type=int, default=None, help="port (default $PORT or 6000)")
+
+    commands.add_parser("migrate", help="apply database migrations up to head")
+
+    retention = commands.add_parser("retention", help="retention tools")
+    retention_commands = retention.add_subparsers(dest="retention_command", required=True)
+    simulate = retention_commands.add_parser(
+        "simulate", help="print the retention plan for a list of backups (JSON on stdin)"
+    )
+    simulate.add_argument("--policy", default="{}", help="JSON object of retention* fields")
+    simulate.add_argument("--timezone", default="UTC", help="IANA time zone (default UTC)")
+    simulate.add_argument("--input", default=None, help="file of backups (default stdin)")
+    return parser
+
+
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    if args.command == "api":
+        from backtor.api.server import serve
+
+        return serve(host=args.host, port=args.port)
+    if args.command == "migrate":
+        from backtor.db.migrate import upgrade_to_head
+
+        upgrade_to_head()
+        return 0
+    if args.command == "retention" and args.retention_command == "simulate":
+        from backtor.simulator import run_simulation
+
+        return run_simulation(
+            policy=args.policy,
+            timezone=args.timezone,
+            input_path=args.input,
+            stdin=sys.stdin,
+            stdout=sys.stdout,
+            stderr=sys.stderr,
+        )
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
