@@ -1,0 +1,1 @@
+"""Conductor task and workflow definitions, shipped as JSON (see registration.py)."""

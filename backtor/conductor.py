@@ -1,0 +1,240 @@
+"""A thin, typed adapter over Conductor's REST API: only the calls Backtor makes.
+
+The SDK's generated clients stay in the workers (TaskHandler); the control plane uses plain
+HTTP so that each call is one request, errors map to two exceptions, and nothing is hidden.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, cast
+from urllib.parse import quote
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from backtor import telemetry
+
+log = logging.getLogger(__name__)
+
+JsonObject = dict[str, Any]
+
+
+class ConductorError(Exception):
+    """Conductor answered, but not with success."""
+
+    def __init__(self, operation: str, status: int, message: str) -> None:
+        super().__init__(f"Conductor {operation} failed with HTTP {status}: {message}")
+        self.operation = operation
+        self.status = status
+
+
+class ConductorNotFound(ConductorError):
+    """The workflow, task or definition does not exist."""
+
+
+class ConductorUnavailable(Exception):
+    """Conductor could not be reached, or said it is overloaded or down."""
+
+
+_UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
+
+
+class ConductorClient:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = 10.0,
+        auth_token: str | None = None,
+        pool_size: int = 16,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self._session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        self._session.headers["Accept"] = "application/json"
+        if auth_token:
+            self._session.headers["X-Authorization"] = auth_token
+
+    def close(self) -> None:
+        self._session.close()
+
+    # -- health -------------------------------------------------------------------------------
+
+    def is_healthy(self) -> bool:
+        root = self.base_url.removesuffix("/api")
+        try:
+            answer = self._session.get(f"{root}/health", timeout=self.timeout)
+        except requests.RequestException:
+            return False
+        return answer.ok and bool(answer.json().get("healthy", False))
+
+    # -- metadata -----------------------------------------------------------------------------
+
+    def get_task_def(self, name: str) -> JsonObject | None:
+        try:
+            return cast(
+                JsonObject, self._call("GET", f"/metadata/taskdefs/{_seg(name)}", "get_taskdef")
+            )
+        except ConductorNotFound:
+            return None
+
+    def create_task_defs(self, definitions: Sequence[Mapping[str, Any]]) -> None:
+        self._call("POST", "/metadata/taskdefs", "create_taskdefs", json=list(definitions))
+
+    def update_task_def(self, definition: Mapping[str, Any]) -> None:
+        self._call("PUT", "/metadata/taskdefs", "update_taskdef", json=dict(definition))
+
+    def get_workflow_def(self, name: str, version: int) -> JsonObject | None:
+        try:
+            return cast(
+                JsonObject,
+                self._call(
+                    "GET",
+                    f"/metadata/workflow/{_seg(name)}",
+                    "get_workflowdef",
+                    params={"version": version},
+                ),
+            )
+        except ConductorNotFound:
+            return None
+
+    def put_workflow_defs(self, definitions: Sequence[Mapping[str, Any]]) -> None:
+        """Create or update the given versions (PUT is Conductor's upsert)."""
+        self._call("PUT", "/metadata/workflow", "put_workflowdefs", json=list(definitions))
+
+    # -- executions ---------------------------------------------------------------------------
+
+    def start_workflow(
+        self,
+        name: str,
+        *,
+        input: Mapping[str, Any],
+        correlation_id: str,
+        version: int | None = None,
+    ) -> str:
+        body: JsonObject = {"name": name, "input": dict(input), "correlationId": correlation_id}
+        if version is not None:
+            body["version"] = version
+        answer = self._call("POST", "/workflow", "start_workflow", json=body, expect_json=False)
+        return str(answer).strip()
+
+    def workflows_by_correlation(
+        self, name: str, correlation_ids: Sequence[str], *, include_closed: bool
+    ) -> dict[str, list[JsonObject]]:
+        """Executions of `name` per correlation id, from the execution store (not the index)."""
+        if not correlation_ids:
+            return {}
+        answer = self._call(
+            "POST",
+            f"/workflow/{_seg(name)}/correlated",
+            "get_correlated",
+            params={"includeClosed": _flag(include_closed), "includeTasks": "false"},
+            json=list(correlation_ids),
+        )
+        return {key: list(value) for key, value in cast(JsonObject, answer).items()}
+
+    def running_workflow_ids(self, name: str, correlation_id: str) -> list[str]:
+        found = self.workflows_by_correlation(name, [correlation_id], include_closed=False)
+        return [
+            str(w["workflowId"])
+            for w in found.get(correlation_id, [])
+            if w.get("status") in ("RUNNING", "PAUSED")
+        ]
+
+    def get_workflow(self, workflow_id: str, *, include_tasks: bool = True) -> JsonObject:
+        return cast(
+            JsonObject,
+            self._call(
+                "GET",
+                f"/workflow/{_seg(workflow_id)}",
+                "get_workflow",
+                params={"includeTasks": _flag(include_tasks)},
+            ),
+        )
+
+    def terminate_workflow(self, workflow_id: str, reason: str) -> None:
+        self._call(
+            "DELETE",
+            f"/workflow/{_seg(workflow_id)}",
+            "terminate_workflow",
+            params={"reason": reason},
+            expect_json=False,
+        )
+
+    def retry_workflow(self, workflow_id: str) -> None:
+        self._call(
+            "POST", f"/workflow/{_seg(workflow_id)}/retry", "retry_workflow", expect_json=False
+        )
+
+    def restart_workflow(self, workflow_id: str) -> None:
+        self._call(
+            "POST", f"/workflow/{_seg(workflow_id)}/restart", "restart_workflow", expect_json=False
+        )
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        operation: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        expect_json: bool = True,
+    ) -> Any:
+        with _observed(operation) as outcome:
+            try:
+                answer = self._session.request(
+                    method, self.base_url + path, params=params, json=json, timeout=self.timeout
+                )
+            except requests.RequestException as exc:
+                outcome["status"] = "unavailable"
+                raise ConductorUnavailable(f"Conductor {operation}: {exc}") from exc
+            outcome["status"] = str(answer.status_code)
+            if answer.status_code in _UNAVAILABLE_STATUSES:
+                raise ConductorUnavailable(
+                    f"Conductor {operation}: HTTP {answer.status_code} {answer.text[:200]}"
+                )
+            if answer.status_code == 404:
+                raise ConductorNotFound(operation, 404, _message(answer))
+            if not answer.ok:
+                raise ConductorError(operation, answer.status_code, _message(answer))
+            if not expect_json:
+                return answer.text
+            return answer.json() if answer.content else None
+
+
+@contextmanager
+def _observed(operation: str) -> Iterator[dict[str, str]]:
+    outcome = {"status": "error"}
+    started = time.perf_counter()
+    try:
+        yield outcome
+    finally:
+        telemetry.observe_conductor_call(
+            operation, outcome["status"], time.perf_counter() - started
+        )
+
+
+def _message(answer: requests.Response) -> str:
+    try:
+        return str(answer.json().get("message", answer.text))[:500]
+    except ValueError:
+        return answer.text[:500]
+
+
+def _seg(value: str) -> str:
+    """Quote one path segment, so a name can never reach another route."""
+    return quote(value, safe="")
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
