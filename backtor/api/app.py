@@ -1,0 +1,82 @@
+"""The app factory: everything the API depends on comes in here, so tests can swap it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime
+
+from fastapi import FastAPI
+from sqlalchemy.engine import Engine
+
+from backtor import __version__
+from backtor.api import health, routes
+from backtor.api.auth import install_auth
+from backtor.api.context import ApiContext
+from backtor.api.errors import install_error_handlers
+from backtor.api.removals import BackupRemovalStarter, ConductorRemovalStarter
+from backtor.conductor import ConductorClient
+from backtor.config import Settings
+from backtor.db.engine import make_engine, make_session_factory
+from backtor.db.types import utc_now
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """
+Backup specifications for Backtor, in the original tool's field names.
+Errors are `{"message": ..., "field": ...}`. See docs/api.md for the full reference.
+"""
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    engine: Engine | None = None,
+    conductor: ConductorClient | None = None,
+    removal_starter: BackupRemovalStarter | None = None,
+    clock: Callable[[], datetime] = utc_now,
+) -> FastAPI:
+    """Build the API. Whatever is not given is made from `settings` (default: the env).
+
+    An engine or client made here is closed when the app shuts down; one passed in
+    belongs to the caller.
+    """
+    settings = settings or Settings.from_env()
+    own_engine = engine is None
+    engine = engine if engine is not None else make_engine(settings.database_url)
+    own_conductor = conductor is None
+    conductor = conductor if conductor is not None else ConductorClient(settings.conductor_api_url)
+    sessions = make_session_factory(engine)
+    if removal_starter is None:
+        removal_starter = ConductorRemovalStarter(conductor, sessions)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if own_conductor:
+            conductor.close()
+        if own_engine:
+            engine.dispose()
+
+    app = FastAPI(
+        title="Backtor",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.backtor = ApiContext(
+        settings=settings,
+        engine=engine,
+        sessions=sessions,
+        conductor=conductor,
+        removal_starter=removal_starter,
+        clock=clock,
+    )
+    install_error_handlers(app)
+    install_auth(app, settings.api_token)
+    app.include_router(health.router)
+    app.include_router(routes.router)
+    if not settings.api_token:
+        log.warning("BACKTOR_API_TOKEN is not set: the API is open to anyone who can reach it")
+    return app

@@ -1,0 +1,43 @@
+"""Bearer-token access control for the API (BACKTOR_API_TOKEN)."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request
+from starlette.responses import Response
+
+from backtor.api.errors import error_response
+
+# Probes and scrapers carry no token; they reveal nothing about the specs.
+OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
+
+
+def token_matches(header: str | None, expected: str) -> bool:
+    """True when `header` is `Bearer <expected>`, compared in constant time."""
+    scheme, _, given = (header or "").partition(" ")
+    # Compare even on a wrong scheme, so timing does not tell the two failures apart.
+    same = hmac.compare_digest(given.strip().encode("utf-8"), expected.encode("utf-8"))
+    return scheme.lower() == "bearer" and same
+
+
+def install_auth(app: FastAPI, token: str | None) -> None:
+    """Require the token on every route but OPEN_PATHS; no token, no check."""
+    if not token:
+        return
+
+    @app.middleware("http")
+    async def _require_token(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        if request.url.path in OPEN_PATHS or token_matches(
+            request.headers.get("authorization"), token
+        ):
+            return await call_next(request)
+        return error_response(
+            401,
+            "a valid 'Authorization: Bearer <token>' header is required",
+            "Authorization",
+            headers={"WWW-Authenticate": "Bearer"},
+        )

@@ -1,0 +1,124 @@
+"""One error shape for every 4xx/5xx: `{"message": "...", "field": "..." | null}`.
+
+FastAPI's own 422 body (a list of pydantic errors) is replaced, so a client parses one
+shape whether a rule was broken in a type, a query parameter or the domain.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from backtor.specs import SpecError
+
+log = logging.getLogger(__name__)
+
+
+class ErrorBody(BaseModel):
+    message: str
+    field: str | None = None
+
+
+class ApiError(Exception):
+    """An answer other than success, raised from a route and rendered by the handler."""
+
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+        self.field = field
+        self.headers = headers
+
+
+def error_response(
+    status_code: int,
+    message: str,
+    field: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(
+        status_code=status_code,
+        content={"message": message, "field": field},
+        headers=headers,
+    )
+
+
+def _field_of(loc: Sequence[Any]) -> str | None:
+    """`("body", "timeoutSeconds")` -> "timeoutSeconds"; the body itself has no field."""
+    parts = [str(part) for part in loc[1:] if not isinstance(part, int)]
+    return ".".join(parts) if parts else None
+
+
+def describe_validation_error(error: dict[str, Any]) -> tuple[int, str, str | None]:
+    """Status, message and field for the first pydantic error of a request."""
+    kind = str(error.get("type", ""))
+    loc = tuple(error.get("loc", ()))
+    field = _field_of(loc)
+    where = loc[0] if loc else "body"
+    if kind == "json_invalid":
+        detail = (error.get("ctx") or {}).get("error", "")
+        return 400, f"request body is not valid JSON: {detail}".rstrip(": "), None
+    if field is None and where == "body":
+        if kind == "missing":
+            return 422, "a JSON object is required as the request body", None
+        if isinstance(error.get("input"), bytes):  # not sent as application/json
+            return (
+                422,
+                "the request body must be a JSON object (Content-Type: application/json)",
+                None,
+            )
+        return 422, "the request body must be a JSON object", None
+    if kind == "extra_forbidden":
+        return 422, f"unknown field {field!r} (field names are case-sensitive camelCase)", field
+    if kind == "missing":
+        return 422, f"{field} is required", field
+    message = str(error.get("msg", "is invalid"))
+    message = message.removeprefix("Value error, ")
+    return 422, f"{field}: {message}", field
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status_code, exc.message, exc.field, exc.headers)
+
+    @app.exception_handler(SpecError)
+    async def _spec_error(_request: Request, exc: SpecError) -> JSONResponse:
+        return error_response(422, exc.message, exc.field)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = list(exc.errors())
+        if not errors:
+            return error_response(422, "the request is invalid")
+        status, message, field = describe_validation_error(dict(errors[0]))
+        return error_response(status, message, field)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), None, exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Engines hide bound parameters (hide_parameters), so no workerConfig reaches the log.
+        log.error(
+            "unhandled %s on %s %s",
+            type(exc).__name__,
+            request.method,
+            request.url.path,
+            exc_info=exc,
+        )
+        return error_response(500, "internal error")

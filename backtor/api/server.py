@@ -1,0 +1,53 @@
+"""`backtor api`: run the API under uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import uvicorn
+
+from backtor.config import Settings
+from backtor.db.engine import mask_url
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "0.0.0.0"
+DEFAULT_PORT = 6000
+
+
+def _port_from_env() -> int:
+    text = os.environ.get("PORT") or str(DEFAULT_PORT)
+    port = int(text)
+    if not 0 < port < 65536:
+        raise ValueError(text)
+    return port
+
+
+def _configure_logging(level: str) -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def serve(host: str | None = None, port: int | None = None) -> int:
+    """Serve until stopped; migrations run first only with BACKTOR_MIGRATE_ON_START=1."""
+    settings = Settings.from_env()
+    _configure_logging(settings.log_level)
+    host = host or os.environ.get("HOST") or DEFAULT_HOST
+    if port is None:
+        try:
+            port = _port_from_env()
+        except ValueError:
+            print(f"backtor api: PORT={os.environ.get('PORT')!r} is not a port", file=sys.stderr)
+            return 2
+    if os.environ.get("BACKTOR_MIGRATE_ON_START") == "1":
+        from backtor.db.migrate import upgrade_to_head
+
+        upgrade_to_head(settings.database_url)
+    from backtor.api.app import create_app
+
+    app = create_app(settings)
+    log.info("serving the API on %s:%d, database %s", host, port, mask_url(settings.database_url))
+    uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower())
+    return 0

@@ -1,0 +1,67 @@
+"""Engines and sessions: one place that knows how each backend must be set up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from backtor.config import Settings, normalize_database_url
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+def make_engine(database_url: str) -> Engine:
+    """An engine for `database_url`, tuned for its backend.
+
+    SQLite: the data directory is created, foreign keys are enforced (they are off by
+    default, and ON DELETE CASCADE depends on them), WAL lets readers work during a write,
+    and a busy timeout makes concurrent writers wait instead of failing at once.
+    PostgreSQL: pre-ping, so a restarted server costs one retry, not a 500.
+    Both hide bound parameters in error messages: a workerConfig must never reach a log.
+    """
+    url = make_url(normalize_database_url(database_url))
+    if url.get_backend_name() == "sqlite":
+        return _sqlite_engine(url)
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=10, max_overflow=20, hide_parameters=True
+    )
+
+
+def engine_from_settings(settings: Settings) -> Engine:
+    return make_engine(settings.database_url)
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions whose objects stay readable after commit (the API answers with them)."""
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def mask_url(database_url: str) -> str:
+    """The URL with its password hidden, for log lines and error messages."""
+    return make_url(database_url).render_as_string(hide_password=True)
+
+
+def _sqlite_engine(url: URL) -> Engine:
+    database = url.database or ""
+    in_memory = database in ("", ":memory:") or database.startswith("file::memory:")
+    if not in_memory and not database.startswith("file:"):
+        Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, hide_parameters=True)
+
+    @event.listens_for(engine, "connect")
+    def _configure(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS:d}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            if not in_memory:
+                cursor.execute("PRAGMA journal_mode = WAL")
+                cursor.execute("PRAGMA synchronous = NORMAL")
+        finally:
+            cursor.close()
+
+    return engine

@@ -1,0 +1,152 @@
+"""SQLAlchemy models: the backup specifications and the backups taken for them.
+
+The same schema serves PostgreSQL and SQLite; Alembic's migrations in `migrations/` create
+it, and these classes must stay in step with them (tests/integration/test_migrations.py
+compares the two).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import (
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    false,
+    text,
+    true,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from backtor.db.types import UTCDateTime
+
+# Stable constraint names: Alembic needs them to alter or drop constraints later, and SQLite's
+# batch mode needs them to rebuild a table.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+DEFAULT_TIMEZONE = "UTC"
+DEFAULT_MISFIRE_GRACE_SECONDS = 3600
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class BackupStatus(StrEnum):
+    """Life cycle of one materialized backup."""
+
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    TIMED_OUT = "TIMED_OUT"
+    REMOVING = "REMOVING"
+    REMOVED = "REMOVED"
+    REMOVE_FAILED = "REMOVE_FAILED"
+
+
+# Backups whose data may still exist in storage: a spec cannot be forgotten while it has any.
+UNREMOVED_STATUSES: frozenset[BackupStatus] = frozenset(
+    {
+        BackupStatus.RUNNING,
+        BackupStatus.COMPLETED,
+        BackupStatus.REMOVING,
+        BackupStatus.REMOVE_FAILED,
+    }
+)
+
+
+class BackupSpec(Base):
+    """What to back up, when, and how long to keep it (one row per `/backup` name)."""
+
+    __tablename__ = "backup_spec"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True, nullable=False)
+    enabled: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=True, server_default=true()
+    )
+    from_date: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    to_date: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    cron_string: Mapped[str] = mapped_column(String(256), nullable=False)
+    cron_derived: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=false()
+    )
+    timezone: Mapped[str] = mapped_column(
+        String(64), nullable=False, default=DEFAULT_TIMEZONE, server_default=DEFAULT_TIMEZONE
+    )
+    worker_config: Mapped[str | None] = mapped_column(Text, nullable=True)
+    timeout_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    misfire_grace_seconds: Mapped[int] = mapped_column(
+        Integer,
+        nullable=False,
+        default=DEFAULT_MISFIRE_GRACE_SECONDS,
+        server_default=text(str(DEFAULT_MISFIRE_GRACE_SECONDS)),
+    )
+    retention_minutely: Mapped[str] = mapped_column(String(32), nullable=False)
+    retention_hourly: Mapped[str] = mapped_column(String(32), nullable=False)
+    retention_daily: Mapped[str] = mapped_column(String(32), nullable=False)
+    retention_weekly: Mapped[str] = mapped_column(String(32), nullable=False)
+    retention_monthly: Mapped[str] = mapped_column(String(32), nullable=False)
+    retention_yearly: Mapped[str] = mapped_column(String(32), nullable=False)
+    running_create_workflow_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    last_update: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    next_fire_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
+    last_skip_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_skip_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    deleting: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=false()
+    )
+
+    def __repr__(self) -> str:  # workerConfig is a secret: never in a repr, log line or trace
+        return f"BackupSpec(id={self.id!r}, name={self.name!r})"
+
+
+class Backup(Base):
+    """One backup taken for a spec, from its start through its removal."""
+
+    __tablename__ = "backup"
+    __table_args__ = (Index("ix_backup_spec_id_status", "spec_id", "status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    spec_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("backup_spec.id", ondelete="CASCADE"), nullable=False
+    )
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    data_id: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    scheduled_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    start_time: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    end_time: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    size_mb: Mapped[float | None] = mapped_column(Float, nullable=True)
+    tags: Mapped[str] = mapped_column(String(128), nullable=False, default="", server_default="")
+    pinned: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=false()
+    )
+    create_workflow_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    backup_task_id: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
+    remove_workflow_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    remove_attempts: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=0, server_default=text("0")
+    )
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    @property
+    def tag_list(self) -> list[str]:
+        """The tier names in `tags` (stored comma-joined)."""
+        return [tag for tag in self.tags.split(",") if tag]
+
+    def __repr__(self) -> str:
+        return f"Backup(id={self.id!r}, spec_id={self.spec_id!r}, status={self.status!r})"

@@ -1,0 +1,214 @@
+"""Database access for specs and backups: every query in one module, every value bound.
+
+Functions take a Session and leave the commit to the caller (one request, one unit of
+work), except where a commit is part of the contract, which the docstring then says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from datetime import datetime
+
+from sqlalchemy import delete, func, literal, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from backtor.db.models import UNREMOVED_STATUSES, Backup, BackupSpec, BackupStatus
+from backtor.specs import SpecValues, compute_next_fire_at
+
+
+class SpecExists(Exception):
+    """A spec with this name is already stored."""
+
+
+# Backups a purge hands to the removal path: taken, and not yet (successfully) removed.
+REMOVABLE_STATUSES: frozenset[BackupStatus] = frozenset(
+    {BackupStatus.COMPLETED, BackupStatus.REMOVE_FAILED}
+)
+
+_RETENTION_COLUMNS = {
+    "retentionMinutely": "retention_minutely",
+    "retentionHourly": "retention_hourly",
+    "retentionDaily": "retention_daily",
+    "retentionWeekly": "retention_weekly",
+    "retentionMonthly": "retention_monthly",
+    "retentionYearly": "retention_yearly",
+}
+
+
+def list_specs(session: Session, *, enabled: bool | None = None) -> list[BackupSpec]:
+    """Specs ordered by name, by code point on every backend (collations differ)."""
+    query = select(BackupSpec)
+    if enabled is not None:
+        query = query.where(BackupSpec.enabled == enabled)
+    return sorted(session.scalars(query), key=lambda spec: spec.name)
+
+
+def get_spec(session: Session, name: str, *, for_update: bool = False) -> BackupSpec | None:
+    query = select(BackupSpec).where(BackupSpec.name == name)
+    if for_update:
+        query = query.with_for_update()
+    return session.scalars(query).one_or_none()
+
+
+def _apply(spec: BackupSpec, values: SpecValues, now: datetime) -> None:
+    spec.name = values.name
+    spec.enabled = values.enabled
+    spec.from_date = values.from_date
+    spec.to_date = values.to_date
+    spec.cron_string = values.cron_string
+    spec.cron_derived = values.cron_derived
+    spec.timezone = values.timezone
+    spec.worker_config = values.worker_config
+    spec.timeout_seconds = values.timeout_seconds
+    spec.misfire_grace_seconds = values.misfire_grace_seconds
+    for api_field, column in _RETENTION_COLUMNS.items():
+        setattr(spec, column, values.retention[api_field])
+    spec.last_update = now
+    spec.next_fire_at = compute_next_fire_at(
+        cron_string=values.cron_string,
+        timezone=values.timezone,
+        enabled=values.enabled and not spec.deleting,
+        from_date=values.from_date,
+        to_date=values.to_date,
+        now=now,
+    )
+
+
+def retention_fields(spec: BackupSpec) -> dict[str, str]:
+    """The stored retention policy as camelCase API fields."""
+    return {api_field: getattr(spec, column) for api_field, column in _RETENTION_COLUMNS.items()}
+
+
+def create_spec(session: Session, values: SpecValues, now: datetime) -> BackupSpec:
+    """Insert a spec; raise SpecExists if the name is taken, even by a concurrent insert.
+
+    The unique constraint decides, not the SELECT before it: under concurrency only the
+    database knows. The session is rolled back on conflict.
+    """
+    if get_spec(session, values.name) is not None:
+        raise SpecExists(values.name)
+    spec = BackupSpec(created_at=now, deleting=False)
+    _apply(spec, values, now)
+    session.add(spec)
+    try:
+        session.flush()
+    except IntegrityError:
+        session.rollback()
+        raise SpecExists(values.name) from None
+    return spec
+
+
+def replace_spec(session: Session, spec: BackupSpec, values: SpecValues, now: datetime) -> None:
+    """Full replacement of the user's fields; runtime state (running id, skips) is kept."""
+    _apply(spec, values, now)
+    session.flush()
+
+
+def delete_spec(session: Session, spec_id: int) -> None:
+    """Delete a spec and, through ON DELETE CASCADE, its backup rows."""
+    session.execute(delete(BackupSpec).where(BackupSpec.id == spec_id))
+
+
+def count_unremoved_backups(session: Session, spec_id: int) -> int:
+    """Backups whose data may still exist (RUNNING, COMPLETED, REMOVING, REMOVE_FAILED)."""
+    query = (
+        select(func.count())
+        .select_from(Backup)
+        .where(Backup.spec_id == spec_id, Backup.status.in_(sorted(UNREMOVED_STATUSES)))
+    )
+    return int(session.scalar(query) or 0)
+
+
+def list_backups(
+    session: Session,
+    spec_id: int,
+    *,
+    statuses: Collection[BackupStatus] = (),
+    tag: str | None = None,
+) -> list[Backup]:
+    """A spec's backups, newest first; `statuses` (any of) and `tag` narrow the list."""
+    query = select(Backup).where(Backup.spec_id == spec_id)
+    if statuses:
+        query = query.where(Backup.status.in_(sorted(statuses)))
+    if tag is not None:
+        # tags is "daily,weekly": wrap both sides in commas so "daily" never matches a prefix.
+        wrapped = literal(",") + Backup.tags + literal(",")
+        query = query.where(wrapped.contains(f",{tag},", autoescape=True))
+    query = query.order_by(Backup.scheduled_at.desc(), Backup.id.desc())
+    return list(session.scalars(query))
+
+
+def mark_purging(session: Session, spec: BackupSpec, now: datetime) -> None:
+    """Disable the spec and flag it for deletion once its last backup is removed."""
+    spec.enabled = False
+    spec.deleting = True
+    spec.next_fire_at = None
+    spec.last_update = now
+    session.flush()
+
+
+def removable_backup_ids(session: Session, spec_id: int) -> list[int]:
+    query = (
+        select(Backup.id)
+        .where(Backup.spec_id == spec_id, Backup.status.in_(sorted(REMOVABLE_STATUSES)))
+        .order_by(Backup.scheduled_at, Backup.id)
+    )
+    return list(session.scalars(query))
+
+
+def claim_for_removal(session: Session, backup_id: int) -> tuple[Backup, str] | None:
+    """Move one backup to REMOVING unless someone else did first; None if they did.
+
+    Returns the backup and the status it had. A conditional UPDATE is the claim, so two
+    purges running at once never start two removals of the same backup.
+    """
+    current = session.scalar(select(Backup.status).where(Backup.id == backup_id))
+    if current is None or current not in REMOVABLE_STATUSES:
+        return None
+    claimed = session.execute(
+        update(Backup)
+        .where(Backup.id == backup_id, Backup.status == current)
+        .values(status=BackupStatus.REMOVING.value)
+        .returning(Backup.id)
+    ).first()
+    if claimed is None:
+        return None
+    backup = session.get(Backup, backup_id, populate_existing=True)
+    assert backup is not None
+    return backup, current
+
+
+def record_removal_started(session: Session, backup: Backup, workflow_id: str) -> None:
+    backup.remove_workflow_id = workflow_id
+    backup.remove_attempts += 1
+    backup.last_error = None
+    session.flush()
+
+
+def release_removal_claim(
+    session: Session, backup: Backup, previous_status: str, error: str
+) -> None:
+    """Undo a claim whose removal could not be started, so it is tried again later."""
+    backup.status = previous_status
+    backup.last_error = error
+    session.flush()
+
+
+def finish_purge_if_done(session: Session, spec_id: int) -> bool:
+    """Delete a spec under purge once none of its backups may still hold data.
+
+    For the worker that records removals: call it after marking a backup REMOVED, in the
+    same transaction, then commit. True when the spec was deleted. The spec row is locked
+    (PostgreSQL) so a backup recorded concurrently cannot be orphaned.
+    """
+    spec = session.scalars(
+        select(BackupSpec).where(BackupSpec.id == spec_id).with_for_update()
+    ).one_or_none()
+    if spec is None or not spec.deleting:
+        return False
+    if count_unremoved_backups(session, spec_id) > 0:
+        return False
+    delete_spec(session, spec_id)
+    session.expunge(spec)
+    return True
