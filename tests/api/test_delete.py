@@ -1,0 +1,145 @@
+"""DELETE never loses track of stored backups; purge hands them to the removal path."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from backtor.db.models import Backup, BackupSpec
+from backtor.db.repository import finish_purge_if_done
+from tests.api.conftest import AddBackup, MakeClient, RecordingRemovalStarter
+
+pytestmark = pytest.mark.integration
+
+
+def _backup_count(session: Session) -> int:
+    return int(session.scalar(select(func.count()).select_from(Backup)) or 0)
+
+
+def test_a_spec_without_backups_is_deleted_at_once(client: TestClient) -> None:
+    assert client.post("/backup", json={"name": "db1"}).status_code == 201
+    assert client.post("/backup", json={"name": "db2"}).status_code == 201
+    answer = client.delete("/backup/db1")
+    assert answer.status_code == 204
+    assert answer.content == b""
+    assert client.get("/backup/db1").status_code == 404
+    assert [s["name"] for s in client.get("/backup").json()] == ["db2"]
+
+
+def test_delete_of_an_unknown_spec_is_404(client: TestClient) -> None:
+    assert client.delete("/backup/ghost").status_code == 404
+    assert client.delete("/backup/ghost?purge=true").status_code == 404
+
+
+def test_only_finished_history_does_not_block_and_is_deleted_with_the_spec(
+    client: TestClient, add_backup: AddBackup, session: Session
+) -> None:
+    assert client.post("/backup", json={"name": "db1"}).status_code == 201
+    for status in ("FAILED", "TIMED_OUT", "REMOVED"):
+        add_backup("db1", status)
+    assert client.delete("/backup/db1").status_code == 204
+    assert _backup_count(session) == 0  # ON DELETE CASCADE, SQLite included
+
+
+@pytest.mark.parametrize("status", ["RUNNING", "COMPLETED", "REMOVING", "REMOVE_FAILED"])
+def test_backups_not_removed_block_a_plain_delete(
+    client: TestClient,
+    add_backup: AddBackup,
+    session: Session,
+    removal_starter: RecordingRemovalStarter,
+    status: str,
+) -> None:
+    assert client.post("/backup", json={"name": "db1"}).status_code == 201
+    add_backup("db1", status)
+    add_backup("db1", "REMOVED")
+    for query in ("", "?purge=false", "?purge=0"):
+        answer = client.delete(f"/backup/db1{query}")
+        assert answer.status_code == 409
+        assert "purge=true" in answer.json()["message"]
+    spec = client.get("/backup/db1").json()
+    assert spec["enabled"] == 1 and spec["deleting"] is False
+    assert _backup_count(session) == 2
+    assert removal_starter.calls == []
+
+
+def test_purge_disables_marks_and_hands_over_the_backups(
+    client: TestClient,
+    add_backup: AddBackup,
+    session: Session,
+    removal_starter: RecordingRemovalStarter,
+) -> None:
+    assert client.post("/backup", json={"name": "db1"}).status_code == 201
+    assert client.post("/backup", json={"name": "db2"}).status_code == 201
+    add_backup("db1", "COMPLETED")
+    add_backup("db1", "REMOVE_FAILED")
+    add_backup("db1", "FAILED")
+
+    answer = client.delete("/backup/db1", params={"purge": "true"})
+    assert answer.status_code == 202
+    assert answer.json()["name"] == "db1"
+    assert answer.json()["pendingBackups"] == 2
+    assert removal_starter.calls == ["db1"]
+
+    spec = client.get("/backup/db1").json()
+    assert spec["enabled"] == 0
+    assert spec["deleting"] is True
+    assert spec["nextFireTime"] is None
+    assert client.get("/backup/db2").json()["deleting"] is False
+
+    # While the purge runs, the spec cannot change nor take backups.
+    assert client.put("/backup/db1", json={"enabled": 1}).status_code == 409
+    assert client.post("/backup/db1/materialized").status_code == 409
+    assert client.get("/backup/db1").json()["enabled"] == 0
+    # Asking again is harmless.
+    assert client.delete("/backup/db1?purge=true").status_code == 202
+    assert removal_starter.calls == ["db1", "db1"]
+
+
+def test_finish_purge_if_done_deletes_the_spec_after_its_last_removal(
+    client: TestClient, add_backup: AddBackup, session: Session
+) -> None:
+    assert client.post("/backup", json={"name": "db1"}).status_code == 201
+    first = add_backup("db1", "COMPLETED")
+    second = add_backup("db1", "COMPLETED")
+    assert client.delete("/backup/db1?purge=true").status_code == 202
+    spec_id = session.scalars(select(BackupSpec.id).where(BackupSpec.name == "db1")).one()
+
+    for backup_id, expect_done in [(first, False), (second, True)]:
+        backup = session.get(Backup, backup_id)
+        assert backup is not None
+        backup.status = "REMOVED"
+        assert finish_purge_if_done(session, spec_id) is expect_done
+        session.commit()
+    assert client.get("/backup/db1").status_code == 404
+    assert _backup_count(session) == 0
+
+
+def test_finish_purge_if_done_leaves_specs_that_are_not_purged(
+    client: TestClient, session: Session
+) -> None:
+    assert client.post("/backup", json={"name": "db1"}).status_code == 201
+    spec_id = session.scalars(select(BackupSpec.id).where(BackupSpec.name == "db1")).one()
+    assert finish_purge_if_done(session, spec_id) is False
+    assert finish_purge_if_done(session, spec_id + 1000) is False
+    session.commit()
+    assert client.get("/backup/db1").status_code == 200
+
+
+def test_purge_with_conductor_down_is_503_and_keeps_every_backup(
+    make_client: MakeClient, add_backup: AddBackup, session: Session
+) -> None:
+    client = make_client(use_default_starter=True)  # the Conductor starter, at a dead port
+    assert client.post("/backup", json={"name": "db1"}).status_code == 201
+    backup_id = add_backup("db1", "COMPLETED")
+    answer = client.delete("/backup/db1?purge=true")
+    assert answer.status_code == 503
+    assert "repeat" in answer.json()["message"]
+    backup = session.get(Backup, backup_id)
+    assert backup is not None
+    assert backup.status == "COMPLETED"  # the claim was released
+    assert backup.remove_workflow_id is None
+    assert backup.last_error
+    spec = client.get("/backup/db1").json()
+    assert spec["deleting"] is True and spec["enabled"] == 0
