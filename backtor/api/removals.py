@@ -7,7 +7,7 @@ from typing import Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from backtor.conductor import ConductorClient, ConductorError, ConductorUnavailable
+from backtor.conductor import ConductorClient
 from backtor.db import repository
 from backtor.registration import DEFINITIONS
 
@@ -17,20 +17,21 @@ REMOVE_WORKFLOW = "remove_backup"
 
 
 class BackupRemovalStarter(Protocol):
-    """Starts the removal of every removable backup of a spec; the API's only hook into it.
+    """Starts the removal of a purged spec's COMPLETED backups; the API's hook into it.
 
-    Raise ConductorUnavailable when the workflows cannot be started; backups not handed
-    over must stay as they were, so a repeated purge picks them up.
+    Raise ConductorUnavailable (or ConductorError) when removals cannot be started; the
+    backups not handed over must stay as they were, so a repeated purge picks them up.
     """
 
     def start_removals(self, spec_name: str) -> None: ...
 
 
 class ConductorRemovalStarter:
-    """Starts one remove_backup workflow per COMPLETED or REMOVE_FAILED backup.
+    """Starts one remove_backup workflow per COMPLETED backup of the spec, at once.
 
-    Each backup is claimed (-> REMOVING) and committed before its workflow starts, so two
-    purges never remove one backup twice; a start that fails releases the claim.
+    Per backup, one transaction: claim (-> REMOVING), start the workflow, store its id,
+    commit. Nobody ever sees a REMOVING row without its workflow, two purges never remove
+    one backup twice, and a failed start rolls the backup back to COMPLETED.
     """
 
     def __init__(self, client: ConductorClient, sessions: sessionmaker[Session]) -> None:
@@ -38,41 +39,39 @@ class ConductorRemovalStarter:
         self._sessions = sessions
 
     def start_removals(self, spec_name: str) -> None:
+        version = DEFINITIONS.workflow_version(REMOVE_WORKFLOW)
         with self._sessions() as session:
             spec = repository.get_spec(session, spec_name)
             if spec is None:
                 return
+            name, worker_config = spec.name, spec.worker_config
             backup_ids = repository.removable_backup_ids(session, spec.id)
+            session.rollback()
             for backup_id in backup_ids:
-                claim = repository.claim_for_removal(session, backup_id)
-                if claim is None:
+                backup = repository.claim_for_removal(session, backup_id)
+                if backup is None:
                     session.rollback()
                     continue
-                backup, previous_status = claim
-                session.commit()
                 try:
                     workflow_id = self._client.start_workflow(
                         REMOVE_WORKFLOW,
                         input={
-                            "backupName": spec.name,
+                            "backupName": name,
                             "dataId": backup.data_id,
-                            "workerConfig": spec.worker_config,
+                            "workerConfig": worker_config,
                             "backupId": backup.id,
                         },
-                        correlation_id=spec.name,
-                        version=DEFINITIONS.workflow_version(REMOVE_WORKFLOW),
+                        correlation_id=name,
+                        version=version,
                     )
-                except (ConductorUnavailable, ConductorError) as error:
-                    repository.release_removal_claim(
-                        session, backup, previous_status, str(error)[:500]
-                    )
-                    session.commit()
+                except Exception:
+                    session.rollback()
                     raise
                 repository.record_removal_started(session, backup, workflow_id)
                 session.commit()
                 log.info(
                     "purge of %s: remove_backup %s started for backup %d",
-                    spec.name,
+                    name,
                     workflow_id,
-                    backup.id,
+                    backup_id,
                 )

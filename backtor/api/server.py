@@ -28,6 +28,8 @@ def _port_from_env() -> int:
 def _configure_logging(level: str) -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # SQLAlchemy logs every statement at INFO; that is noise here, not an audit trail.
+    logging.getLogger("sqlalchemy").setLevel(logging.WARNING)
 
 
 def serve(host: str | None = None, port: int | None = None) -> int:

@@ -21,10 +21,10 @@ class SpecExists(Exception):
     """A spec with this name is already stored."""
 
 
-# Backups a purge hands to the removal path: taken, and not yet (successfully) removed.
-REMOVABLE_STATUSES: frozenset[BackupStatus] = frozenset(
-    {BackupStatus.COMPLETED, BackupStatus.REMOVE_FAILED}
-)
+# Backups a purge hands to the removal path. REMOVING and REMOVE_FAILED ones are on it
+# already (the removal worker retries failures), and RUNNING ones are handed over by the
+# worker that records them once they complete, since their spec is `deleting`.
+REMOVABLE_STATUSES: frozenset[BackupStatus] = frozenset({BackupStatus.COMPLETED})
 
 _RETENTION_COLUMNS = {
     "retentionMinutely": "retention_minutely",
@@ -157,41 +157,33 @@ def removable_backup_ids(session: Session, spec_id: int) -> list[int]:
     return list(session.scalars(query))
 
 
-def claim_for_removal(session: Session, backup_id: int) -> tuple[Backup, str] | None:
-    """Move one backup to REMOVING unless someone else did first; None if they did.
+def claim_for_removal(session: Session, backup_id: int) -> Backup | None:
+    """Move one COMPLETED backup to REMOVING in the open transaction; None if it moved on.
 
-    Returns the backup and the status it had. A conditional UPDATE is the claim, so two
-    purges running at once never start two removals of the same backup.
+    The caller starts the workflow and records its id in this same transaction, so no
+    other purge or removal worker sees a REMOVING row without a workflow: the conditional
+    UPDATE locks the row (PostgreSQL) or the database (SQLite) until the commit, and a
+    rollback puts the backup back as it was.
     """
-    current = session.scalar(select(Backup.status).where(Backup.id == backup_id))
-    if current is None or current not in REMOVABLE_STATUSES:
-        return None
     claimed = session.execute(
         update(Backup)
-        .where(Backup.id == backup_id, Backup.status == current)
+        .where(
+            Backup.id == backup_id,
+            Backup.status.in_(sorted(REMOVABLE_STATUSES)),
+            Backup.remove_workflow_id.is_(None),
+        )
         .values(status=BackupStatus.REMOVING.value)
         .returning(Backup.id)
     ).first()
     if claimed is None:
         return None
-    backup = session.get(Backup, backup_id, populate_existing=True)
-    assert backup is not None
-    return backup, current
+    return session.get(Backup, backup_id, populate_existing=True)
 
 
 def record_removal_started(session: Session, backup: Backup, workflow_id: str) -> None:
     backup.remove_workflow_id = workflow_id
     backup.remove_attempts += 1
     backup.last_error = None
-    session.flush()
-
-
-def release_removal_claim(
-    session: Session, backup: Backup, previous_status: str, error: str
-) -> None:
-    """Undo a claim whose removal could not be started, so it is tried again later."""
-    backup.status = previous_status
-    backup.last_error = error
     session.flush()
 
 

@@ -91,7 +91,7 @@ def test_trigger_starts_create_backup_and_refuses_a_second_while_it_runs(
         _terminate(registered_conductor, [workflow_id])
 
 
-def test_purge_starts_one_remove_backup_per_stored_backup(
+def test_purge_starts_one_remove_backup_per_completed_backup(
     make_client: MakeClient,
     registered_conductor: ConductorClient,
     unique_name: str,
@@ -99,21 +99,22 @@ def test_purge_starts_one_remove_backup_per_stored_backup(
     session: Session,
 ) -> None:
     client = make_client(conductor=registered_conductor, use_default_starter=True)
-    assert (
-        client.post("/backup", json={"name": unique_name, "workerConfig": "cfg"}).status_code == 201
-    )
-    completed = add_backup(unique_name, "COMPLETED", data_id="d-1")
-    failed_removal = add_backup(unique_name, "REMOVE_FAILED", data_id="d-2", remove_attempts=1)
+    spec = {"name": unique_name, "workerConfig": "cfg"}
+    assert client.post("/backup", json=spec).status_code == 201
+    first = add_backup(unique_name, "COMPLETED", data_id="d-1")
+    second = add_backup(unique_name, "COMPLETED", data_id="d-2", remove_attempts=1)
+    # Already on the removal path (the removal worker retries it) or still being taken.
+    failed_removal = add_backup(unique_name, "REMOVE_FAILED", data_id="d-3", remove_attempts=3)
     running = add_backup(unique_name, "RUNNING", data_id=None)
     add_backup(unique_name, "REMOVED", data_id="d-0")
 
     answer = client.delete(f"/backup/{unique_name}", params={"purge": "true"})
     assert answer.status_code == 202, answer.text
-    assert answer.json()["pendingBackups"] == 3  # two REMOVING + the RUNNING one
+    assert answer.json()["pendingBackups"] == 4  # 2 REMOVING, REMOVE_FAILED, RUNNING
 
     started: list[str] = []
     try:
-        for backup_id, data_id, attempts in [(completed, "d-1", 1), (failed_removal, "d-2", 2)]:
+        for backup_id, data_id, attempts in [(first, "d-1", 1), (second, "d-2", 2)]:
             backup = session.get(Backup, backup_id)
             assert backup is not None
             assert backup.status == "REMOVING"
@@ -131,18 +132,19 @@ def test_purge_starts_one_remove_backup_per_stored_backup(
                 "workerConfig": "cfg",
                 "backupId": backup_id,
             }
-        running_row = session.get(Backup, running)
-        assert running_row is not None and running_row.status == "RUNNING"
+        for backup_id, status in [(failed_removal, "REMOVE_FAILED"), (running, "RUNNING")]:
+            row = session.get(Backup, backup_id)
+            assert row is not None
+            assert (row.status, row.remove_workflow_id) == (status, None)
 
         listed = client.get(f"/backup/{unique_name}/materialized", params={"status": "REMOVING"})
         assert sorted(b["removeWorkflowId"] for b in listed.json()) == sorted(started)
 
-        # A second purge does not start the removals again.
+        # A second purge starts nothing again.
         assert client.delete(f"/backup/{unique_name}?purge=true").status_code == 202
         session.expire_all()
-        assert {
-            session.get(Backup, i).remove_workflow_id  # type: ignore[union-attr]
-            for i in (completed, failed_removal)
-        } == set(started)
+        again = [session.get(Backup, i) for i in (first, second)]
+        assert [b.remove_workflow_id for b in again if b is not None] == started
+        assert len(registered_conductor.running_workflow_ids("remove_backup", unique_name)) == 2
     finally:
         _terminate(registered_conductor, started)

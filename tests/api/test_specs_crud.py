@@ -315,3 +315,18 @@ def test_unknown_route_answers_in_the_error_shape(client: TestClient) -> None:
     wrong_method = client.patch("/backup/x", json={})
     assert wrong_method.status_code == 405
     assert set(wrong_method.json()) == {"message", "field"}
+
+
+def test_a_duplicate_that_slips_past_the_lookup_is_still_409(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under concurrency the unique constraint, not the SELECT before it, decides."""
+    from backtor.db import repository
+
+    assert client.post("/backup", json={"name": "db1", "retentionDaily": "5"}).status_code == 201
+    monkeypatch.setattr(repository, "get_spec", lambda *_args, **_kwargs: None)
+    again = client.post("/backup", json={"name": "db1"})
+    assert again.status_code == 409
+    assert again.json() == {"message": "backup spec 'db1' already exists", "field": "name"}
+    monkeypatch.undo()
+    assert client.get("/backup/db1").json()["retentionDaily"] == "5@L"
