@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, Body, Query, Response, status
+from fastapi import APIRouter, Body, Depends, Query, Request, Response, status
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -49,6 +49,18 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 
+def _only_query(*allowed: str) -> Any:
+    """Refuse unknown query parameters: `?enabeld=0` must not quietly list everything."""
+
+    def check(request: Request) -> None:
+        for key in request.query_params:
+            if key not in allowed:
+                known = ", ".join(allowed) or "none"
+                raise ApiError(422, f"unknown query parameter {key!r} (known: {known})", key)
+
+    return Depends(check)
+
+
 def _not_found(name: str) -> ApiError:
     return ApiError(404, f"backup spec {name!r} not found", "name")
 
@@ -64,7 +76,12 @@ def _iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-@router.get("/backup", response_model=list[SpecOut], responses=_ERRORS)
+@router.get(
+    "/backup",
+    response_model=list[SpecOut],
+    responses=_ERRORS,
+    dependencies=[_only_query("enabled")],
+)
 def list_specs(
     session: SessionDep,
     enabled: Annotated[
@@ -77,7 +94,11 @@ def list_specs(
 
 
 @router.post(
-    "/backup", status_code=status.HTTP_201_CREATED, response_model=SpecOut, responses=_ERRORS
+    "/backup",
+    status_code=status.HTTP_201_CREATED,
+    response_model=SpecOut,
+    responses=_ERRORS,
+    dependencies=[_only_query()],
 )
 def create_spec(
     body: SpecBody, response: Response, session: SessionDep, context: ContextDep
@@ -112,13 +133,15 @@ def _replace(session: Session, context: ApiContext, name: str, body: SpecIn) -> 
     return SpecOut.of(spec)
 
 
-@router.put("/backup/{name}", response_model=SpecOut, responses=_ERRORS)
+@router.put(
+    "/backup/{name}", response_model=SpecOut, responses=_ERRORS, dependencies=[_only_query()]
+)
 def replace_spec(name: str, body: SpecBody, session: SessionDep, context: ContextDep) -> SpecOut:
     """Replace a spec entirely: an omitted optional field goes back to its default."""
     return _replace(session, context, name, body)
 
 
-@router.put("/backup", response_model=SpecOut, responses=_ERRORS)
+@router.put("/backup", response_model=SpecOut, responses=_ERRORS, dependencies=[_only_query()])
 def replace_spec_by_body(body: SpecBody, session: SessionDep, context: ContextDep) -> SpecOut:
     """The seed's form of PUT: the name comes from the body."""
     if body.name is None:
@@ -126,7 +149,9 @@ def replace_spec_by_body(body: SpecBody, session: SessionDep, context: ContextDe
     return _replace(session, context, body.name, body)
 
 
-@router.get("/backup/{name}", response_model=SpecOut, responses=_ERRORS)
+@router.get(
+    "/backup/{name}", response_model=SpecOut, responses=_ERRORS, dependencies=[_only_query()]
+)
 def get_spec(name: str, session: SessionDep) -> SpecOut:
     return SpecOut.of(_require_spec(session, name))
 
@@ -140,6 +165,7 @@ def get_spec(name: str, session: SessionDep) -> SpecOut:
         202: {"model": PurgeAccepted, "description": "Purge under way"},
         204: {"description": "Deleted"},
     },
+    dependencies=[_only_query("purge")],
 )
 def delete_spec(
     name: str,
@@ -218,7 +244,12 @@ def _parse_tag(value: str | None) -> str | None:
         raise ApiError(422, f"tag must be one of {allowed}", "tag") from None
 
 
-@router.get("/backup/{name}/materialized", response_model=list[BackupOut], responses=_ERRORS)
+@router.get(
+    "/backup/{name}/materialized",
+    response_model=list[BackupOut],
+    responses=_ERRORS,
+    dependencies=[_only_query("status", "tag")],
+)
 def list_backups(
     name: str,
     session: SessionDep,
@@ -241,6 +272,7 @@ def list_backups(
     status_code=status.HTTP_202_ACCEPTED,
     response_model=TriggerAccepted,
     responses=_ERRORS,
+    dependencies=[_only_query()],
 )
 def trigger_backup(name: str, session: SessionDep, context: ContextDep) -> TriggerAccepted:
     """Take a backup now: start a create_backup workflow, unless one is running."""

@@ -210,3 +210,23 @@ def test_purge_flag_is_validated(client: TestClient) -> None:
     answer = client.delete("/backup/db1", params={"purge": "perhaps"})
     _assert_error(answer, "purge")
     assert client.get("/backup/db1").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "param"),
+    [
+        ("GET", "/backup", "enabeld"),
+        ("GET", "/backup/db1", "verbose"),
+        ("GET", "/backup/db1/materialized", "stat"),
+        ("DELETE", "/backup/db1", "purg"),
+        ("POST", "/backup/db1/materialized", "force"),
+    ],
+)
+def test_unknown_query_parameters_are_refused(
+    client: TestClient, method: str, path: str, param: str
+) -> None:
+    assert client.post("/backup", json={"name": "db1"}).status_code == 201
+    answer = client.request(method, path, params={param: "1"})
+    assert answer.status_code == 422
+    _assert_error(answer, param)
+    assert client.get("/backup/db1").status_code == 200
