@@ -24,8 +24,10 @@ LORD_HOWE = ZoneInfo("Australia/Lord_Howe")
 UTC_ZONE = ZoneInfo("UTC")
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+def utc(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0
+) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
 def fires(expression: str, after: datetime, tz: ZoneInfo, count: int) -> list[datetime]:
