@@ -16,6 +16,13 @@ def _build_parser() -> argparse.ArgumentParser:
     api.add_argument("--port", type=int, default=None, help="port (default $PORT or 6000)")
 
     commands.add_parser("migrate", help="apply database migrations up to head")
+    commands.add_parser(
+        "worker", help="poll Backtor's Conductor tasks and keep the scheduler tick running"
+    )
+    commands.add_parser("register", help="register Backtor's Conductor definitions, then exit")
+    run = commands.add_parser("run", help="the API and the worker together (a one-box install)")
+    run.add_argument("--host", default=None, help="the API's bind address (default 0.0.0.0)")
+    run.add_argument("--port", type=int, default=None, help="the API's port (default 6000)")
 
     retention = commands.add_parser("retention", help="retention tools")
     retention_commands = retention.add_subparsers(dest="retention_command", required=True)
@@ -39,6 +46,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         upgrade_to_head()
         return 0
+    if args.command == "worker":
+        from backtor.config import Settings
+        from backtor.workers.runner import run_worker
+
+        return run_worker(Settings.from_env())
+    if args.command == "register":
+        return _register()
+    if args.command == "run":
+        from backtor.supervisor import run_together
+
+        return run_together(host=args.host, port=args.port)
     if args.command == "retention" and args.retention_command == "simulate":
         from backtor.simulator import run_simulation
 
@@ -51,6 +69,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             stderr=sys.stderr,
         )
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _register() -> int:
+    from backtor.conductor import ConductorClient, ConductorError, ConductorUnavailable
+    from backtor.config import Settings
+    from backtor.registration import register_definitions
+
+    settings = Settings.from_env()
+    try:
+        report = register_definitions(ConductorClient(settings.conductor_api_url))
+    except (ConductorUnavailable, ConductorError) as exc:
+        print(f"backtor register: {exc}", file=sys.stderr)
+        return 1
+    for label in report.created:
+        print(f"created   {label}")
+    for label in report.updated:
+        print(f"updated   {label}")
+    for label in report.unchanged:
+        print(f"unchanged {label}")
+    return 0
 
 
 if __name__ == "__main__":

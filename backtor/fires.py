@@ -1,0 +1,338 @@
+"""Due specs become fires, and fires become create_backup workflows: exactly once each.
+
+A fire is written (PENDING) in the same transaction that moves the spec's next fire time on;
+it is claimed before each start attempt and carries its id into the workflow's input. A
+retried attempt first looks for a workflow with that fireId in Conductor, so a crash
+between "started" and "recorded" never starts a second workflow.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from backtor.conductor import ConductorUnavailable
+from backtor.cron import CronSchedule
+from backtor.db.models import BackupSpec, Fire, FireStatus, SkipReason
+from backtor.registration import DEFINITIONS
+from backtor.schedule import Timing, decide
+from backtor.services import Services
+
+log = logging.getLogger(__name__)
+
+CREATE_BACKUP = "create_backup"
+CLAIM = timedelta(seconds=30)
+START_CONCURRENCY = 8
+OPEN_STATUSES = frozenset({"RUNNING", "PAUSED"})
+
+
+def timing_of(spec: BackupSpec) -> Timing:
+    return Timing(
+        schedule=CronSchedule(spec.cron_string),
+        tz=ZoneInfo(spec.timezone),
+        from_date=spec.from_date,
+        to_date=spec.to_date,
+        misfire_grace=timedelta(seconds=spec.misfire_grace_seconds),
+    )
+
+
+# -- due specs -> fires ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DueReport:
+    pending: int
+    skipped: int
+
+
+def schedule_due_fires(session: Session, now: datetime, limit: int = 10_000) -> DueReport:
+    """Write a fire for every spec whose next fire time has come; move each spec on."""
+    specs = session.scalars(
+        select(BackupSpec)
+        .where(
+            BackupSpec.enabled.is_(True),
+            BackupSpec.deleting.is_(False),
+            BackupSpec.next_fire_at <= now,
+        )
+        .order_by(BackupSpec.next_fire_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    pending: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    for spec in specs:
+        assert spec.next_fire_at is not None
+        decision = decide(timing_of(spec), spec.next_fire_at, now)
+        if decision.fire is not None:
+            pending.append(_fire_row(spec.id, decision.fire, FireStatus.PENDING, None, now))
+        missed = [*decision.missed, *([decision.expired] if decision.expired else [])]
+        for moment in missed:
+            skipped.append(_fire_row(spec.id, moment, FireStatus.SKIPPED, SkipReason.MISFIRE, now))
+        if missed or decision.more_missed:
+            spec.last_skip_at = now
+            spec.last_skip_reason = SkipReason.MISFIRE.value
+            log.warning(
+                "spec %s: %d fire time(s) passed over (misfire)",
+                spec.name,
+                len(missed) + decision.more_missed,
+                extra={"backup": spec.name},
+            )
+        spec.next_fire_at = decision.next_fire_at
+    _insert_fires(session, pending + skipped)
+    return DueReport(pending=len(pending), skipped=len(skipped))
+
+
+def _fire_row(
+    spec_id: int, moment: datetime, status: FireStatus, reason: SkipReason | None, now: datetime
+) -> dict[str, Any]:
+    return {
+        "spec_id": spec_id,
+        "scheduled_at": moment,
+        "status": status.value,
+        "skip_reason": reason.value if reason else None,
+        "created_at": now,
+        "manual": False,
+        "attempts": 0,
+    }
+
+
+def _insert_fires(session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert fires; a (spec, time) already written is left as it is."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(Fire).on_conflict_do_nothing(index_elements=["spec_id", "scheduled_at"])
+    session.execute(statement, list(rows))
+
+
+def add_manual_fire(session: Session, spec: BackupSpec, now: datetime) -> int:
+    """A fire for "back up now"; started right away by the caller through start_fires."""
+    fire = Fire(
+        spec_id=spec.id,
+        scheduled_at=now,
+        manual=True,
+        status=FireStatus.PENDING.value,
+        created_at=now,
+        attempts=0,
+    )
+    session.add(fire)
+    session.flush()
+    return fire.id
+
+
+# -- fires -> workflows ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FireJob:
+    fire_id: int
+    spec_id: int
+    spec_name: str
+    scheduled_at: datetime
+    manual: bool
+    attempts: int
+    worker_config: str | None
+    timeout_seconds: int | None
+
+
+@dataclass(frozen=True)
+class FireOutcome:
+    fire_id: int
+    spec_name: str
+    scheduled_at: datetime
+    status: FireStatus
+    workflow_id: str | None = None
+    skip_reason: SkipReason | None = None
+    error: str | None = None
+
+
+def claim_pending(
+    session: Session, now: datetime, *, fire_ids: Iterable[int] | None = None, limit: int = 5000
+) -> list[FireJob]:
+    """Claim PENDING fires for one start attempt; a fire claimed by a live attempt is left."""
+    claimable = and_(
+        Fire.status == FireStatus.PENDING.value,
+        or_(Fire.claimed_until.is_(None), Fire.claimed_until < now),
+    )
+    query = select(Fire.id).where(claimable).order_by(Fire.scheduled_at, Fire.id).limit(limit)
+    if fire_ids is not None:
+        query = query.where(Fire.id.in_(list(fire_ids)))
+    ids = list(session.scalars(query))
+    if not ids:
+        return []
+    claimed = set(
+        session.scalars(
+            update(Fire)
+            .where(Fire.id.in_(ids), claimable)
+            .values(attempts=Fire.attempts + 1, claimed_until=now + CLAIM)
+            .returning(Fire.id)
+        )
+    )
+    rows = session.execute(
+        select(
+            Fire.id,
+            Fire.spec_id,
+            BackupSpec.name,
+            Fire.scheduled_at,
+            Fire.manual,
+            Fire.attempts,
+            BackupSpec.worker_config,
+            BackupSpec.timeout_seconds,
+        )
+        .join(BackupSpec, BackupSpec.id == Fire.spec_id)
+        .where(Fire.id.in_(claimed))
+        .order_by(Fire.scheduled_at, Fire.id)
+    ).all()
+    return [FireJob(*row) for row in rows]
+
+
+def start_fires(services: Services, jobs: Sequence[FireJob]) -> list[FireOutcome]:
+    """Start a create_backup for each claimed fire, unless one already runs for its spec.
+
+    Conductor is asked once for the open workflows of all the specs concerned, and once
+    more (closed ones included) for the specs whose fires were attempted before.
+    """
+    if not jobs:
+        return []
+    conductor = services.conductor
+    names = sorted({job.spec_name for job in jobs})
+    try:
+        open_by_name = conductor.workflows_by_correlation(
+            CREATE_BACKUP, names, include_closed=False
+        )
+        retried = sorted({job.spec_name for job in jobs if job.attempts > 1})
+        seen_by_name = (
+            conductor.workflows_by_correlation(CREATE_BACKUP, retried, include_closed=True)
+            if retried
+            else {}
+        )
+    except ConductorUnavailable as exc:
+        failed = [_unavailable(job, str(exc)) for job in jobs]
+        _record_outcomes(services, failed)
+        return failed
+
+    outcomes: list[FireOutcome] = []
+    to_start: list[FireJob] = []
+    busy: set[str] = set()
+    for job in jobs:
+        candidates = [*open_by_name.get(job.spec_name, []), *seen_by_name.get(job.spec_name, [])]
+        earlier = _started_for(job, candidates)
+        if earlier is not None:
+            outcomes.append(_started(job, earlier))
+            busy.add(job.spec_name)
+        elif job.spec_name in busy or any(
+            w.get("status") in OPEN_STATUSES for w in open_by_name.get(job.spec_name, [])
+        ):
+            outcomes.append(
+                FireOutcome(
+                    job.fire_id,
+                    job.spec_name,
+                    job.scheduled_at,
+                    FireStatus.SKIPPED,
+                    skip_reason=SkipReason.RUNNING,
+                )
+            )
+        else:
+            busy.add(job.spec_name)
+            to_start.append(job)
+
+    version = DEFINITIONS.workflow_version(CREATE_BACKUP)
+    with ThreadPoolExecutor(max_workers=START_CONCURRENCY) as pool:
+        outcomes.extend(pool.map(lambda job: _start_one(services, job, version), to_start))
+    _record_outcomes(services, outcomes)
+    return outcomes
+
+
+def _started_for(job: FireJob, workflows: Iterable[Mapping[str, Any]]) -> str | None:
+    for workflow in workflows:
+        if (workflow.get("input") or {}).get("fireId") == job.fire_id:
+            return str(workflow["workflowId"])
+    return None
+
+
+def _start_one(services: Services, job: FireJob, version: int) -> FireOutcome:
+    try:
+        workflow_id = services.conductor.start_workflow(
+            CREATE_BACKUP,
+            version=version,
+            correlation_id=job.spec_name,
+            input={
+                "backupName": job.spec_name,
+                "workerConfig": job.worker_config,
+                "timeoutSeconds": job.timeout_seconds,
+                "scheduledTime": job.scheduled_at.isoformat(),
+                "fireId": job.fire_id,
+                "manual": job.manual,
+            },
+        )
+    except ConductorUnavailable as exc:
+        return _unavailable(job, str(exc))
+    except Exception as exc:  # an answer Conductor should not give: keep the fire, say why
+        log.error("spec %s: could not start create_backup: %s", job.spec_name, exc)
+        return _unavailable(job, str(exc))
+    log.info(
+        "spec %s: create_backup %s started for %s",
+        job.spec_name,
+        workflow_id,
+        job.scheduled_at.isoformat(),
+        extra={"backup": job.spec_name, "workflow_id": workflow_id},
+    )
+    return _started(job, workflow_id)
+
+
+def _started(job: FireJob, workflow_id: str) -> FireOutcome:
+    return FireOutcome(
+        job.fire_id, job.spec_name, job.scheduled_at, FireStatus.STARTED, workflow_id=workflow_id
+    )
+
+
+def _unavailable(job: FireJob, error: str) -> FireOutcome:
+    """The fire stays PENDING (unclaimed) and is tried again at the next tick."""
+    return FireOutcome(
+        job.fire_id, job.spec_name, job.scheduled_at, FireStatus.PENDING, error=error[:500]
+    )
+
+
+def _record_outcomes(services: Services, outcomes: Sequence[FireOutcome]) -> None:
+    now = services.clock()
+    fire_rows: list[dict[str, Any]] = []
+    spec_rows: dict[str, dict[str, Any]] = {}
+    for outcome in outcomes:
+        row: dict[str, Any] = {
+            "id": outcome.fire_id,
+            "status": outcome.status.value,
+            "claimed_until": None,
+            "error": outcome.error,
+        }
+        if outcome.status is FireStatus.STARTED:
+            row |= {"workflow_id": outcome.workflow_id, "started_at": now}
+            spec_rows[outcome.spec_name] = {"running_create_workflow_id": outcome.workflow_id}
+        elif outcome.status is FireStatus.SKIPPED:
+            assert outcome.skip_reason is not None
+            row["skip_reason"] = outcome.skip_reason.value
+            spec_rows.setdefault(outcome.spec_name, {}).update(
+                last_skip_at=now, last_skip_reason=outcome.skip_reason.value
+            )
+            log.info(
+                "spec %s: fire %s skipped (%s)",
+                outcome.spec_name,
+                outcome.scheduled_at.isoformat(),
+                outcome.skip_reason.value,
+                extra={"backup": outcome.spec_name},
+            )
+        fire_rows.append(row)
+    with services.db.begin() as session:
+        if fire_rows:
+            session.execute(update(Fire), fire_rows)
+        for name, values in spec_rows.items():
+            session.execute(update(BackupSpec).where(BackupSpec.name == name).values(**values))

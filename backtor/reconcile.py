@@ -1,0 +1,222 @@
+"""How each create_backup ended, recorded however it ended.
+
+COMPLETED runs were recorded by apply_retention already (this only makes sure). FAILED,
+TIMED_OUT and TERMINATED runs get a record with no data, unless their `backup` task did
+produce data, which is then recorded as a backup like any other: nothing stored is orphaned.
+A run retried or rerun from Conductor's UI is followed again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+
+from backtor.conductor import ConductorNotFound
+from backtor.db.models import Backup, BackupSpec, BackupStatus, Fire, FireStatus
+from backtor.fires import CREATE_BACKUP, OPEN_STATUSES
+from backtor.recording import TakenBackup, apply_plan, record_failed, record_taken
+from backtor.services import Services
+
+log = logging.getLogger(__name__)
+
+FINISHED = frozenset({"COMPLETED", "FAILED", "TIMED_OUT", "TERMINATED"})
+# Failed runs are watched this long for a retry from Conductor's UI or API.
+RETRY_WATCH = timedelta(days=7)
+TIMEOUT_REASON = "timeoutSeconds exceeded: terminated by Backtor"
+
+
+def reconcile_fires(services: Services, limit: int = 1000) -> None:
+    now = services.clock()
+    with services.db.begin() as session:
+        tracked = session.execute(
+            select(
+                Fire.id,
+                Fire.workflow_id,
+                Fire.outcome,
+                Fire.started_at,
+                Fire.scheduled_at,
+                BackupSpec.name,
+                BackupSpec.timeout_seconds,
+            )
+            .join(BackupSpec, BackupSpec.id == Fire.spec_id)
+            .where(
+                Fire.status == FireStatus.STARTED.value,
+                (Fire.outcome.is_(None))
+                | (
+                    Fire.outcome.in_(("FAILED", "TIMED_OUT", "TERMINATED"))
+                    & (Fire.finished_at > now - RETRY_WATCH)
+                ),
+            )
+            .order_by(Fire.id)
+            .limit(limit)
+        ).all()
+    if not tracked:
+        return
+    names = sorted({row.name for row in tracked})
+    open_runs = {
+        str(w["workflowId"]): w
+        for runs in services.conductor.workflows_by_correlation(
+            CREATE_BACKUP, names, include_closed=False
+        ).values()
+        for w in runs
+        if w.get("status") in OPEN_STATUSES
+    }
+    for row in tracked:
+        if row.workflow_id in open_runs:
+            if row.outcome is not None:
+                _reopen(services, row.id, row.name, row.workflow_id)
+            elif _overdue(row.timeout_seconds, row.started_at, now):
+                services.conductor.terminate_workflow(row.workflow_id, TIMEOUT_REASON)
+                log.warning(
+                    "spec %s: create_backup %s outlived timeoutSeconds=%s; terminated",
+                    row.name,
+                    row.workflow_id,
+                    row.timeout_seconds,
+                    extra={"backup": row.name, "workflow_id": row.workflow_id},
+                )
+            continue
+        if row.outcome is not None:
+            continue  # a failed run nobody retried
+        try:
+            workflow = services.conductor.get_workflow(row.workflow_id, include_tasks=True)
+        except ConductorNotFound:
+            workflow = {
+                "status": "TERMINATED",
+                "reasonForIncompletion": "the workflow is gone from Conductor",
+                "tasks": [],
+            }
+        if str(workflow.get("status")) in FINISHED:
+            record_outcome(services, row.id, row.name, row.workflow_id, row.scheduled_at, workflow)
+
+
+def _overdue(timeout_seconds: int | None, started_at: datetime | None, now: datetime) -> bool:
+    return bool(
+        timeout_seconds and started_at and now - started_at > timedelta(seconds=timeout_seconds)
+    )
+
+
+def _reopen(services: Services, fire_id: int, spec_name: str, workflow_id: str) -> None:
+    """A failed run runs again (retried from Conductor): follow it until it ends."""
+    with services.db.begin() as session:
+        session.execute(
+            update(Fire).where(Fire.id == fire_id).values(outcome=None, finished_at=None)
+        )
+        session.execute(
+            update(BackupSpec)
+            .where(BackupSpec.name == spec_name)
+            .values(running_create_workflow_id=workflow_id)
+        )
+    log.info(
+        "spec %s: create_backup %s runs again (retried)",
+        spec_name,
+        workflow_id,
+        extra={"backup": spec_name, "workflow_id": workflow_id},
+    )
+
+
+def record_outcome(
+    services: Services,
+    fire_id: int,
+    spec_name: str,
+    workflow_id: str,
+    scheduled_at: datetime,
+    workflow: Mapping[str, Any],
+) -> None:
+    status = str(workflow["status"])
+    now = services.clock()
+    with services.db.begin() as session:
+        spec = session.scalar(select(BackupSpec).where(BackupSpec.name == spec_name))
+        if spec is None:
+            return
+        recorded_data = False
+        for task in workflow.get("tasks") or []:
+            taken = _taken_from_task(task, spec_name, workflow_id, scheduled_at)
+            if taken is not None:
+                record_taken(session, spec, taken)
+                recorded_data = True
+        if (
+            status != "COMPLETED"
+            and not _has_data(session, spec.id, workflow_id)
+            and not recorded_data
+        ):
+            reason = workflow.get("reasonForIncompletion")
+            timed_out = status == "TIMED_OUT" or reason == TIMEOUT_REASON
+            record_failed(
+                session,
+                spec,
+                workflow_id=workflow_id,
+                status=BackupStatus.TIMED_OUT if timed_out else BackupStatus.FAILED,
+                scheduled_at=scheduled_at,
+                start_time=from_epoch_ms(workflow.get("startTime")),
+                end_time=from_epoch_ms(workflow.get("endTime")) or now,
+                error=f"create_backup {status}: {reason or 'no reason given'}",
+            )
+        if recorded_data and status != "COMPLETED":
+            apply_plan(session, spec, now, services.settings.max_removals_per_run)
+        session.execute(
+            update(Fire).where(Fire.id == fire_id).values(outcome=status, finished_at=now)
+        )
+        if spec.running_create_workflow_id == workflow_id:
+            spec.running_create_workflow_id = None
+    log.info(
+        "spec %s: create_backup %s ended %s",
+        spec_name,
+        workflow_id,
+        status,
+        extra={"backup": spec_name, "workflow_id": workflow_id},
+    )
+
+
+def _has_data(session: Any, spec_id: int, workflow_id: str) -> bool:
+    return (
+        session.scalar(
+            select(Backup.id).where(
+                Backup.spec_id == spec_id,
+                Backup.create_workflow_id == workflow_id,
+                Backup.backup_task_id.is_not(None),
+            )
+        )
+        is not None
+    )
+
+
+def _taken_from_task(
+    task: Mapping[str, Any], spec_name: str, workflow_id: str, scheduled_at: datetime
+) -> TakenBackup | None:
+    """A `backup` task execution that completed with a dataId, as a TakenBackup."""
+    if task.get("taskType") != "backup" or task.get("status") != "COMPLETED":
+        return None
+    output = task.get("outputData") or {}
+    data_id = output.get("dataId")
+    if data_id in (None, ""):
+        return None
+    return TakenBackup(
+        spec_name=spec_name,
+        task_id=str(task["taskId"]),
+        workflow_id=workflow_id,
+        data_id=str(data_id),
+        size_mb=parse_size(output.get("dataSizeMB")),
+        scheduled_at=scheduled_at,
+        start_time=from_epoch_ms(task.get("startTime")),
+        end_time=from_epoch_ms(task.get("endTime")),
+    )
+
+
+def parse_size(value: Any) -> float | None:
+    try:
+        return None if value in (None, "") else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def from_epoch_ms(epoch_ms: Any) -> datetime | None:
+    """Conductor's epoch milliseconds (0 means unset) as an aware datetime."""
+    try:
+        value = int(epoch_ms)
+    except (TypeError, ValueError):
+        return None
+    return datetime.fromtimestamp(value / 1000, UTC) if value > 0 else None

@@ -1,0 +1,187 @@
+"""A backup taken becomes a record, and a spec's records get their retention plan applied.
+
+Records are keyed on the storage worker's `backup` task execution: a workflow that is
+retried or rerun and produces a second dataId gets a second record, so no stored data is
+ever left without one.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from backtor.db.models import Backup, BackupSpec, BackupStatus
+from backtor.policy import RetentionPolicy
+from backtor.retention import BackupRecord, RetentionPlan, plan_retention
+
+log = logging.getLogger(__name__)
+
+FAILED_STATUSES = (BackupStatus.FAILED.value, BackupStatus.TIMED_OUT.value)
+
+
+@dataclass(frozen=True)
+class TakenBackup:
+    """What a completed `backup` task produced."""
+
+    spec_name: str
+    task_id: str
+    workflow_id: str
+    data_id: str
+    size_mb: float | None
+    scheduled_at: datetime
+    start_time: datetime | None
+    end_time: datetime | None
+
+
+def policy_of(spec: BackupSpec) -> RetentionPolicy:
+    return RetentionPolicy.from_fields(
+        {
+            "retentionMinutely": spec.retention_minutely,
+            "retentionHourly": spec.retention_hourly,
+            "retentionDaily": spec.retention_daily,
+            "retentionWeekly": spec.retention_weekly,
+            "retentionMonthly": spec.retention_monthly,
+            "retentionYearly": spec.retention_yearly,
+        }
+    )
+
+
+def record_taken(session: Session, spec: BackupSpec, taken: TakenBackup) -> Backup:
+    """Record a backup once per `backup` task execution (idempotent).
+
+    A FAILED or TIMED_OUT record of the same workflow (written when an earlier attempt
+    failed) becomes this record: the retry from Conductor's UI succeeded.
+    """
+    existing = session.scalar(select(Backup).where(Backup.backup_task_id == taken.task_id))
+    if existing is not None:
+        return existing
+    backup = session.scalar(
+        select(Backup)
+        .where(
+            Backup.spec_id == spec.id,
+            Backup.create_workflow_id == taken.workflow_id,
+            Backup.backup_task_id.is_(None),
+            Backup.status.in_(FAILED_STATUSES),
+        )
+        .limit(1)
+    )
+    if backup is None:
+        backup = Backup(spec_id=spec.id, create_workflow_id=taken.workflow_id)
+        session.add(backup)
+    backup.status = BackupStatus.COMPLETED.value
+    backup.backup_task_id = taken.task_id
+    backup.data_id = taken.data_id
+    backup.size_mb = taken.size_mb
+    backup.scheduled_at = taken.scheduled_at
+    backup.start_time = taken.start_time
+    backup.end_time = taken.end_time
+    backup.last_error = None
+    session.flush()
+    log.info(
+        "spec %s: backup %s recorded (dataId %s)",
+        spec.name,
+        backup.id,
+        taken.data_id,
+        extra={"backup": spec.name, "workflow_id": taken.workflow_id},
+    )
+    return backup
+
+
+def record_failed(
+    session: Session,
+    spec: BackupSpec,
+    *,
+    workflow_id: str,
+    status: BackupStatus,
+    scheduled_at: datetime,
+    start_time: datetime | None,
+    end_time: datetime | None,
+    error: str | None,
+) -> None:
+    """Record a create_backup run that produced no data (once per workflow)."""
+    exists = session.scalar(
+        select(Backup.id).where(Backup.spec_id == spec.id, Backup.create_workflow_id == workflow_id)
+    )
+    if exists is not None:
+        return
+    session.add(
+        Backup(
+            spec_id=spec.id,
+            create_workflow_id=workflow_id,
+            status=status.value,
+            scheduled_at=scheduled_at,
+            start_time=start_time,
+            end_time=end_time,
+            last_error=(error or "")[:2000] or None,
+        )
+    )
+    session.flush()
+
+
+def plan_for(
+    session: Session, spec: BackupSpec, policy: RetentionPolicy | None = None
+) -> RetentionPlan:
+    """The retention plan over the spec's recorded backups (nothing changes)."""
+    rows = session.execute(
+        select(Backup.id, Backup.scheduled_at, Backup.status, Backup.pinned).where(
+            Backup.spec_id == spec.id
+        )
+    ).all()
+    records = [
+        BackupRecord(id=str(row.id), time=row.scheduled_at, status=row.status, pinned=row.pinned)
+        for row in rows
+    ]
+    return plan_retention(records, policy or policy_of(spec), ZoneInfo(spec.timezone))
+
+
+def apply_plan(session: Session, spec: BackupSpec, now: datetime, max_removals: int) -> list[int]:
+    """Store each backup's tags and mark the plan's removals (oldest first, capped) REMOVING.
+
+    The removals are started by the removal outbox (backtor.removal); the rest of the plan's
+    removals follow in later runs.
+    """
+    plan = plan_for(session, spec)
+    current = {
+        row.id: row.tags
+        for row in session.execute(
+            select(Backup.id, Backup.tags).where(
+                Backup.spec_id == spec.id, Backup.status == BackupStatus.COMPLETED.value
+            )
+        )
+    }
+    tag_rows = []
+    for decision in plan.decisions:
+        backup_id = int(decision.id)
+        if backup_id in current:
+            tags = ",".join(tier.value for tier in decision.tags)
+            if current[backup_id] != tags:
+                tag_rows.append({"id": backup_id, "tags": tags})
+    if tag_rows:
+        session.execute(update(Backup), tag_rows)
+    removals = [int(d.id) for d in reversed(plan.decisions) if d.action == "remove"]
+    chosen = removals[:max_removals]
+    if chosen:
+        session.execute(
+            update(Backup)
+            .where(
+                Backup.id.in_(chosen),
+                Backup.status == BackupStatus.COMPLETED.value,
+                Backup.pinned.is_(False),
+            )
+            .values(status=BackupStatus.REMOVING.value, next_attempt_at=now)
+        )
+        log.info(
+            "spec %s: retention removes %d backup(s)%s",
+            spec.name,
+            len(chosen),
+            f" ({len(removals) - len(chosen)} more in later runs)"
+            if len(removals) > len(chosen)
+            else "",
+            extra={"backup": spec.name},
+        )
+    return chosen

@@ -1,0 +1,90 @@
+"""When a spec fires: pure decisions over a cron schedule, a window and a misfire grace.
+
+No clock and no I/O: callers pass `now`. The scheduler stores each spec's next fire time in
+an indexed column and asks `decide` only for specs whose time has come.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from backtor.cron import CronSchedule, latest_fire_at_or_before, next_fire
+
+# Missed fires older than the latest one are listed (as skipped) up to this many per decision.
+MAX_LISTED_MISSES = 100
+_TICK = timedelta(microseconds=1)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """What decides a spec's fire times."""
+
+    schedule: CronSchedule
+    tz: ZoneInfo
+    from_date: datetime | None = None
+    to_date: datetime | None = None
+    misfire_grace: timedelta = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of one due check.
+
+    `fire` is the single fire time to start now (or None); `missed` are earlier fire times
+    passed over (listed up to MAX_LISTED_MISSES, `more_missed` counts the rest); `expired`
+    is a latest fire that lay outside the grace window; `next_fire_at` is when to look again
+    (None: no fire remains in the window).
+    """
+
+    fire: datetime | None
+    missed: tuple[datetime, ...]
+    more_missed: int
+    expired: datetime | None
+    next_fire_at: datetime | None
+
+
+def first_fire(timing: Timing, now: datetime) -> datetime | None:
+    """The first fire strictly after `now` in the window [fromDate, toDate), or None."""
+    start = now
+    if timing.from_date is not None and timing.from_date > now:
+        # A fire exactly at fromDate belongs to the window.
+        start = timing.from_date - _TICK
+    candidate = next_fire(timing.schedule, start, timing.tz)
+    if timing.to_date is not None and candidate >= timing.to_date:
+        return None
+    return candidate
+
+
+def decide(timing: Timing, due_at: datetime, now: datetime) -> Decision:
+    """Decide what to start for a spec whose stored next fire time `due_at` has come.
+
+    At most one fire starts, the latest one due, when it is within the misfire grace;
+    earlier ones are missed, never caught up in a burst.
+    """
+    horizon = now if timing.to_date is None else min(now, timing.to_date - _TICK)
+    latest = latest_fire_at_or_before(timing.schedule, horizon, timing.tz)
+    following = first_fire(timing, now)
+    if latest is None or latest < due_at:
+        return Decision(None, (), 0, None, following)
+    missed, more = _between(timing, due_at, latest)
+    if now - latest <= timing.misfire_grace:
+        return Decision(latest, missed, more, None, following)
+    return Decision(None, missed, more, latest, following)
+
+
+def _between(timing: Timing, first: datetime, last: datetime) -> tuple[tuple[datetime, ...], int]:
+    """Fire times in [first, last), the first MAX_LISTED_MISSES of them and how many more."""
+    listed: list[datetime] = []
+    moment = first
+    while moment < last and len(listed) < MAX_LISTED_MISSES:
+        listed.append(moment)
+        moment = next_fire(timing.schedule, moment, timing.tz)
+    if moment >= last:
+        return tuple(listed), 0
+    more = 0
+    while moment < last and more < 100_000:
+        more += 1
+        moment = next_fire(timing.schedule, moment, timing.tz)
+    return tuple(listed), more

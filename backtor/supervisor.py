@@ -1,0 +1,59 @@
+"""`backtor run`: the API and the worker as two child processes, stopped together.
+
+Two processes, not two threads: the worker's conductor-python switches multiprocessing to
+"spawn" and runs its own processes; the API stays a plain uvicorn server.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import time
+from types import FrameType
+
+log = logging.getLogger(__name__)
+
+
+def run_together(host: str | None, port: int | None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    api = [sys.executable, "-m", "backtor.cli", "api"]
+    if host:
+        api += ["--host", host]
+    if port:
+        api += ["--port", str(port)]
+    children = {
+        "api": subprocess.Popen(api),
+        "worker": subprocess.Popen([sys.executable, "-m", "backtor.cli", "worker"]),
+    }
+    stopping = False
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    status = 0
+    while not stopping:
+        for name, child in children.items():
+            code = child.poll()
+            if code is not None:
+                log.error("%s exited with status %s; stopping the rest", name, code)
+                status = code or 1
+                stopping = True
+        time.sleep(0.2)
+    for child in children.values():
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    for child in children.values():
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    return status

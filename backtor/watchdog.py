@@ -1,0 +1,110 @@
+"""Keeps exactly one scheduler tick workflow running in Conductor.
+
+Every worker process runs this every few seconds; a lease row in the database lets only
+one of them act at a time, so two replicas never start two ticks. A tick terminated or
+failed in Conductor's UI is replaced within a minute; extra ticks (say, one restarted by
+hand beside the replacement) are terminated, the oldest kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from sqlalchemy import or_, update
+
+from backtor.db.models import SCHEDULER_STATE_ID, SchedulerState
+from backtor.fires import OPEN_STATUSES
+from backtor.registration import DEFINITIONS
+from backtor.services import Services
+
+log = logging.getLogger(__name__)
+
+TICK_WORKFLOW = "backtor_scheduler"
+TICK_CORRELATION_ID = "backtor-scheduler"
+LEASE = timedelta(seconds=30)
+# A tick that has not beaten for this long is held by a dead worker: replace it rather than
+# wait for Conductor's response timeout and sweeper to notice.
+STALL = timedelta(seconds=45)
+
+
+class StallDetector:
+    """Remembers since when the heartbeat of one tick workflow has not moved."""
+
+    def __init__(self) -> None:
+        self._seen: tuple[str, datetime | None] | None = None
+        self._since: datetime | None = None
+
+    def stalled(self, tick_id: str, last_tick_at: datetime | None, now: datetime) -> bool:
+        if self._seen != (tick_id, last_tick_at):
+            self._seen = (tick_id, last_tick_at)
+            self._since = now
+            return False
+        return self._since is not None and now - self._since > STALL
+
+
+def take_lease(services: Services, holder: str, now: datetime) -> bool:
+    with services.db.begin() as session:
+        taken = session.execute(
+            update(SchedulerState)
+            .where(
+                SchedulerState.id == SCHEDULER_STATE_ID,
+                or_(
+                    SchedulerState.lease_holder == holder,
+                    SchedulerState.lease_until.is_(None),
+                    SchedulerState.lease_until < now,
+                ),
+            )
+            .values(lease_holder=holder, lease_until=now + LEASE)
+            .returning(SchedulerState.id)
+        ).first()
+    return taken is not None
+
+
+def ensure_tick(services: Services, holder: str, stalls: StallDetector) -> str | None:
+    """Start the tick workflow when none runs; returns the id of the one that runs."""
+    now = services.clock()
+    if not take_lease(services, holder, now):
+        return None
+    found = services.conductor.workflows_by_correlation(
+        TICK_WORKFLOW, [TICK_CORRELATION_ID], include_closed=False
+    ).get(TICK_CORRELATION_ID, [])
+    running = sorted(
+        (w for w in found if w.get("status") in OPEN_STATUSES),
+        key=lambda w: (int(w.get("startTime") or 0), str(w["workflowId"])),
+    )
+    if running and stalls.stalled(str(running[0]["workflowId"]), _last_tick(services), now):
+        stuck = str(running[0]["workflowId"])
+        services.conductor.terminate_workflow(stuck, "Backtor: the scheduler tick stalled")
+        log.warning("scheduler tick %s stalled (no heartbeat for %s); replacing it", stuck, STALL)
+        running = running[1:]
+    if running:
+        keep = str(running[0]["workflowId"])
+        for extra in running[1:]:
+            services.conductor.terminate_workflow(
+                str(extra["workflowId"]), f"Backtor runs one scheduler tick ({keep})"
+            )
+            log.warning(
+                "terminated an extra scheduler tick %s (keeping %s)", extra["workflowId"], keep
+            )
+    else:
+        keep = services.conductor.start_workflow(
+            TICK_WORKFLOW,
+            version=DEFINITIONS.workflow_version(TICK_WORKFLOW),
+            correlation_id=TICK_CORRELATION_ID,
+            input={},
+        )
+        log.info("started the scheduler tick workflow %s", keep, extra={"workflow_id": keep})
+    with services.db.begin() as session:
+        session.execute(
+            update(SchedulerState)
+            .where(SchedulerState.id == SCHEDULER_STATE_ID)
+            .values(tick_workflow_id=keep)
+        )
+    return keep
+
+
+def _last_tick(services: Services) -> datetime | None:
+    with services.db.begin() as session:
+        state = session.get(SchedulerState, SCHEDULER_STATE_ID)
+        return state.last_tick_at if state else None

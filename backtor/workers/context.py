@@ -1,0 +1,82 @@
+"""Per-process state of a task-runner process: built lazily, because runners are spawned.
+
+Graceful stop: on SIGTERM a runner stops polling (workers.runner.StoppableWorker reads
+`stopping()`), lets the task it runs finish and report, then exits. A task that was being
+polled at that moment still reaches it and runs before the exit, so nothing is left
+claimed by a dead process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+from backtor.config import Settings
+from backtor.logs import configure_logging
+from backtor.services import Services
+
+# After the last task of a stopping runner, time for its result to reach Conductor.
+REPORT_GRACE_SECONDS = 0.5
+
+_services: Services | None = None
+_lock = threading.Lock()
+_busy = 0
+_stop = threading.Event()
+
+
+def process_services() -> Services:
+    global _services
+    with _lock:
+        if _services is None:
+            settings = Settings.from_env()
+            configure_logging(settings.log_level, settings.log_format)
+            _services = Services.from_settings(settings)
+        return _services
+
+
+def stopping() -> bool:
+    return _stop.is_set()
+
+
+def wait(seconds: float) -> bool:
+    """Sleep, cut short by a stop; True when stopping."""
+    return _stop.wait(seconds)
+
+
+@contextmanager
+def in_flight() -> Iterator[None]:
+    """Mark a task as running, so a stop waits for it to finish and report."""
+    global _busy
+    with _lock:
+        _busy += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _busy -= 1
+        if _stop.is_set():
+            threading.Timer(REPORT_GRACE_SECONDS, _exit_when_idle).start()
+
+
+def install_graceful_stop() -> None:
+    """In a spawned task-runner process (its main thread): handle SIGTERM gracefully."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _on_sigterm(_signum: int, _frame: FrameType | None) -> None:
+    _stop.set()
+    threading.Timer(REPORT_GRACE_SECONDS, _exit_when_idle).start()
+
+
+def _exit_when_idle() -> None:
+    with _lock:
+        if _busy:
+            return
+    sys.stderr.flush()
+    os._exit(0)

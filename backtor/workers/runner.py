@@ -1,0 +1,97 @@
+"""`backtor worker`: registers the definitions, polls Backtor's tasks, keeps the tick alive.
+
+Task runners are processes spawned by conductor-python's TaskHandler. On SIGTERM or SIGINT
+the main process stops its watchdog, then the runners: each finishes the task it runs and
+reports it (see workers.context); anything cut short is delivered again by Conductor, and
+every task is idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from types import FrameType
+
+from backtor.conductor import ConductorUnavailable
+from backtor.config import Settings
+from backtor.logs import configure_logging
+from backtor.registration import register_definitions
+from backtor.services import Services
+from backtor.watchdog import StallDetector, ensure_tick
+
+log = logging.getLogger(__name__)
+
+WATCHDOG_SECONDS = 10.0
+
+
+def build_task_handler(settings: Settings) -> object:
+    # Imported here: importing conductor.client switches multiprocessing to "spawn".
+    from conductor.client.automator.task_handler import TaskHandler
+    from conductor.client.configuration.configuration import Configuration
+
+    from backtor.workers import tasks
+    from backtor.workers.stoppable import StoppableWorker
+
+    workers = [
+        StoppableWorker("evaluate_schedule", tasks.evaluate_schedule, poll_interval=100),
+        StoppableWorker(
+            "apply_retention", tasks.apply_retention, poll_interval=200, thread_count=4
+        ),
+        StoppableWorker("record_removal", tasks.record_removal, poll_interval=200, thread_count=4),
+    ]
+    return TaskHandler(
+        workers=workers,
+        configuration=Configuration(server_api_url=settings.conductor_api_url),
+        scan_for_annotated_workers=False,
+    )
+
+
+def register_when_reachable(services: Services, stop: threading.Event) -> bool:
+    delay = 1.0
+    while not stop.is_set():
+        try:
+            register_definitions(services.conductor)
+            return True
+        except ConductorUnavailable as exc:
+            log.warning("Conductor not reachable yet (%s); retrying in %.0f s", exc, delay)
+            stop.wait(delay)
+            delay = min(delay * 2, 30.0)
+    return False
+
+
+def run_worker(settings: Settings) -> int:
+    configure_logging(settings.log_level, settings.log_format)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    services = Services.from_settings(settings)
+    if not register_when_reachable(services, stop):
+        return 0
+    handler = build_task_handler(settings)
+    handler.start_processes()  # type: ignore[attr-defined]
+    holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    log.info("worker %s polling evaluate_schedule, apply_retention, record_removal", holder)
+    stalls = StallDetector()
+    try:
+        while not stop.is_set():
+            try:
+                ensure_tick(services, holder, stalls)
+            except Exception as exc:  # the watchdog must outlive any one failure
+                log.warning("scheduler watchdog: %s", exc)
+            stop.wait(WATCHDOG_SECONDS)
+    finally:
+        started = time.monotonic()
+        handler.stop_processes()  # type: ignore[attr-defined]
+        services.close()
+        log.info("worker stopped in %.1f s", time.monotonic() - started)
+    return 0

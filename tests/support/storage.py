@@ -1,0 +1,98 @@
+"""A small but real storage worker for the tests: files in a directory.
+
+`backup` writes one file and returns its name as dataId; `remove` deletes it (a missing
+file counts as removed). It polls Conductor over REST in a thread, like any worker would.
+Knobs: `delay` (a slow backup), `fail_backups` (how many next backups fail).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import requests
+
+
+class FileStorageWorker:
+    def __init__(self, conductor_url: str, directory: Path, *, poll_interval: float = 0.1) -> None:
+        self.base = conductor_url.rstrip("/")
+        self.directory = directory
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.poll_interval = poll_interval
+        self.delay = 0.0
+        self.fail_backups = 0
+        self.backups_taken: list[str] = []
+        self.removed: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._loop, args=("backup", self._backup), daemon=True),
+            threading.Thread(target=self._loop, args=("remove", self._remove), daemon=True),
+        ]
+        self._session = requests.Session()
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> FileStorageWorker:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=10)
+
+    def files(self) -> set[str]:
+        return {p.name for p in self.directory.iterdir() if not p.name.startswith(".")}
+
+    def _loop(self, task_type: str, handle: Any) -> None:
+        session = requests.Session()
+        while not self._stop.is_set():
+            try:
+                answer = session.get(
+                    f"{self.base}/tasks/poll/{task_type}",
+                    params={"workerid": f"test-storage-{os.getpid()}"},
+                    timeout=10,
+                )
+            except requests.RequestException:
+                time.sleep(0.5)
+                continue
+            if answer.status_code != 200 or not answer.content:
+                self._stop.wait(self.poll_interval)
+                continue
+            task = answer.json()
+            status, output, reason = handle(task["inputData"])
+            body = {
+                "taskId": task["taskId"],
+                "workflowInstanceId": task["workflowInstanceId"],
+                "workerId": "test-storage",
+                "status": status,
+                "outputData": output,
+            }
+            if reason:
+                body["reasonForIncompletion"] = reason
+            session.post(f"{self.base}/tasks", json=body, timeout=10).raise_for_status()
+
+    def _backup(self, data: dict[str, Any]) -> tuple[str, dict[str, Any], str | None]:
+        with self._lock:
+            if self.fail_backups > 0:
+                self.fail_backups -= 1
+                return "FAILED", {}, "test storage: told to fail"
+        if self.delay:
+            time.sleep(self.delay)
+        name = f"{data['backupName']}-{uuid.uuid4().hex[:10]}.bak"
+        content = f"backup of {data['backupName']}\n".encode()
+        (self.directory / name).write_bytes(content)
+        with self._lock:
+            self.backups_taken.append(name)
+        return "COMPLETED", {"dataId": name, "dataSizeMB": len(content) / 1e6}, None
+
+    def _remove(self, data: dict[str, Any]) -> tuple[str, dict[str, Any], str | None]:
+        target = self.directory / str(data["dataId"])
+        target.unlink(missing_ok=True)
+        with self._lock:
+            self.removed.append(str(data["dataId"]))
+        return "COMPLETED", {}, None

@@ -1,0 +1,78 @@
+"""Fire decisions: the latest due fire starts once; older ones are missed, never a burst."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from backtor.cron import parse_cron
+from backtor.schedule import Timing, decide, first_fire
+
+UTC_ZONE = ZoneInfo("UTC")
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def every_two_seconds(**kwargs: object) -> Timing:
+    return Timing(parse_cron("*/2 * * * * *"), UTC_ZONE, **kwargs)  # type: ignore[arg-type]
+
+
+def test_on_time_fire_starts_and_the_next_one_is_scheduled() -> None:
+    timing = every_two_seconds()
+    d = decide(timing, due_at=at("2026-01-01T00:00:10"), now=at("2026-01-01T00:00:10.300"))
+    assert d.fire == at("2026-01-01T00:00:10")
+    assert d.missed == () and d.more_missed == 0 and d.expired is None
+    assert d.next_fire_at == at("2026-01-01T00:00:12")
+
+
+def test_late_tick_starts_only_the_latest_due_fire() -> None:
+    timing = every_two_seconds()
+    d = decide(timing, due_at=at("2026-01-01T00:00:10"), now=at("2026-01-01T00:00:15"))
+    assert d.fire == at("2026-01-01T00:00:14")
+    assert d.missed == (at("2026-01-01T00:00:10"), at("2026-01-01T00:00:12"))
+    assert d.next_fire_at == at("2026-01-01T00:00:16")
+
+
+def test_outage_longer_than_grace_starts_nothing_and_moves_on() -> None:
+    timing = Timing(parse_cron("0 0 * * * *"), UTC_ZONE, misfire_grace=timedelta(minutes=30))
+    d = decide(timing, due_at=at("2026-01-01T03:00:00"), now=at("2026-01-01T05:45:00"))
+    assert d.fire is None
+    assert d.expired == at("2026-01-01T05:00:00")
+    assert d.missed == (at("2026-01-01T03:00:00"), at("2026-01-01T04:00:00"))
+    assert d.next_fire_at == at("2026-01-01T06:00:00")
+
+
+def test_outage_within_grace_fires_once_for_the_latest_missed_time() -> None:
+    timing = Timing(parse_cron("0 0 * * * *"), UTC_ZONE, misfire_grace=timedelta(hours=1))
+    d = decide(timing, due_at=at("2026-01-01T03:00:00"), now=at("2026-01-01T05:45:00"))
+    assert d.fire == at("2026-01-01T05:00:00")
+    assert len(d.missed) == 2
+
+
+def test_long_outage_lists_a_bounded_number_of_misses() -> None:
+    timing = Timing(parse_cron("* * * * * *"), UTC_ZONE, misfire_grace=timedelta(0))
+    d = decide(timing, due_at=at("2026-01-01T00:00:00"), now=at("2026-01-01T01:00:00"))
+    assert d.fire == at("2026-01-01T01:00:00")
+    assert len(d.missed) == 100
+    assert d.more_missed == 3600 - 100
+
+
+def test_window_bounds_fires() -> None:
+    timing = every_two_seconds(
+        from_date=at("2026-01-01T00:01:00"), to_date=at("2026-01-01T00:01:06")
+    )
+    assert first_fire(timing, at("2026-01-01T00:00:00")) == at("2026-01-01T00:01:00")
+    assert first_fire(timing, at("2026-01-01T00:01:03")) == at("2026-01-01T00:01:04")
+    assert first_fire(timing, at("2026-01-01T00:01:04")) is None  # toDate is exclusive
+    d = decide(timing, due_at=at("2026-01-01T00:01:04"), now=at("2026-01-01T00:01:09"))
+    assert d.fire == at("2026-01-01T00:01:04")
+    assert d.next_fire_at is None
+
+
+def test_due_time_not_yet_reached_in_spec_zone_starts_nothing() -> None:
+    timing = Timing(parse_cron("0 30 2 * * *"), ZoneInfo("Europe/Berlin"))
+    d = decide(timing, due_at=at("2026-01-02T01:30:00"), now=at("2026-01-02T01:29:59"))
+    assert d.fire is None and d.missed == () and d.expired is None
+    assert d.next_fire_at == at("2026-01-02T01:30:00")
