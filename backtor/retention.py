@@ -9,10 +9,14 @@ quickly (a million backups in a few seconds) without per-backup zone lookups.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from bisect import bisect_left
+from calendar import monthrange
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from functools import cached_property
+from itertools import groupby
+from operator import sub
 from typing import Literal
 from zoneinfo import ZoneInfo
 
@@ -24,7 +28,7 @@ NEWEST = "newest"
 PINNED = "pinned"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BackupRecord:
     """One backup as the plan sees it; ``time`` must be timezone-aware."""
 
@@ -38,7 +42,7 @@ class BackupRecord:
             raise ValueError(f"backup {self.id!r}: time must be timezone-aware, got {self.time}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Decision:
     """What happens to one backup: ``tags`` are the tiers it represents, ``reasons`` why kept."""
 
@@ -130,59 +134,81 @@ def _chronological(records: Sequence[BackupRecord]) -> tuple[list[int], list[int
 # Offset changes in tzdata are always more than two days apart (checked against every
 # zone), so an offset equal at both ends of a shorter window holds throughout it.
 _PROBE_SECONDS = 12 * 3600
+_ONE_SECOND = timedelta(seconds=1)
 
 
-class _OffsetCache:
-    """UTC offset (seconds) by UTC second, walking forward through constant stretches."""
+def _offset_at(second: int, tz: tzinfo) -> int:
+    offset = (_EPOCH + timedelta(seconds=second)).astimezone(tz).utcoffset()
+    assert offset is not None
+    return offset // _ONE_SECOND
 
-    def __init__(self, tz: tzinfo) -> None:
-        self._tz = tz
-        self.low = 1
-        self.high = 0  # empty: the first lookup fills it
-        self.offset = 0
 
-    def _at(self, second: int) -> int:
-        offset = (_EPOCH + timedelta(seconds=second)).astimezone(self._tz).utcoffset()
-        assert offset is not None
-        return offset // timedelta(seconds=1)
+def _stretch(second: int, tz: tzinfo) -> tuple[int, int]:
+    """(offset at ``second``, end of the constant-offset stretch that starts there)."""
+    offset = _offset_at(second, tz)
+    high = second + _PROBE_SECONDS
+    try:
+        changed = _offset_at(high, tz) != offset
+    except OverflowError:  # the probe ran past year 9999: settle for this one second
+        return offset, second + 1
+    if changed:
+        low = second  # bisect for the first second with the new offset
+        while high - low > 1:
+            middle = (low + high) // 2
+            if _offset_at(middle, tz) == offset:
+                low = middle
+            else:
+                high = middle
+    return offset, high
 
-    def refill(self, second: int) -> int:
-        """Make [low, high) the constant stretch from ``second``; return its offset."""
-        offset = self._at(second)
-        probe = second + _PROBE_SECONDS
-        high = probe
-        if self._at(probe) != offset:
-            # Bisect for the first second with the new offset (transitions are on seconds).
-            low = second
-            while high - low > 1:
-                middle = (low + high) // 2
-                if self._at(middle) == offset:
-                    low = middle
-                else:
-                    high = middle
-        self.low, self.high, self.offset = second, high, offset
-        return offset
+
+def _wall_clock(seconds: list[int], tz: tzinfo) -> tuple[list[int], list[int]]:
+    """Local wall-clock seconds and UTC offsets for ascending UTC ``seconds``.
+
+    One zone lookup per constant-offset stretch rather than per backup; each
+    stretch is then a plain slice addition.
+    """
+    walls: list[int] = []
+    offsets: list[int] = []
+    start = 0
+    while start < len(seconds):
+        try:
+            offset, high = _stretch(seconds[start], tz)
+        except OverflowError:
+            raise ValueError(
+                f"a backup time ({seconds[start]} s after 1970 UTC) has no local date in {tz}"
+            ) from None
+        end = bisect_left(seconds, high, start)
+        walls += [second + offset for second in seconds[start:end]]
+        offsets += [offset] * (end - start)
+        start = end
+    return walls, offsets
 
 
 # --- representatives --------------------------------------------------------------
 
 
-def _choose(ranks: list[int], keys: list[int], distances: list[int]) -> list[int]:
-    """Per period key, the rank nearest its reference (ties: the newer); ascending.
+def _choose(
+    feeder: list[int], keys: list[int], distance: Callable[[list[int]], list[int]]
+) -> list[int]:
+    """Per period key, the member nearest its reference (ties: the newer); ascending.
 
-    ``ranks`` ascend, so a later element wins a tie by replacing on <=.
+    Members are positions in time order, so the greater is the newer. A period's
+    members are normally adjacent, so runs of equal keys are settled in C; a period
+    split in two runs (a zone whose date steps back) is merged through ``best``.
+    ``distance`` maps the feeder to distances; it is skipped when no period has two
+    members, the common case for the finest tiers.
     """
     if len(set(keys)) == len(keys):
-        return ranks  # one member per period: every member represents its period
-    best: dict[int, tuple[int, int]] = {}
-    get = best.get
-    for rank, key, distance in zip(ranks, keys, distances, strict=True):
-        current = get(key)
-        if current is None or distance <= current[0]:
-            best[key] = (distance, rank)
-    chosen = [rank for _, rank in best.values()]
-    chosen.sort()
-    return chosen
+        return feeder
+    span = feeder[-1] + 1
+    score = [d * span - p for d, p in zip(distance(feeder), feeder, strict=True)]  # lower wins
+    best: dict[int, int] = {}
+    for key, members in groupby(range(len(feeder)), keys.__getitem__):
+        winner = min(members, key=score.__getitem__)
+        if key not in best or score[winner] < score[best[key]]:
+            best[key] = winner
+    return sorted(feeder[i] for i in best.values())
 
 
 def _wanted(policy: RetentionPolicy) -> set[Tier]:
@@ -206,116 +232,124 @@ _SPAN = 1 << 18
 _DAY = 86400
 
 
-def _wall_clock(eligible: list[int], micros: list[int], tz: tzinfo) -> tuple[list[int], list[int]]:
-    """Local wall-clock seconds since 1970 and UTC offsets, by rank (eligible ranks only)."""
-    walls = [0] * len(micros)
-    offsets = [0] * len(micros)
-    cache = _OffsetCache(tz)
-    low = high = offset = 0
-    for rank in eligible:
-        second = micros[rank] // 1_000_000
-        if not low <= second < high:
-            offset = cache.refill(second)
-            low, high = cache.low, cache.high
-        walls[rank] = second + offset
-        offsets[rank] = offset
-    return walls, offsets
-
-
 def _month_facts(day: int, memo: dict[int, tuple[int, int, int, int]]) -> tuple[int, int, int, int]:
     """(year, month, day of month, days in month) of local day number ``day``."""
     found = memo.get(day)
     if found is None:
         date = (_EPOCH + timedelta(days=day)).date()
-        following = date.replace(day=28) + timedelta(days=4)
-        length = (following - timedelta(days=following.day)).day
+        length = monthrange(date.year, date.month)[1]
         found = memo[day] = (date.year, date.month, date.day, length)
     return found
 
 
 def _representatives(
-    eligible: list[int], micros: list[int], policy: RetentionPolicy, tz: tzinfo
+    seconds: list[int], policy: RetentionPolicy, tz: tzinfo
 ) -> dict[Tier, list[int]]:
-    """Representative ranks (ascending) per wanted tier, each choosing among its feeder's."""
+    """Representatives per wanted tier, as ascending positions in ``seconds``.
+
+    ``seconds`` are the eligible backups' UTC seconds, oldest first; each tier
+    chooses among the representatives of the tier that feeds it.
+    """
     wanted = _wanted(policy)
     reps: dict[Tier, list[int]] = {tier: [] for tier in wanted}
-    if not wanted or not eligible:
+    if not wanted or not seconds:
         return reps
-    walls, offsets = _wall_clock(eligible, micros, tz)
+    walls, offsets = _wall_clock(seconds, tz)
 
     def target(tier: Tier, last: int) -> int:
         value = policy.rule(tier).reference
         return last if value is None else value
 
-    # Minutely: periods are (local minute, offset), the unit is the second.
-    feeder = eligible
-    goal = target(Tier.MINUTELY, 59)
-    reps[Tier.MINUTELY] = feeder = _choose(
-        feeder,
-        [walls[r] // 60 * _SPAN + offsets[r] for r in feeder],
-        [abs(walls[r] % 60 - goal) for r in feeder],
-    )
+    # Minutely: periods are (local minute, offset), the unit is the second. Backups a
+    # minute or more apart (the usual case) each have a minute to themselves.
+    feeder = list(range(len(seconds)))
+    if len(seconds) > 1 and min(map(sub, seconds[1:], seconds)) < 60:
+        goal = target(Tier.MINUTELY, 59)
+        feeder = _choose(
+            feeder,
+            [w // 60 * _SPAN + o for w, o in zip(walls, offsets, strict=True)],
+            lambda f: [abs(walls[p] % 60 - goal) for p in f],
+        )
+    reps[Tier.MINUTELY] = feeder
     if Tier.HOURLY not in wanted:
         return reps
     # Hourly: (local hour, offset), so a repeated fall-back hour is two periods; minute.
-    goal = target(Tier.HOURLY, 59)
+    goal_minute = target(Tier.HOURLY, 59)
     reps[Tier.HOURLY] = feeder = _choose(
         feeder,
-        [walls[r] // 3600 * _SPAN + offsets[r] for r in feeder],
-        [abs(walls[r] // 60 % 60 - goal) for r in feeder],
+        [walls[p] // 3600 * _SPAN + offsets[p] for p in feeder],
+        lambda f: [abs(walls[p] // 60 % 60 - goal_minute) for p in f],
     )
     if Tier.DAILY not in wanted:
         return reps
-    # Daily: local date; the hour.
-    goal = target(Tier.DAILY, 23)
+    # Daily: the local date; the hour.
+    goal_hour = target(Tier.DAILY, 23)
     reps[Tier.DAILY] = daily = _choose(
         feeder,
-        [walls[r] // _DAY for r in feeder],
-        [abs(walls[r] // 3600 % 24 - goal) for r in feeder],
+        [walls[p] // _DAY for p in feeder],
+        lambda f: [abs(walls[p] // 3600 % 24 - goal_hour) for p in f],
     )
     if Tier.WEEKLY in wanted:
         # Weekly: Sunday..Saturday; the weekday. Day 0, 1970-01-01, was a Thursday (4).
-        goal = target(Tier.WEEKLY, 6)
+        goal_weekday = target(Tier.WEEKLY, 6)
         reps[Tier.WEEKLY] = _choose(
             daily,
-            [(walls[r] // _DAY + 4) // 7 for r in daily],
-            [abs((walls[r] // _DAY + 4) % 7 - goal) for r in daily],
+            [(walls[p] // _DAY + 4) // 7 for p in daily],
+            lambda f: [abs((walls[p] // _DAY + 4) % 7 - goal_weekday) for p in f],
         )
     if Tier.MONTHLY in wanted:
         # Monthly: the day; L, or an R past the month's end, is its last day.
         memo: dict[int, tuple[int, int, int, int]] = {}
-        facts = {r: _month_facts(walls[r] // _DAY, memo) for r in daily}
-        wanted_day = policy.rule(Tier.MONTHLY).reference
+        facts = {p: _month_facts(walls[p] // _DAY, memo) for p in daily}
+        goal_day = policy.rule(Tier.MONTHLY).reference
         reps[Tier.MONTHLY] = monthly = _choose(
             daily,
-            [facts[r][0] * 12 + facts[r][1] for r in daily],
-            [
-                abs(day - (length if wanted_day is None else min(wanted_day, length)))
-                for _, _, day, length in (facts[r] for r in daily)
+            [facts[p][0] * 12 + facts[p][1] for p in daily],
+            lambda f: [
+                abs(day - (length if goal_day is None else min(goal_day, length)))
+                for _, _, day, length in (facts[p] for p in f)
             ],
         )
         if Tier.YEARLY in wanted:
             # Yearly: the month.
-            goal = target(Tier.YEARLY, 12)
+            goal_month = target(Tier.YEARLY, 12)
             reps[Tier.YEARLY] = _choose(
                 monthly,
-                [facts[r][0] for r in monthly],
-                [abs(facts[r][1] - goal) for r in monthly],
+                [facts[p][0] for p in monthly],
+                lambda f: [abs(facts[p][1] - goal_month) for p in f],
             )
     return reps
 
 
 # --- the plan ---------------------------------------------------------------------
 
+_TIERS = tuple(Tier)
+_KEPT_SHIFT = len(_TIERS)  # bits 0-5: represents tier i; bits 6-11: kept by tier i
+_NEWEST = 1 << 12
+_PINNED = 1 << 13
+_IGNORED = 1 << 14
 
-def _check_unique(records: Sequence[BackupRecord]) -> None:
-    ids = [r.id for r in records]
-    if len(set(ids)) < len(ids):
-        seen: set[str] = set()
-        for backup_id in ids:
-            if backup_id in seen:
-                raise ValueError(f"duplicate backup id {backup_id!r}")
-            seen.add(backup_id)
+
+def _outcome(word: int) -> tuple[Action, tuple[Tier, ...], tuple[str, ...]]:
+    """(action, tags, reasons) for a state word; computed once per distinct word."""
+    if word & _IGNORED:
+        return "ignore", (), ()
+    tags = tuple(t for i, t in enumerate(_TIERS) if word >> i & 1)
+    reasons = [t.value for i, t in enumerate(_TIERS) if word >> (i + _KEPT_SHIFT) & 1]
+    if word & _NEWEST:
+        reasons.append(NEWEST)
+    if word & _PINNED:
+        return "keep", (), (*reasons, PINNED)  # pins sit outside the policy: no tags
+    return ("keep" if reasons else "remove"), tags, tuple(reasons)
+
+
+def _duplicate(ids: list[str]) -> str:
+    seen: set[str] = set()
+    for backup_id in ids:
+        if backup_id in seen:
+            return backup_id
+        seen.add(backup_id)
+    raise AssertionError("no duplicate")
 
 
 def plan_retention(
@@ -323,73 +357,46 @@ def plan_retention(
 ) -> RetentionPlan:
     """Decide keep / remove / ignore for every backup of one spec (see docs/retention.md)."""
     records = backups if isinstance(backups, list | tuple) else list(backups)
-    _check_unique(records)
     order, micros = _chronological(records)
-    ordered = [records[i] for i in order]  # rank = position, oldest first
-    candidate = [r.status == COMPLETED for r in ordered]
-    pinned = [r.pinned for r in ordered]
-    eligible = [rank for rank, ok in enumerate(candidate) if ok and not pinned[rank]]
+    newest_first = [records[i] for i in reversed(order)]
+    ids = [r.id for r in newest_first]
+    if len(set(ids)) < len(ids):
+        raise ValueError(f"duplicate backup id {_duplicate(ids)!r}")
 
-    # Per rank: bit i set = represents / kept by the i-th tier (finest first).
-    tiers = list(Tier)
-    tag_bits = [0] * len(ordered)
-    keep_bits = [0] * len(ordered)
-    for tier, ranks in _representatives(eligible, micros, policy, tz).items():
+    # One state word per rank (position oldest first): the tiers it represents and
+    # is kept by, and its flags.
+    state = [
+        (0 if r.status == COMPLETED else _IGNORED) | (_PINNED if r.pinned else 0)
+        for r in reversed(newest_first)
+    ]
+    eligible = [rank for rank, word in enumerate(state) if not word]
+    for rank in range(len(state) - 1, -1, -1):
+        if not state[rank] & _IGNORED:
+            state[rank] |= _NEWEST  # the newest candidate, pinned or not
+            break
+
+    seconds = [micros[rank] // 1_000_000 for rank in eligible]
+    for tier, positions in _representatives(seconds, policy, tz).items():
         count = policy.rule(tier).count
         if count == 0:
-            continue
-        bit = 1 << tiers.index(tier)
-        for rank in ranks:
-            tag_bits[rank] |= bit
-        for rank in ranks[-count:]:
-            keep_bits[rank] |= bit
+            continue  # tags only name tiers that keep something
+        tag = 1 << _TIERS.index(tier)
+        for position in positions:
+            state[eligible[position]] |= tag
+        for position in positions[-count:]:
+            state[eligible[position]] |= tag << _KEPT_SHIFT
 
-    newest = max((rank for rank, ok in enumerate(candidate) if ok), default=-1)
-    return RetentionPlan(_decisions(ordered, candidate, pinned, tag_bits, keep_bits, newest))
-
-
-def _decisions(
-    ordered: list[BackupRecord],
-    candidate: list[bool],
-    pinned: list[bool],
-    tag_bits: list[int],
-    keep_bits: list[int],
-    newest: int,
-) -> tuple[Decision, ...]:
-    """Decisions newest first; tags and reasons tuples are shared per bit pattern."""
-    tiers = list(Tier)
-    tag_tuples: dict[int, tuple[Tier, ...]] = {}
-    reason_tuples: dict[tuple[int, bool, bool], tuple[str, ...]] = {}
-
-    def tags_of(bits: int) -> tuple[Tier, ...]:
-        found = tag_tuples.get(bits)
-        if found is None:
-            found = tag_tuples[bits] = tuple(t for i, t in enumerate(tiers) if bits >> i & 1)
-        return found
-
-    def reasons_of(bits: int, is_newest: bool, is_pinned: bool) -> tuple[str, ...]:
-        signature = (bits, is_newest, is_pinned)
-        found = reason_tuples.get(signature)
-        if found is None:
-            names = [t.value for i, t in enumerate(tiers) if bits >> i & 1]
-            names += [NEWEST] if is_newest else []
-            names += [PINNED] if is_pinned else []
-            found = reason_tuples[signature] = tuple(names)
-        return found
-
-    result: list[Decision] = []
-    append = result.append
-    for rank in range(len(ordered) - 1, -1, -1):
-        record = ordered[rank]
-        if not candidate[rank]:
-            append(Decision(record.id, record.time, "ignore", (), ()))
-        elif pinned[rank]:
-            append(
-                Decision(record.id, record.time, "keep", (), reasons_of(0, rank == newest, True))
+    outcome = {word: _outcome(word) for word in set(state)}
+    newest_states = state[::-1]
+    return RetentionPlan(
+        tuple(
+            map(
+                Decision,
+                ids,
+                [r.time for r in newest_first],
+                [outcome[word][0] for word in newest_states],
+                [outcome[word][1] for word in newest_states],
+                [outcome[word][2] for word in newest_states],
             )
-        elif keep_bits[rank] or rank == newest:
-            reasons = reasons_of(keep_bits[rank], rank == newest, False)
-            append(Decision(record.id, record.time, "keep", tags_of(tag_bits[rank]), reasons))
-        else:
-            append(Decision(record.id, record.time, "remove", tags_of(tag_bits[rank]), ()))
-    return tuple(result)
+        )
+    )

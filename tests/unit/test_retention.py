@@ -406,3 +406,14 @@ def test_duplicate_ids_are_refused() -> None:
 def test_naive_times_are_refused() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         BackupRecord("1", datetime(2026, 1, 1))
+
+
+def test_extreme_dates() -> None:
+    late = datetime(9999, 12, 31, 13, tzinfo=UTC)
+    backups = [BackupRecord("1", late - timedelta(days=1)), BackupRecord("2", late)]
+    plan = plan_retention(backups, only("daily=5"), ZoneInfo("Asia/Kolkata"))  # local 18:30
+    assert plan.keep_ids == {"1", "2"}
+    with pytest.raises(ValueError, match="no local date"):  # local time would be year 0
+        plan_retention(
+            [BackupRecord("1", datetime(1, 1, 1, tzinfo=UTC))], DEFAULT_POLICY, SAO_PAULO
+        )
