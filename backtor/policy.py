@@ -41,23 +41,24 @@ WEEKDAY_NAMES = ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")
 
 
 @dataclass(frozen=True)
-class _Unit:
+class Unit:
     """What a tier's reference R measures, so parsing and messages share one table."""
 
     name: str
     low: int
     high: int
     last: int | None  # the value L stands for, when it is fixed
+    extra: str = ""  # other accepted spellings, for messages
 
 
-UNIT_BY_TIER: Mapping[Tier, _Unit] = MappingProxyType(
+UNIT_BY_TIER: Mapping[Tier, Unit] = MappingProxyType(
     {
-        Tier.MINUTELY: _Unit("second", 0, 59, 59),
-        Tier.HOURLY: _Unit("minute", 0, 59, 59),
-        Tier.DAILY: _Unit("hour", 0, 23, 23),
-        Tier.WEEKLY: _Unit("weekday (0=Sunday, or SUN..SAT)", 0, 6, 6),
-        Tier.MONTHLY: _Unit("day of the month", 1, 31, None),  # L: the month's last day
-        Tier.YEARLY: _Unit("month", 1, 12, 12),
+        Tier.MINUTELY: Unit("second", 0, 59, 59),
+        Tier.HOURLY: Unit("minute", 0, 59, 59),
+        Tier.DAILY: Unit("hour", 0, 23, 23),
+        Tier.WEEKLY: Unit("weekday", 0, 6, 6, " (0 = Sunday), SUN..SAT"),
+        Tier.MONTHLY: Unit("day of the month", 1, 31, None),  # L: the month's last day
+        Tier.YEARLY: Unit("month", 1, 12, 12),
     }
 )
 
@@ -93,13 +94,13 @@ DEFAULT_RULES: Mapping[Tier, TierRule] = MappingProxyType(
 )
 
 
-def _rule_error(tier: Tier, text: str, why: str) -> PolicyError:
+def _rule_error(tier: Tier, text: object, why: str) -> PolicyError:
     unit = UNIT_BY_TIER[tier]
     name = FIELD_BY_TIER[tier]
     return PolicyError(
         name,
-        f"{name} must be 'N', 'N@R' or empty, with N an integer 0..{MAX_COUNT} and R a "
-        f"{unit.name} {unit.low}-{unit.high} or L; {why} in {text!r}",
+        f"{name} must be 'N', 'N@R' or empty, with N an integer 0..{MAX_COUNT} and R the "
+        f"{unit.name}, {unit.low}-{unit.high}{unit.extra} or L; {why} in {text!r}",
     )
 
 
@@ -128,7 +129,7 @@ def parse_rule(tier: Tier, text: str | None) -> TierRule:
     if text is None:
         return DEFAULT_RULES[tier]
     if not isinstance(text, str):
-        raise _rule_error(tier, repr(text), "the value is not a string")
+        raise _rule_error(tier, text, "the value is not a string")
     stripped = text.strip()
     if not stripped:
         return DEFAULT_RULES[tier]

@@ -120,10 +120,12 @@ def test_parse_rule_rejects(tier: Tier, text: str) -> None:
 
 
 def test_error_names_the_unit_of_the_tier() -> None:
-    with pytest.raises(PolicyError, match="minute 0-59"):
+    with pytest.raises(PolicyError, match="the minute, 0-59 or L"):
         parse_rule(Tier.HOURLY, "4@60")
-    with pytest.raises(PolicyError, match="day of the month 1-31"):
+    with pytest.raises(PolicyError, match="the day of the month, 1-31 or L"):
         parse_rule(Tier.MONTHLY, "4@0")
+    with pytest.raises(PolicyError, match=r"the weekday, 0-6 \(0 = Sunday\), SUN..SAT or L"):
+        parse_rule(Tier.WEEKLY, "4@7")
 
 
 def test_from_fields_defaults_and_canonical_fields() -> None:
