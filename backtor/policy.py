@@ -6,9 +6,10 @@ works with validated :class:`TierRule` values and never sees the strings again.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 
@@ -161,7 +162,7 @@ class RetentionPolicy:
 
     def __post_init__(self) -> None:
         # Rules built in code bypass parse_rule; hold them to the same ranges.
-        for f in fields(self):
+        for f in dataclasses.fields(self):
             tier = Tier(f.name)
             rule = getattr(self, f.name)
             _check_rule(tier, rule, format_rule(tier, rule))
@@ -175,9 +176,9 @@ class RetentionPolicy:
         return MappingProxyType({tier: self.rule(tier) for tier in Tier})
 
     @classmethod
-    def from_fields(cls, values: Mapping[str, str | None]) -> RetentionPolicy:
+    def from_fields(cls, fields: Mapping[str, str | None]) -> RetentionPolicy:
         """Build from API fields; missing, None or blank fields take the tier's default."""
-        for name in values:
+        for name in fields:
             if name not in TIER_BY_FIELD:
                 raise PolicyError(
                     str(name),
@@ -185,7 +186,7 @@ class RetentionPolicy:
                     + ", ".join(FIELD_BY_TIER.values()),
                 )
         return cls(
-            **{tier.value: parse_rule(tier, values.get(FIELD_BY_TIER[tier])) for tier in Tier}
+            **{tier.value: parse_rule(tier, fields.get(FIELD_BY_TIER[tier])) for tier in Tier}
         )
 
     def to_fields(self) -> dict[str, str]:
