@@ -16,6 +16,7 @@ class Settings:
     log_format: str
     api_token: str | None
     max_removals_per_run: int
+    removal_retry_seconds: float
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -32,6 +33,7 @@ class Settings:
             log_format=(env.get("LOG_FORMAT") or "text").lower(),
             api_token=env.get("BACKTOR_API_TOKEN") or None,
             max_removals_per_run=int(env.get("BACKTOR_MAX_REMOVALS_PER_RUN") or "20"),
+            removal_retry_seconds=float(env.get("BACKTOR_REMOVAL_RETRY_SECONDS") or "30"),
         )
 
 

@@ -32,9 +32,9 @@ OPEN = (BackupStatus.REMOVING.value, BackupStatus.REMOVE_FAILED.value)
 FINISHED_WORKFLOW = frozenset({"COMPLETED", "FAILED", "TIMED_OUT", "TERMINATED"})
 
 
-def backoff(attempts: int) -> timedelta:
-    """30 s after the first failure, doubling, at most an hour."""
-    return timedelta(seconds=min(30 * 2 ** max(attempts - 1, 0), 3600))
+def backoff(attempts: int, base_seconds: float = 30.0) -> timedelta:
+    """`base_seconds` after the first failure, doubling, at most an hour."""
+    return timedelta(seconds=min(base_seconds * 2 ** max(attempts - 1, 0), 3600.0))
 
 
 @dataclass(frozen=True)
@@ -179,7 +179,15 @@ def reconcile_removals(services: Services, limit: int = 500) -> None:
             if status == "COMPLETED":
                 record_removed(session, row.id, now)
             else:
-                _record_failure(session, row.id, row.remove_attempts, row.name, status, reason, now)
+                _record_failure(
+                    session,
+                    row.id,
+                    row.remove_attempts,
+                    row.name,
+                    status,
+                    reason,
+                    now + backoff(row.remove_attempts + 1, services.settings.removal_retry_seconds),
+                )
 
 
 def _record_failure(
@@ -189,7 +197,7 @@ def _record_failure(
     spec_name: str,
     status: str,
     reason: object,
-    now: datetime,
+    retry_at: datetime,
 ) -> None:
     attempts += 1
     session.execute(
@@ -198,7 +206,7 @@ def _record_failure(
         .values(
             remove_attempts=attempts,
             remove_workflow_id=None,
-            next_attempt_at=now + backoff(attempts),
+            next_attempt_at=retry_at,
             status=(
                 BackupStatus.REMOVE_FAILED.value
                 if attempts >= FAILURES_SHOWN
@@ -208,12 +216,12 @@ def _record_failure(
         )
     )
     log.warning(
-        "spec %s: removal of backup %s failed (%s, attempt %d); retrying in %s",
+        "spec %s: removal of backup %s failed (%s, attempt %d); retrying at %s",
         spec_name,
         backup_id,
         status,
         attempts,
-        backoff(attempts),
+        retry_at.isoformat(),
         extra={"backup": spec_name},
     )
 

@@ -25,7 +25,7 @@ TICK_CORRELATION_ID = "backtor-scheduler"
 LEASE = timedelta(seconds=30)
 # A tick that has not beaten for this long is held by a dead worker: replace it rather than
 # wait for Conductor's response timeout and sweeper to notice.
-STALL = timedelta(seconds=45)
+STALL = timedelta(seconds=30)
 
 
 class StallDetector:

@@ -1,17 +1,25 @@
 """A conductor-python Worker that stops polling once its runner process is told to stop."""
 
-import multiprocessing
+import os
+from typing import Any
 
 from conductor.client.worker.worker import Worker
 
 from backtor.workers import context
 
-# Unpickled in each spawned runner's main thread: the place to take over its SIGTERM.
-if multiprocessing.parent_process() is not None:
-    context.install_graceful_stop()
-
 
 class StoppableWorker(Worker):  # type: ignore[misc]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._built_in_pid = os.getpid()
+        super().__init__(*args, **kwargs)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Unpickled in a freshly spawned runner, in its main thread (before the runner
+        # starts polling): the one place to take over the runner's SIGTERM.
+        super().__setstate__(state)
+        if os.getpid() != state.get("_built_in_pid"):
+            context.install_graceful_stop()
+
     @property
     def paused(self) -> bool:
         return context.stopping() or bool(getattr(self, "_paused_by_config", False))

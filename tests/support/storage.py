@@ -2,7 +2,9 @@
 
 `backup` writes one file and returns its name as dataId; `remove` deletes it (a missing
 file counts as removed). It polls Conductor over REST in a thread, like any worker would.
-Knobs: `delay` (a slow backup), `fail_backups` (how many next backups fail).
+Knobs: `delay` (a slow backup), `fail_backups` and `fail_removals` (how many of the next
+ones fail, terminally, so the workflow fails at once). Tasks for spec names that `accepts`
+refuses (another test's leftovers on the shared server) fail without touching anything.
 """
 
 from __future__ import annotations
@@ -18,13 +20,22 @@ import requests
 
 
 class FileStorageWorker:
-    def __init__(self, conductor_url: str, directory: Path, *, poll_interval: float = 0.1) -> None:
+    def __init__(
+        self,
+        conductor_url: str,
+        directory: Path,
+        *,
+        prefix: str = "",
+        poll_interval: float = 0.1,
+    ) -> None:
         self.base = conductor_url.rstrip("/")
+        self.prefix = prefix
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.poll_interval = poll_interval
         self.delay = 0.0
         self.fail_backups = 0
+        self.fail_removals = 0
         self.backups_taken: list[str] = []
         self.removed: list[str] = []
         self._stop = threading.Event()
@@ -64,7 +75,10 @@ class FileStorageWorker:
                 self._stop.wait(self.poll_interval)
                 continue
             task = answer.json()
-            status, output, reason = handle(task["inputData"])
+            if str(task["inputData"].get("backupName", "")).startswith(self.prefix):
+                status, output, reason = handle(task["inputData"])
+            else:
+                status, output, reason = "FAILED_WITH_TERMINAL_ERROR", {}, "not this test's spec"
             body = {
                 "taskId": task["taskId"],
                 "workflowInstanceId": task["workflowInstanceId"],
@@ -80,7 +94,7 @@ class FileStorageWorker:
         with self._lock:
             if self.fail_backups > 0:
                 self.fail_backups -= 1
-                return "FAILED", {}, "test storage: told to fail"
+                return "FAILED_WITH_TERMINAL_ERROR", {}, "test storage: told to fail"
         if self.delay:
             time.sleep(self.delay)
         name = f"{data['backupName']}-{uuid.uuid4().hex[:10]}.bak"
@@ -91,6 +105,10 @@ class FileStorageWorker:
         return "COMPLETED", {"dataId": name, "dataSizeMB": len(content) / 1e6}, None
 
     def _remove(self, data: dict[str, Any]) -> tuple[str, dict[str, Any], str | None]:
+        with self._lock:
+            if self.fail_removals > 0:
+                self.fail_removals -= 1
+                return "FAILED_WITH_TERMINAL_ERROR", {}, "test storage: told to fail a removal"
         target = self.directory / str(data["dataId"])
         target.unlink(missing_ok=True)
         with self._lock:

@@ -12,8 +12,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_wheel_carries_definitions_and_migrations(tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
-        + ["-w", str(tmp_path), str(ROOT)],
+        [
+            *(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"),
+            *("-w", str(tmp_path), str(ROOT)),
+        ],
         check=True,
     )
     (wheel,) = tmp_path.glob("backtor-*.whl")

@@ -1,0 +1,122 @@
+"""An end-to-end stack per test: a fresh PostgreSQL database, the real Conductor server,
+Backtor's API and worker processes, and the file storage worker."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from backtor.db.migrate import upgrade_to_head
+from tests.support import processes
+from tests.support.conductor import workflows
+from tests.support.storage import FileStorageWorker
+
+
+@dataclass
+class Stack:
+    api: str
+    conductor: str
+    database_url: str
+    env: dict[str, str]
+    storage: FileStorageWorker
+    logs: Path
+    prefix: str
+    names: list[str] = field(default_factory=list)
+
+    def name(self, label: str) -> str:
+        name = f"{self.prefix}-{label}"
+        self.names.append(name)
+        return name
+
+    def create(self, label: str, **fields: Any) -> str:
+        name = self.name(label)
+        body = {"name": name, "workerConfig": '{"kind": "test"}', **fields}
+        answer = requests.post(f"{self.api}/backup", json=body, timeout=10)
+        assert answer.status_code == 201, answer.text
+        return name
+
+    def spec(self, name: str) -> dict[str, Any]:
+        return dict(requests.get(f"{self.api}/backup/{name}", timeout=10).json())
+
+    def update(self, name: str, **fields: Any) -> None:
+        body = {k: v for k, v in self.spec(name).items() if k in WRITABLE} | fields
+        answer = requests.put(f"{self.api}/backup/{name}", json=body, timeout=10)
+        assert answer.status_code == 200, answer.text
+
+    def backups(self, name: str, **params: str) -> list[dict[str, Any]]:
+        answer = requests.get(f"{self.api}/backup/{name}/materialized", params=params, timeout=10)
+        answer.raise_for_status()
+        return list(answer.json())
+
+    def live_data_ids(self, name: str) -> set[str]:
+        """Data Backtor believes is stored: anything not removed and not failed."""
+        return {
+            b["dataId"]
+            for b in self.backups(name)
+            if b["dataId"] and b["status"] in ("COMPLETED", "REMOVING", "REMOVE_FAILED")
+        }
+
+    def creates(self, name: str) -> list[dict[str, Any]]:
+        return workflows(self.conductor, "create_backup", name)
+
+    def removes(self, name: str) -> list[dict[str, Any]]:
+        return workflows(self.conductor, "remove_backup", name)
+
+    def log_tail(self) -> str:
+        return "\n".join(p.read_text()[-4000:] for p in sorted(self.logs.glob("*.log")))
+
+
+WRITABLE = {
+    "name",
+    "enabled",
+    "fromDate",
+    "toDate",
+    "backupCronString",
+    "timezone",
+    "workerConfig",
+    "timeoutSeconds",
+    "misfireGraceSeconds",
+    "retentionMinutely",
+    "retentionHourly",
+    "retentionDaily",
+    "retentionWeekly",
+    "retentionMonthly",
+    "retentionYearly",
+}
+
+
+@pytest.fixture
+def stack_env(postgres_url: str, conductor_url: str) -> dict[str, str]:
+    upgrade_to_head(postgres_url)
+    return processes.backtor_env(postgres_url, conductor_url, BACKTOR_REMOVAL_RETRY_SECONDS="1")
+
+
+@pytest.fixture
+def stack(
+    stack_env: dict[str, str], conductor_url: str, postgres_url: str, tmp_path: Path
+) -> Iterator[Stack]:
+    prefix = f"e2e{uuid.uuid4().hex[:8]}"
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    with (
+        processes.api_server(stack_env, logs / "api.log") as api,
+        FileStorageWorker(conductor_url, tmp_path / "store", prefix=prefix) as storage,
+    ):
+        stack = Stack(api, conductor_url, postgres_url, stack_env, storage, logs, prefix)
+        try:
+            yield stack
+        finally:
+            for name in stack.names:
+                for kind in ("create_backup", "remove_backup"):
+                    for w in workflows(conductor_url, kind, name, include_closed=False):
+                        requests.delete(
+                            f"{conductor_url}/workflow/{w['workflowId']}",
+                            params={"reason": "test over"},
+                            timeout=10,
+                        )
