@@ -20,7 +20,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from backtor.conductor import ConductorUnavailable
+from backtor.conductor import ConductorError, ConductorUnavailable
 from backtor.cron import CronSchedule
 from backtor.db.models import BackupSpec, Fire, FireStatus, SkipReason
 from backtor.registration import DEFINITIONS
@@ -154,6 +154,7 @@ class FireOutcome:
     workflow_id: str | None = None
     skip_reason: SkipReason | None = None
     error: str | None = None
+    refused: bool = False  # Conductor answered, and said no (not merely unreachable)
 
 
 def claim_pending(
@@ -233,6 +234,11 @@ def start_fires(services: Services, jobs: Sequence[FireJob]) -> list[FireOutcome
         elif job.spec_name in busy or any(
             w.get("status") in OPEN_STATUSES for w in open_by_name.get(job.spec_name, [])
         ):
+            running = [
+                str(w["workflowId"])
+                for w in open_by_name.get(job.spec_name, [])
+                if w.get("status") in OPEN_STATUSES
+            ]
             outcomes.append(
                 FireOutcome(
                     job.fire_id,
@@ -240,6 +246,7 @@ def start_fires(services: Services, jobs: Sequence[FireJob]) -> list[FireOutcome
                     job.scheduled_at,
                     FireStatus.SKIPPED,
                     skip_reason=SkipReason.RUNNING,
+                    workflow_id=running[0] if running else None,
                 )
             )
         else:
@@ -270,16 +277,16 @@ def _start_one(services: Services, job: FireJob, version: int) -> FireOutcome:
                 "backupName": job.spec_name,
                 "workerConfig": job.worker_config,
                 "timeoutSeconds": job.timeout_seconds,
-                "scheduledTime": job.scheduled_at.isoformat(),
+                "scheduledTime": job.scheduled_at.isoformat().replace("+00:00", "Z"),
                 "fireId": job.fire_id,
                 "manual": job.manual,
             },
         )
     except ConductorUnavailable as exc:
         return _unavailable(job, str(exc))
-    except Exception as exc:  # an answer Conductor should not give: keep the fire, say why
+    except ConductorError as exc:  # an answer Conductor should not give: keep the fire, say why
         log.error("spec %s: could not start create_backup: %s", job.spec_name, exc)
-        return _unavailable(job, str(exc))
+        return _unavailable(job, str(exc), refused=True)
     log.info(
         "spec %s: create_backup %s started for %s",
         job.spec_name,
@@ -296,11 +303,31 @@ def _started(job: FireJob, workflow_id: str) -> FireOutcome:
     )
 
 
-def _unavailable(job: FireJob, error: str) -> FireOutcome:
+def _unavailable(job: FireJob, error: str, *, refused: bool = False) -> FireOutcome:
     """The fire stays PENDING (unclaimed) and is tried again at the next tick."""
     return FireOutcome(
-        job.fire_id, job.spec_name, job.scheduled_at, FireStatus.PENDING, error=error[:500]
+        job.fire_id,
+        job.spec_name,
+        job.scheduled_at,
+        FireStatus.PENDING,
+        error=error[:500],
+        refused=refused,
     )
+
+
+def give_up_fire(session: Session, fire_id: int, now: datetime) -> None:
+    """Close a manual fire that could not start (its caller was told so)."""
+    session.execute(
+        update(Fire)
+        .where(Fire.id == fire_id, Fire.status == FireStatus.PENDING.value)
+        .values(
+            status=FireStatus.SKIPPED.value,
+            skip_reason=SkipReason.CONDUCTOR_UNAVAILABLE.value,
+            claimed_until=None,
+            finished_at=now,
+        )
+    )
+    session.commit()
 
 
 def _record_outcomes(services: Services, outcomes: Sequence[FireOutcome]) -> None:

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from backtor.api.removals import BackupRemovalStarter
 from backtor.conductor import ConductorClient
 from backtor.config import Settings
+from backtor.services import Services
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,17 @@ class ApiContext:
     conductor: ConductorClient
     removal_starter: BackupRemovalStarter
     clock: Callable[[], datetime]
+
+    @property
+    def services(self) -> Services:
+        """The same view of the world the scheduler has, for the routes that start work."""
+        return Services(
+            settings=self.settings,
+            engine=self.engine,
+            db=self.sessions,
+            conductor=self.conductor,
+            clock=self.clock,
+        )
 
 
 def get_context(request: Request) -> ApiContext:

@@ -23,9 +23,9 @@ from backtor.api.schemas import (
 )
 from backtor.conductor import ConductorError, ConductorUnavailable
 from backtor.db import repository
-from backtor.db.models import BackupSpec, BackupStatus
+from backtor.db.models import BackupSpec, BackupStatus, FireStatus
+from backtor.fires import add_manual_fire, claim_pending, give_up_fire, start_fires
 from backtor.policy import Tier
-from backtor.registration import DEFINITIONS
 from backtor.specs import normalise_spec
 
 log = logging.getLogger(__name__)
@@ -275,37 +275,26 @@ def list_backups(
     dependencies=[_only_query()],
 )
 def trigger_backup(name: str, session: SessionDep, context: ContextDep) -> TriggerAccepted:
-    """Take a backup now: start a create_backup workflow, unless one is running."""
+    """Take a backup now, through the same fire ledger as scheduled backups."""
     spec = _require_spec(session, name)
     if spec.deleting:
         raise ApiError(409, f"backup spec {name!r} is being purged", "name")
-    workflow_input: dict[str, object] = {
-        "backupName": spec.name,
-        "workerConfig": spec.worker_config,
-        "timeoutSeconds": spec.timeout_seconds,
-        "scheduledTime": _iso(context.clock()),
-        "manual": True,
-    }
-    session.rollback()  # no transaction stays open across calls to Conductor
-    try:
-        running = context.conductor.running_workflow_ids(CREATE_WORKFLOW, name)
-        if running:
-            raise ApiError(
-                409, f"a {CREATE_WORKFLOW} workflow is already running for {name!r}: {running[0]}"
-            )
-        workflow_id = context.conductor.start_workflow(
-            CREATE_WORKFLOW,
-            input=workflow_input,
-            correlation_id=name,
-            version=DEFINITIONS.workflow_version(CREATE_WORKFLOW),
+    fire_id = add_manual_fire(session, spec, context.clock())
+    session.commit()  # no transaction stays open across calls to Conductor
+    with context.sessions.begin() as claiming:
+        jobs = claim_pending(claiming, context.clock(), fire_ids=[fire_id])
+    (outcome,) = start_fires(context.services, jobs)
+    if outcome.status is FireStatus.STARTED:
+        assert outcome.workflow_id is not None
+        log.info("backup spec %s: manual %s %s started", name, CREATE_WORKFLOW, outcome.workflow_id)
+        return TriggerAccepted(name=name, workflowId=outcome.workflow_id)
+    if outcome.status is FireStatus.SKIPPED:
+        running = f": {outcome.workflow_id}" if outcome.workflow_id else ""
+        raise ApiError(
+            409, f"a {CREATE_WORKFLOW} workflow is already running for {name!r}{running}"
         )
-    except ConductorUnavailable:
-        raise ApiError(503, "Conductor cannot be reached; no backup was started") from None
-    except ConductorError as error:
-        raise ApiError(502, f"Conductor refused to start the backup: {error}") from None
-    current = repository.get_spec(session, name, for_update=True)
-    if current is not None:  # deleted meanwhile: the workflow runs anyway, nothing to note
-        current.running_create_workflow_id = workflow_id
-        session.commit()
-    log.info("backup spec %s: manual %s %s started", name, CREATE_WORKFLOW, workflow_id)
-    return TriggerAccepted(name=name, workflowId=workflow_id)
+    # Not started: the fire is closed, so that no later tick starts a backup nobody waits for.
+    give_up_fire(session, fire_id, context.clock())
+    if outcome.refused:
+        raise ApiError(502, f"Conductor refused to start the backup: {outcome.error}")
+    raise ApiError(503, "Conductor cannot be reached; no backup was started")
