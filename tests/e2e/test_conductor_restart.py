@@ -1,0 +1,84 @@
+"""Conductor restarted under Backtor: scheduling resumes by itself.
+
+This test runs its own Conductor server (the session's one must not be restarted) and
+restarts it on the same SQLite state, as an operator's restart would.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from backtor.db.migrate import upgrade_to_head
+from tests.conftest import ROOT
+from tests.e2e.conftest import Stack
+from tests.support import processes
+from tests.support.net import free_port
+from tests.support.storage import FileStorageWorker
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.integration
+
+SCRIPT = str(ROOT / "scripts" / "conductor")
+
+
+class OwnConductor:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/api"
+
+    def start(self) -> None:
+        subprocess.run(
+            [SCRIPT, "start", "--port", str(self.port), "--dir", str(self.directory)], check=True
+        )
+
+    def stop(self) -> None:
+        subprocess.run([SCRIPT, "stop", "--dir", str(self.directory)], check=False)
+
+
+@pytest.fixture
+def own_conductor(tmp_path: Path) -> Iterator[OwnConductor]:
+    server = OwnConductor(tmp_path / "conductor")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_scheduling_resumes_after_a_conductor_restart(
+    own_conductor: OwnConductor, postgres_url: str, tmp_path: Path
+) -> None:
+    upgrade_to_head(postgres_url)
+    env = processes.backtor_env(postgres_url, own_conductor.url)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    prefix = f"e2e{uuid.uuid4().hex[:8]}"
+    with (
+        processes.api_server(env, logs / "api.log") as api,
+        FileStorageWorker(own_conductor.url, tmp_path / "store", prefix=prefix) as storage,
+        processes.workers(env, logs),
+    ):
+        stack = Stack(api, own_conductor.url, postgres_url, env, storage, logs, prefix)
+        name = stack.create("restart", backupCronString="*/2 * * * * *")
+        wait_until(lambda: len(stack.creates(name)) >= 2, timeout=60, what="backups before")
+        own_conductor.stop()
+        before = len(stack.backups(name))
+        own_conductor.start()
+        wait_until(
+            lambda: len(stack.backups(name)) >= before + 3,
+            timeout=120,
+            what="backups after the restart",
+        )
+        stack.update(name, enabled=0)
+        wait_until(
+            lambda: not [w for w in stack.creates(name) if w["status"] == "RUNNING"],
+            timeout=60,
+            what="the last backup",
+        )
+    assert stack.live_data_ids(name) == storage.files()
