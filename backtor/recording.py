@@ -139,13 +139,12 @@ def plan_for(
     return plan_retention(records, policy or policy_of(spec), ZoneInfo(spec.timezone))
 
 
-def apply_plan(session: Session, spec: BackupSpec, now: datetime, max_removals: int) -> list[int]:
-    """Store each backup's tags and mark the plan's removals (oldest first, capped) REMOVING.
+def store_tags(session: Session, spec: BackupSpec, plan: RetentionPlan) -> int:
+    """Store the plan's tags on the spec's COMPLETED backups; returns how many rows changed.
 
-    The removals are started by the removal outbox (backtor.removal); the rest of the plan's
-    removals follow in later runs.
+    Only rows whose tags differ are written, so refreshing an unchanged plan is cheap.
+    Other statuses keep the tags they had when they left COMPLETED.
     """
-    plan = plan_for(session, spec)
     current = {
         row.id: row.tags
         for row in session.execute(
@@ -163,6 +162,17 @@ def apply_plan(session: Session, spec: BackupSpec, now: datetime, max_removals: 
                 tag_rows.append({"id": backup_id, "tags": tags})
     if tag_rows:
         session.execute(update(Backup), tag_rows)
+    return len(tag_rows)
+
+
+def apply_plan(session: Session, spec: BackupSpec, now: datetime, max_removals: int) -> list[int]:
+    """Store each backup's tags and mark the plan's removals (oldest first, capped) REMOVING.
+
+    The removals are started by the removal outbox (backtor.removal); the rest of the plan's
+    removals follow in later runs.
+    """
+    plan = plan_for(session, spec)
+    store_tags(session, spec, plan)
     removals = [int(d.id) for d in reversed(plan.decisions) if d.action == "remove"]
     chosen = removals[:max_removals]
     if chosen:
