@@ -10,12 +10,13 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from backtor.cron import CronError, CronSchedule, next_fire, parse_cron
+from backtor.cron import CronError, CronSchedule, parse_cron
 from backtor.policy import FIELD_BY_TIER, PolicyError, RetentionPolicy, derive_cron
+from backtor.schedule import Timing, first_fire
 
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 _NAME_RE = re.compile(NAME_PATTERN, re.ASCII)
@@ -206,13 +207,8 @@ def compute_next_fire_at(
     """
     if not enabled:
         return None
-    after = now
-    if from_date is not None and from_date > now:
-        after = from_date - timedelta(microseconds=1)
+    timing = Timing(CronSchedule(cron_string), ZoneInfo(timezone), from_date, to_date)
     try:
-        fire = next_fire(CronSchedule(cron_string), after, ZoneInfo(timezone))
+        return first_fire(timing, now)
     except (CronError, OverflowError):
         return None  # nothing fires any more before the end of the calendar
-    if to_date is not None and fire >= to_date:
-        return None
-    return fire
