@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from types import FrameType
+from typing import Any
 
 from backtor.conductor import ConductorUnavailable
 from backtor.config import Settings
@@ -29,11 +30,33 @@ log = logging.getLogger(__name__)
 WATCHDOG_SECONDS = 10.0
 
 
-def build_task_handler(settings: Settings) -> object:
+def task_handler(conductor_api_url: str, workers: list[Any]) -> Any:
+    """conductor-python's TaskHandler for these workers: one runner process each."""
     # Imported here: importing conductor.client switches multiprocessing to "spawn".
     from conductor.client.automator.task_handler import TaskHandler
     from conductor.client.configuration.configuration import Configuration
 
+    return TaskHandler(
+        workers=workers,
+        configuration=Configuration(server_api_url=conductor_api_url),
+        scan_for_annotated_workers=False,
+    )
+
+
+def stop_on_signals() -> threading.Event:
+    """An event that SIGTERM or SIGINT sets: the main process's cue to stop its runners."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stop
+
+
+def build_task_handler(settings: Settings) -> object:
     from backtor.workers import tasks
     from backtor.workers.stoppable import StoppableWorker
 
@@ -44,11 +67,7 @@ def build_task_handler(settings: Settings) -> object:
         ),
         StoppableWorker("record_removal", tasks.record_removal, poll_interval=200, thread_count=4),
     ]
-    return TaskHandler(
-        workers=workers,
-        configuration=Configuration(server_api_url=settings.conductor_api_url),
-        scan_for_annotated_workers=False,
-    )
+    return task_handler(settings.conductor_api_url, workers)
 
 
 def register_when_reachable(services: Services, stop: threading.Event) -> bool:
@@ -66,14 +85,7 @@ def register_when_reachable(services: Services, stop: threading.Event) -> bool:
 
 def run_worker(settings: Settings) -> int:
     configure_logging(settings.log_level, settings.log_format)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s: stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals()
     services = Services.from_settings(settings)
     if not register_when_reachable(services, stop):
         return 0

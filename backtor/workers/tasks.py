@@ -11,7 +11,6 @@ import logging
 import math
 import time
 from datetime import datetime
-from typing import Any
 
 from conductor.client.http.models.task import Task
 from conductor.client.http.models.task_result import TaskResult
@@ -29,6 +28,9 @@ from backtor.workers.context import (
     stopping,
     wait,
 )
+from backtor.workers.results import handed_back as _handed_back
+from backtor.workers.results import result as _result
+from backtor.workers.results import terminal as _terminal
 
 log = logging.getLogger(__name__)
 
@@ -36,28 +38,6 @@ log = logging.getLogger(__name__)
 HOLD_SECONDS = 3.0
 # Longest wait between ticks: spec changes are seen within it.
 MAX_CALLBACK_SECONDS = 15
-
-
-def _result(task: Task, status: TaskResultStatus, output: dict[str, Any]) -> TaskResult:
-    return TaskResult(
-        task_id=task.task_id,
-        workflow_instance_id=task.workflow_instance_id,
-        status=status,
-        output_data=output,
-    )
-
-
-def _terminal(task: Task, reason: str) -> TaskResult:
-    result = _result(task, TaskResultStatus.FAILED_WITH_TERMINAL_ERROR, {"error": reason})
-    result.reason_for_incompletion = reason
-    return result
-
-
-def _handed_back(task: Task) -> TaskResult:
-    """IN_PROGRESS with no delay: Conductor queues the task again for another worker."""
-    result = _result(task, TaskResultStatus.IN_PROGRESS, {})
-    result.callback_after_seconds = 0
-    return result
 
 
 def evaluate_schedule(task: Task) -> TaskResult:
