@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
 from backtor import __version__
-from backtor.api import health, routes
+from backtor.api import health, retention_routes, routes
 from backtor.api.auth import install_auth
 from backtor.api.context import ApiContext
 from backtor.api.errors import install_error_handlers
@@ -77,6 +77,7 @@ def create_app(
     install_auth(app, settings.api_token)
     app.include_router(health.router)
     app.include_router(routes.router)
+    app.include_router(retention_routes.router)
     if not settings.api_token:
         log.warning("BACKTOR_API_TOKEN is not set: the API is open to anyone who can reach it")
     return app

@@ -266,3 +266,109 @@ SPEC_EXAMPLES: dict[str, Example] = {
         },
     ),
 }
+
+
+# -- retention: the plan, a preview of another policy, pins -----------------------------
+
+
+class PolicyCandidateIn(BaseModel):
+    """A retention policy to try on a spec's backups; validated as POST /backup does."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    retentionMinutely: StrictStr | None = _retention("minutely", "second")
+    retentionHourly: StrictStr | None = _retention("hourly", "minute")
+    retentionDaily: StrictStr | None = _retention("daily", "hour")
+    retentionWeekly: StrictStr | None = _retention("weekly", "weekday (0 = Sunday)")
+    retentionMonthly: StrictStr | None = _retention("monthly", "day of the month")
+    retentionYearly: StrictStr | None = _retention("yearly", "month")
+    timezone: StrictStr | None = Field(
+        default=None,
+        description="IANA zone the periods are read in (default: the spec's own zone).",
+    )
+
+    def retention(self) -> dict[str, str | None]:
+        """The six retention fields as sent (None = the tier's default)."""
+        return {
+            "retentionMinutely": self.retentionMinutely,
+            "retentionHourly": self.retentionHourly,
+            "retentionDaily": self.retentionDaily,
+            "retentionWeekly": self.retentionWeekly,
+            "retentionMonthly": self.retentionMonthly,
+            "retentionYearly": self.retentionYearly,
+        }
+
+
+class PolicyFields(BaseModel):
+    """A retention policy in canonical 'N@R' form."""
+
+    retentionMinutely: str
+    retentionHourly: str
+    retentionDaily: str
+    retentionWeekly: str
+    retentionMonthly: str
+    retentionYearly: str
+
+
+class PlannedBackup(BaseModel):
+    """One backup and what the plan does with it."""
+
+    id: int
+    dataId: str | None
+    status: str
+    scheduledTime: datetime
+    tags: list[str] = Field(description="Tiers (with N > 0) the backup represents.")
+    action: Literal["keep", "remove", "ignore"] = Field(
+        description="ignore: not COMPLETED, so neither kept nor removed by retention."
+    )
+    reasons: list[str] = Field(description="Why kept: tiers, 'newest', 'pinned'.")
+    pinned: bool
+
+
+class PlanSummary(BaseModel):
+    keep: int
+    remove: int
+    ignore: int
+
+
+class RetentionPlanOut(BaseModel):
+    """The plan for one spec's recorded backups, newest first; nothing is removed by it."""
+
+    name: str
+    timezone: str
+    policy: PolicyFields
+    summary: PlanSummary
+    backups: list[PlannedBackup]
+
+
+class RetentionPreviewOut(RetentionPlanOut):
+    """The plan a candidate policy would give, and how it differs from today's."""
+
+    additionalRemovals: list[int] = Field(
+        description="Removed by the candidate, kept by today's plan (newest first)."
+    )
+    additionalKeeps: list[int] = Field(
+        description="Kept by the candidate, removed by today's plan (newest first)."
+    )
+
+
+PREVIEW_EXAMPLES: dict[str, Example] = {
+    "hourly": Example(
+        summary="Add 24 hourly backups",
+        description="Tiers not given take their defaults, as in POST /backup.",
+        value={"retentionHourly": "24", "retentionDaily": "7"},
+    ),
+    "fewer": Example(
+        summary="Keep less: 2 daily, no weekly",
+        value={
+            "retentionDaily": "2",
+            "retentionWeekly": "0",
+            "retentionMonthly": "3@L",
+            "retentionYearly": "2@L",
+        },
+    ),
+    "zone": Example(
+        summary="The default policy, periods read in Europe/Berlin",
+        value={"timezone": "Europe/Berlin"},
+    ),
+}
