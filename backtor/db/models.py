@@ -223,3 +223,34 @@ class SchedulerState(Base):
     last_tick_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     lease_holder: Mapped[str | None] = mapped_column(String(128), nullable=True)
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+# -- metrics shared by every process ----------------------------------------------------
+# Counters that must add up across API and worker replicas live in the database: each is
+# incremented in the transaction of the event it counts (backtor.db.counters) and read by
+# the API's /metrics at scrape time (backtor.metrics).
+
+
+class MetricCounter(Base):
+    """One counter series: `name` (the family, without `_total`), `backup`, one `label`.
+
+    `backup` and `label` are '' when a family has no such label. A spec's series go with
+    the spec (ON DELETE CASCADE on spec_id); global ones have no spec_id.
+    """
+
+    __tablename__ = "metric_counter"
+    __table_args__ = (UniqueConstraint("name", "backup", "label"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), nullable=False)
+    backup: Mapped[str] = mapped_column(String(128), nullable=False, server_default="")
+    label: Mapped[str] = mapped_column(String(64), nullable=False, server_default="")
+    spec_id: Mapped[int | None] = mapped_column(
+        Integer, ForeignKey("backup_spec.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    value: Mapped[float] = mapped_column(Float, nullable=False, server_default=text("0"))
+
+
+# /metrics counts each spec's held backups per status; this index lets it read only the
+# held rows (REMOVED history can grow without bound).
+Index("ix_backup_status_spec_id", Backup.status, Backup.spec_id)
