@@ -24,6 +24,23 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--host", default=None, help="the API's bind address (default 0.0.0.0)")
     run.add_argument("--port", type=int, default=None, help="the API's port (default 6000)")
 
+    storage = commands.add_parser(
+        "storage-worker",
+        help="serve the storage tasks backup and remove (kinds: filesystem, postgres)",
+    )
+    storage.add_argument("kinds", nargs="*", metavar="KIND", help="filesystem and/or postgres")
+    storage.add_argument("--kind", action="append", default=[], help="a kind to serve (repeat)")
+    storage.add_argument(
+        "--allow-root",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a directory sources and targets may lie in (repeat; default $BACKTOR_STORAGE_ROOTS)",
+    )
+    storage.add_argument(
+        "--threads", type=int, default=2, help="tasks of each type run at once (default 2)"
+    )
+
     retention = commands.add_parser("retention", help="retention tools")
     retention_commands = retention.add_subparsers(dest="retention_command", required=True)
     simulate = retention_commands.add_parser(
@@ -57,6 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from backtor.supervisor import run_together
 
         return run_together(host=args.host, port=args.port)
+    if args.command == "storage-worker":
+        return _storage_worker(args)
     if args.command == "retention" and args.retention_command == "simulate":
         from backtor.simulator import run_simulation
 
@@ -69,6 +88,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             stderr=sys.stderr,
         )
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _storage_worker(args: argparse.Namespace) -> int:
+    import os
+
+    from backtor.config import Settings
+    from backtor.storage.worker import run_storage_worker, storage_settings
+
+    try:
+        if args.threads < 1:
+            raise ValueError("--threads must be at least 1")
+        storage = storage_settings([*args.kinds, *args.kind], args.allow_root, os.environ)
+    except ValueError as exc:
+        print(f"backtor storage-worker: {exc}", file=sys.stderr)
+        return 2
+    return run_storage_worker(storage, Settings.from_env(), args.threads)
 
 
 def _register() -> int:
