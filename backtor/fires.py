@@ -22,9 +22,10 @@ from sqlalchemy.orm import Session
 
 from backtor.conductor import ConductorError, ConductorUnavailable
 from backtor.cron import CronSchedule
+from backtor.db import counters
 from backtor.db.models import BackupSpec, Fire, FireStatus, SkipReason
 from backtor.registration import DEFINITIONS
-from backtor.schedule import Timing, decide
+from backtor.schedule import Decision, Timing, decide
 from backtor.services import Services
 
 log = logging.getLogger(__name__)
@@ -69,9 +70,14 @@ def schedule_due_fires(session: Session, now: datetime, limit: int = 10_000) -> 
     ).all()
     pending: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
+    # Specs that share a schedule and a due time share a decision: compute it once a pass.
+    decisions: dict[tuple[Timing, datetime], Decision] = {}
     for spec in specs:
         assert spec.next_fire_at is not None
-        decision = decide(timing_of(spec), spec.next_fire_at, now)
+        key = (timing_of(spec), spec.next_fire_at)
+        decision = decisions.get(key)
+        if decision is None:
+            decision = decisions[key] = decide(key[0], key[1], now)
         if decision.fire is not None:
             pending.append(_fire_row(spec.id, decision.fire, FireStatus.PENDING, None, now))
         missed = [*decision.missed, *([decision.expired] if decision.expired else [])]
@@ -80,6 +86,9 @@ def schedule_due_fires(session: Session, now: datetime, limit: int = 10_000) -> 
         if missed or decision.more_missed:
             spec.last_skip_at = now
             spec.last_skip_reason = SkipReason.MISFIRE.value
+            passed_over = len(missed) + decision.more_missed
+            counters.increment(session, counters.SKIPPED, spec.name, "misfire", passed_over)
+            counters.increment(session, counters.WARN, spec.name, "warning", passed_over)
             log.warning(
                 "spec %s: %d fire time(s) passed over (misfire)",
                 spec.name,
@@ -155,6 +164,7 @@ class FireOutcome:
     skip_reason: SkipReason | None = None
     error: str | None = None
     refused: bool = False  # Conductor answered, and said no (not merely unreachable)
+    started_at: datetime | None = None
 
 
 def claim_pending(
@@ -285,7 +295,12 @@ def _start_one(services: Services, job: FireJob, version: int) -> FireOutcome:
     except ConductorUnavailable as exc:
         return _unavailable(job, str(exc))
     except ConductorError as exc:  # an answer Conductor should not give: keep the fire, say why
-        log.error("spec %s: could not start create_backup: %s", job.spec_name, exc)
+        log.error(
+            "spec %s: could not start create_backup: %s",
+            job.spec_name,
+            exc,
+            extra={"backup": job.spec_name},
+        )
         return _unavailable(job, str(exc), refused=True)
     log.info(
         "spec %s: create_backup %s started for %s",
@@ -294,12 +309,17 @@ def _start_one(services: Services, job: FireJob, version: int) -> FireOutcome:
         job.scheduled_at.isoformat(),
         extra={"backup": job.spec_name, "workflow_id": workflow_id},
     )
-    return _started(job, workflow_id)
+    return _started(job, workflow_id, services.clock())
 
 
-def _started(job: FireJob, workflow_id: str) -> FireOutcome:
+def _started(job: FireJob, workflow_id: str, at: datetime | None = None) -> FireOutcome:
     return FireOutcome(
-        job.fire_id, job.spec_name, job.scheduled_at, FireStatus.STARTED, workflow_id=workflow_id
+        job.fire_id,
+        job.spec_name,
+        job.scheduled_at,
+        FireStatus.STARTED,
+        workflow_id=workflow_id,
+        started_at=at,
     )
 
 
@@ -317,7 +337,7 @@ def _unavailable(job: FireJob, error: str, *, refused: bool = False) -> FireOutc
 
 def give_up_fire(session: Session, fire_id: int, now: datetime) -> None:
     """Close a manual fire that could not start (its caller was told so)."""
-    session.execute(
+    spec_id = session.execute(
         update(Fire)
         .where(Fire.id == fire_id, Fire.status == FireStatus.PENDING.value)
         .values(
@@ -326,7 +346,11 @@ def give_up_fire(session: Session, fire_id: int, now: datetime) -> None:
             claimed_until=None,
             finished_at=now,
         )
-    )
+        .returning(Fire.spec_id)
+    ).scalar()
+    if spec_id is not None:
+        name = session.scalar(select(BackupSpec.name).where(BackupSpec.id == spec_id)) or ""
+        counters.increment(session, counters.SKIPPED, name, SkipReason.CONDUCTOR_UNAVAILABLE.value)
     session.commit()
 
 
@@ -342,7 +366,7 @@ def _record_outcomes(services: Services, outcomes: Sequence[FireOutcome]) -> Non
             "error": outcome.error,
         }
         if outcome.status is FireStatus.STARTED:
-            row |= {"workflow_id": outcome.workflow_id, "started_at": now}
+            row |= {"workflow_id": outcome.workflow_id, "started_at": outcome.started_at or now}
             spec_rows[outcome.spec_name] = {"running_create_workflow_id": outcome.workflow_id}
         elif outcome.status is FireStatus.SKIPPED:
             assert outcome.skip_reason is not None
@@ -355,11 +379,32 @@ def _record_outcomes(services: Services, outcomes: Sequence[FireOutcome]) -> Non
                 outcome.spec_name,
                 outcome.scheduled_at.isoformat(),
                 outcome.skip_reason.value,
-                extra={"backup": outcome.spec_name},
+                extra={"backup": outcome.spec_name, "workflow_id": outcome.workflow_id},
             )
         fire_rows.append(row)
     with services.db.begin() as session:
         if fire_rows:
             session.execute(update(Fire), fire_rows)
+            _count_outcomes(session, outcomes, fire_rows)
         for name, values in spec_rows.items():
             session.execute(update(BackupSpec).where(BackupSpec.name == name).values(**values))
+
+
+def _count_outcomes(
+    session: Session, outcomes: Sequence[FireOutcome], rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """Trigger, skip and warning counters and the schedule lag, in the outcomes' transaction."""
+    for outcome, row in zip(outcomes, rows, strict=True):
+        name = outcome.spec_name
+        if outcome.status is FireStatus.STARTED:
+            counters.increment(session, counters.TRIGGER, name, "success")
+            lag = row["started_at"] - outcome.scheduled_at
+            counters.observe_schedule_lag(session, lag.total_seconds())
+        elif outcome.status is FireStatus.SKIPPED:
+            reason = outcome.skip_reason.value if outcome.skip_reason else "unknown"
+            counters.increment(session, counters.TRIGGER, name, "error")
+            counters.increment(session, counters.SKIPPED, name, reason)
+            counters.increment(session, counters.WARN, name, "warning")
+        else:  # still PENDING: Conductor unreachable or refusing; tried again later
+            counters.increment(session, counters.TRIGGER, name, "error")
+            counters.increment(session, counters.WARN, name, "error")

@@ -1,0 +1,240 @@
+"""How fast Backtor starts due backups, next to Conductor's own start rate.
+
+Run: .venv/bin/python bench/schedule.py [--sizes 10 100 1000] [--rss-specs 10000]
+
+For each N: N specs all due in the same second; a real `backtor worker` process (the tick in
+Conductor, the fire ledger in PostgreSQL) starts their create_backup workflows. Printed:
+the time from the due second until the last create_backup started, next to the time the
+same number of plain `POST /api/workflow` calls take on the same server in the same run
+(one after another: the floor; and 8 at a time, as Backtor starts them), the ratios, and
+the schedule lag (start time minus fire time) p50/p99. Then the worker's memory with
+10,000 specs whose fires are spread over the hour.
+
+Uses its own Conductor server (scripts/conductor, a throwaway directory) unless
+CONDUCTOR_API_URL is set, and a fresh PostgreSQL database on the local server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from sqlalchemy import insert, select
+
+from backtor.conductor import ConductorClient
+from backtor.db.engine import make_engine, make_session_factory
+from backtor.db.migrate import upgrade_to_head
+from backtor.db.models import BackupSpec, Fire
+from backtor.policy import DEFAULT_POLICY
+from backtor.registration import DEFINITIONS, register_definitions
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.support.net import free_port  # noqa: E402
+from tests.support.processes import backtor_env, start, stop  # noqa: E402
+
+LEAD = timedelta(seconds=20)  # specs come due this long after the worker starts
+
+
+@contextmanager
+def conductor() -> Iterator[str]:
+    given = os.environ.get("CONDUCTOR_API_URL")
+    if given:
+        yield given.rstrip("/")
+        return
+    directory = tempfile.mkdtemp(prefix="bench-conductor-")
+    port = free_port()
+    script = str(ROOT / "scripts" / "conductor")
+    subprocess.run([script, "start", "--port", str(port), "--dir", directory], check=True)
+    try:
+        yield f"http://127.0.0.1:{port}/api"
+    finally:
+        subprocess.run([script, "stop", "--dir", directory], check=False)
+
+
+def fresh_database() -> str:
+    subprocess.run([str(ROOT / "scripts" / "postgres"), "ensure"], check=True, capture_output=True)
+    url = subprocess.run(
+        [str(ROOT / "scripts" / "postgres"), "url", "backtor"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    name = f"backtor_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return url.rsplit("/", 1)[0] + "/" + name
+
+
+def insert_specs(database_url: str, prefix: str, crons: list[str], due: list[datetime]) -> None:
+    engine = make_engine(database_url)
+    now = datetime.now(UTC)
+    retention = {
+        f"retention_{tier.value}": value
+        for tier, value in zip(
+            DEFAULT_POLICY.rules, DEFAULT_POLICY.to_fields().values(), strict=True
+        )
+    }
+    rows = [
+        {
+            "name": f"{prefix}-{i:05d}",
+            "enabled": True,
+            "cron_string": cron,
+            "cron_derived": False,
+            "timezone": "UTC",
+            "worker_config": "{}",
+            "misfire_grace_seconds": 3600,
+            "last_update": now,
+            "created_at": now,
+            "next_fire_at": when,
+            "deleting": False,
+            **retention,
+        }
+        for i, (cron, when) in enumerate(zip(crons, due, strict=True))
+    ]
+    with engine.begin() as conn:
+        conn.execute(insert(BackupSpec), rows)
+    engine.dispose()
+
+
+def plain_starts(conductor_url: str, n: int, concurrency: int) -> float:
+    client = ConductorClient(conductor_url, pool_size=max(concurrency, 2))
+    version = DEFINITIONS.workflow_version("create_backup")
+    tag = uuid.uuid4().hex[:8]
+
+    def one(i: int) -> str:
+        return client.start_workflow(
+            "create_backup",
+            version=version,
+            correlation_id=f"plain-{tag}-{i}",
+            input={"backupName": f"plain-{tag}-{i}", "workerConfig": "{}"},
+        )
+
+    began = time.perf_counter()
+    if concurrency == 1:
+        for i in range(n):
+            one(i)
+    else:
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(one, range(n)))
+    elapsed = time.perf_counter() - began
+    client.close()
+    return elapsed
+
+
+def backtor_starts(conductor_url: str, n: int, logs: Path) -> tuple[float, list[float]]:
+    database_url = fresh_database()
+    upgrade_to_head(database_url)
+    due = (datetime.now(UTC) + LEAD).replace(microsecond=0)
+    cron = f"{due.second} {due.minute} {due.hour} * * *"
+    insert_specs(database_url, f"bench{uuid.uuid4().hex[:6]}", [cron] * n, [due] * n)
+    worker = start(["worker"], backtor_env(database_url, conductor_url), logs / f"worker-{n}.log")
+    try:
+        sessions = make_session_factory(make_engine(database_url))
+        deadline = time.monotonic() + LEAD.total_seconds() + 120
+        while time.monotonic() < deadline:
+            with sessions() as session:
+                started = session.execute(
+                    select(Fire.scheduled_at, Fire.started_at).where(Fire.status == "STARTED")
+                ).all()
+            if len(started) >= n:
+                break
+            time.sleep(0.5)
+        else:
+            raise RuntimeError(f"only {len(started)} of {n} started; see {logs}")
+    finally:
+        stop(worker)
+    lags = sorted((s - f).total_seconds() for f, s in started)
+    return max(s for _, s in started).timestamp() - due.timestamp(), lags
+
+
+def percentile(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+
+
+def worker_rss(conductor_url: str, specs: int, seconds: float, logs: Path) -> None:
+    database_url = fresh_database()
+    upgrade_to_head(database_url)
+    now = datetime.now(UTC)
+    crons, due = [], []
+    for i in range(specs):
+        second, minute = i % 60, (i // 60) % 60
+        crons.append(f"{second} {minute} * * * *")
+        first = now.replace(minute=minute, second=second, microsecond=0)
+        due.append(first if first > now else first + timedelta(hours=1))
+    insert_specs(database_url, f"rss{uuid.uuid4().hex[:6]}", crons, due)
+    worker = start(["worker"], backtor_env(database_url, conductor_url), logs / "worker-rss.log")
+    samples: list[dict[int, int]] = []
+    try:
+        began = time.monotonic()
+        while time.monotonic() - began < seconds:
+            time.sleep(5)
+            samples.append(process_tree_rss(worker.pid))
+    finally:
+        stop(worker)
+    print(f"\nworker memory with {specs} specs (fires spread over the hour), {seconds:.0f} s:")
+    for pid in sorted(samples[-1]):
+        series = [s.get(pid, 0) / 1024 for s in samples]
+        role = "main" if pid == worker.pid else "runner"
+        print(
+            f"  pid {pid} ({role}): first {series[0]:.0f} MB, last {series[-1]:.0f} MB, "
+            f"max {max(series):.0f} MB"
+        )
+
+
+def process_tree_rss(root: int) -> dict[int, int]:
+    """RSS in KiB of a process and its children (Linux /proc)."""
+    out = subprocess.run(
+        ["ps", "-o", "pid=,ppid=,rss=,args=", "-e"], capture_output=True, text=True
+    )
+    rows = [line.split(None, 3) for line in out.stdout.splitlines()]
+    tree = {root}
+    for _ in range(3):
+        tree |= {int(r[0]) for r in rows if int(r[1]) in tree and "resource_tracker" not in r[3]}
+    return {int(r[0]): int(r[2]) for r in rows if int(r[0]) in tree}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000])
+    parser.add_argument("--rss-specs", type=int, default=10_000)
+    parser.add_argument("--rss-seconds", type=float, default=90)
+    args = parser.parse_args()
+    logs = Path(tempfile.mkdtemp(prefix="bench-schedule-"))
+    with conductor() as url:
+        register_definitions(ConductorClient(url))
+        plain_starts(url, 20, 1)  # warm the server up
+        print(
+            f"{'N':>6} {'backtor s':>10} {'plain 1x s':>11} {'plain 8x s':>11} "
+            f"{'ratio 1x':>9} {'ratio 8x':>9} {'lag p50 s':>10} {'lag p99 s':>10}"
+        )
+        for n in args.sizes:
+            sequential = plain_starts(url, n, 1)
+            parallel = plain_starts(url, n, 8)
+            took, lags = backtor_starts(url, n, logs)
+            print(
+                f"{n:>6} {took:>10.3f} {sequential:>11.3f} {parallel:>11.3f} "
+                f"{took / sequential:>9.2f} {took / parallel:>9.2f} "
+                f"{percentile(lags, 0.5):>10.3f} {percentile(lags, 0.99):>10.3f}"
+            )
+        if args.rss_specs:
+            worker_rss(url, args.rss_specs, args.rss_seconds, logs)
+    print(f"\nlogs: {logs}; lag p50 {statistics.median(lags):.3f} s at N={args.sizes[-1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
