@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import select, update
 
 from backtor.conductor import ConductorNotFound
+from backtor.db import counters
 from backtor.db.models import Backup, BackupSpec, BackupStatus, Fire, FireStatus
 from backtor.fires import CREATE_BACKUP, OPEN_STATUSES
 from backtor.recording import TakenBackup, apply_plan, record_failed, record_taken
@@ -27,6 +28,8 @@ FINISHED = frozenset({"COMPLETED", "FAILED", "TIMED_OUT", "TERMINATED"})
 # Failed runs are watched this long for a retry from Conductor's UI or API.
 RETRY_WATCH = timedelta(days=7)
 TIMEOUT_REASON = "timeoutSeconds exceeded: terminated by Backtor"
+# backtor_workflow_total counts each run under its Conductor status and under one of these.
+_SUCCESS_LABEL = {True: "success", False: "error"}
 
 
 def reconcile_fires(services: Services, limit: int = 1000) -> None:
@@ -160,6 +163,11 @@ def record_outcome(
         session.execute(
             update(Fire).where(Fire.id == fire_id).values(outcome=status, finished_at=now)
         )
+        succeeded = status == "COMPLETED"
+        counters.increment(session, counters.WORKFLOW, spec_name, status)
+        counters.increment(session, counters.WORKFLOW, spec_name, _SUCCESS_LABEL[succeeded])
+        if not succeeded:
+            counters.increment(session, counters.WARN, spec_name, "error")
         if spec.running_create_workflow_id == workflow_id:
             spec.running_create_workflow_id = None
     log.info(

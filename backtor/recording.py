@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from backtor.db import counters
 from backtor.db.models import Backup, BackupSpec, BackupStatus
 from backtor.policy import RetentionPolicy
 from backtor.retention import BackupRecord, RetentionPlan, plan_retention
@@ -173,6 +174,8 @@ def apply_plan(session: Session, spec: BackupSpec, now: datetime, max_removals: 
     """
     plan = plan_for(session, spec)
     store_tags(session, spec, plan)
+    counters.increment(session, counters.RETENTION_TASKS)
+    counters.increment(session, counters.TAG, spec.name, "success")
     removals = [int(d.id) for d in reversed(plan.decisions) if d.action == "remove"]
     chosen = removals[:max_removals]
     if chosen:

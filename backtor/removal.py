@@ -18,6 +18,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from backtor.conductor import ConductorNotFound, ConductorUnavailable
+from backtor.db import counters
 from backtor.db.models import Backup, BackupSpec, BackupStatus
 from backtor.db.repository import finish_purge_if_done
 from backtor.registration import DEFINITIONS
@@ -139,6 +140,9 @@ def record_removed(session: Session, backup_id: int, now: datetime) -> bool:
             claimed_until=None,
         )
     ).rowcount
+    if changed:
+        name = session.scalar(select(BackupSpec.name).where(BackupSpec.id == spec_id)) or ""
+        counters.increment(session, counters.RETENTION_DELETE, name, "COMPLETED")
     finish_purge_if_done(session, spec_id)
     return bool(changed)
 
@@ -215,6 +219,8 @@ def _record_failure(
             last_error=f"remove_backup {status}: {reason or 'no reason given'}"[:2000],
         )
     )
+    counters.increment(session, counters.RETENTION_DELETE, spec_name, status)
+    counters.increment(session, counters.WARN, spec_name, "error")
     log.warning(
         "spec %s: removal of backup %s failed (%s, attempt %d); retrying at %s",
         spec_name,

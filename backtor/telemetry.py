@@ -6,7 +6,7 @@ from prometheus_client import Histogram
 
 CONDUCTOR_INVOCATION = Histogram(
     "backtor_conductor_invocation",
-    "Calls from Backtor to Conductor's API, by operation and HTTP status",
+    "Calls from this process to Conductor's API (process-local), by operation and HTTP status",
     ["operation", "status"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )

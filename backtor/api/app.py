@@ -15,6 +15,7 @@ from backtor.api import health, retention_routes, routes
 from backtor.api.auth import install_auth
 from backtor.api.context import ApiContext
 from backtor.api.errors import install_error_handlers
+from backtor.api.metrics import install_metrics
 from backtor.api.removals import BackupRemovalStarter, ConductorRemovalStarter
 from backtor.conductor import ConductorClient
 from backtor.config import Settings
@@ -75,6 +76,7 @@ def create_app(
     )
     install_error_handlers(app)
     install_auth(app, settings.api_token)
+    install_metrics(app)
     app.include_router(health.router)
     app.include_router(routes.router)
     app.include_router(retention_routes.router)

@@ -10,6 +10,7 @@ import uvicorn
 
 from backtor.config import Settings
 from backtor.db.engine import mask_url
+from backtor.logs import configure_logging
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +26,9 @@ def _port_from_env() -> int:
     return port
 
 
-def _configure_logging(level: str) -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _configure_logging(level: str, fmt: str) -> None:
+    """Backtor's text or JSON lines; uvicorn's own loggers go through them too."""
+    configure_logging(level, fmt)
     # SQLAlchemy logs every statement at INFO; that is noise here, not an audit trail.
     logging.getLogger("sqlalchemy").setLevel(logging.WARNING)
 
@@ -35,7 +36,7 @@ def _configure_logging(level: str) -> None:
 def serve(host: str | None = None, port: int | None = None) -> int:
     """Serve until stopped; migrations run first only with BACKTOR_MIGRATE_ON_START=1."""
     settings = Settings.from_env()
-    _configure_logging(settings.log_level)
+    _configure_logging(settings.log_level, settings.log_format)
     host = host or os.environ.get("HOST") or DEFAULT_HOST
     if port is None:
         try:
@@ -51,5 +52,6 @@ def serve(host: str | None = None, port: int | None = None) -> int:
 
     app = create_app(settings)
     log.info("serving the API on %s:%d, database %s", host, port, mask_url(settings.database_url))
-    uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower())
+    # log_config=None: uvicorn keeps its hands off logging, its lines use the format above.
+    uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(), log_config=None)
     return 0

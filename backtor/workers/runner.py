@@ -18,12 +18,13 @@ import uuid
 from types import FrameType
 from typing import Any
 
-from backtor.conductor import ConductorUnavailable
+from backtor.conductor import ConductorClient, ConductorUnavailable
 from backtor.config import Settings
 from backtor.logs import configure_logging
 from backtor.registration import register_definitions
 from backtor.services import Services
 from backtor.watchdog import StallDetector, ensure_tick
+from backtor.workers.health import WorkerHealth, start_health_server
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +88,19 @@ def run_worker(settings: Settings) -> int:
     configure_logging(settings.log_level, settings.log_format)
     stop = stop_on_signals()
     services = Services.from_settings(settings)
+    # Probes first: alive while Conductor is still coming up, ready once all is in place.
+    health = WorkerHealth(
+        ConductorClient(settings.conductor_api_url, timeout=3.0).is_healthy,
+        watchdog_every=WATCHDOG_SECONDS,
+    )
+    probes = start_health_server(health)
+    health.keep_checking_conductor()
     if not register_when_reachable(services, stop):
         return 0
+    health.registered = True
     handler = build_task_handler(settings)
     handler.start_processes()  # type: ignore[attr-defined]
+    health.runners = handler  # type: ignore[assignment]
     holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     log.info("worker %s polling evaluate_schedule, apply_retention, record_removal", holder)
     stalls = StallDetector()
@@ -98,11 +108,15 @@ def run_worker(settings: Settings) -> int:
         while not stop.is_set():
             try:
                 ensure_tick(services, holder, stalls)
+                health.watchdog_ran()
             except Exception as exc:  # the watchdog must outlive any one failure
                 log.warning("scheduler watchdog: %s", exc)
             stop.wait(WATCHDOG_SECONDS)
     finally:
         started = time.monotonic()
+        health.stop()
+        if probes is not None:
+            probes.close()
         handler.stop_processes()  # type: ignore[attr-defined]
         services.close()
         log.info("worker stopped in %.1f s", time.monotonic() - started)
