@@ -13,7 +13,7 @@ from sqlalchemy import delete, func, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from backtor.db.models import UNREMOVED_STATUSES, Backup, BackupSpec, BackupStatus
+from backtor.db.models import UNREMOVED_STATUSES, Backup, BackupSpec, BackupStatus, Fire, FireStatus
 from backtor.specs import SpecValues, compute_next_fire_at
 
 
@@ -111,13 +111,23 @@ def delete_spec(session: Session, spec_id: int) -> None:
 
 
 def count_unremoved_backups(session: Session, spec_id: int) -> int:
-    """Backups whose data may still exist (RUNNING, COMPLETED, REMOVING, REMOVE_FAILED)."""
-    query = (
+    """Backups whose data may still exist (RUNNING, COMPLETED, REMOVING, REMOVE_FAILED),
+    and create_backup runs still under way, whose data will exist once they are recorded."""
+    stored = (
         select(func.count())
         .select_from(Backup)
         .where(Backup.spec_id == spec_id, Backup.status.in_(sorted(UNREMOVED_STATUSES)))
     )
-    return int(session.scalar(query) or 0)
+    in_flight = (
+        select(func.count())
+        .select_from(Fire)
+        .where(
+            Fire.spec_id == spec_id,
+            Fire.status == FireStatus.STARTED.value,
+            Fire.outcome.is_(None),
+        )
+    )
+    return int(session.scalar(stored) or 0) + int(session.scalar(in_flight) or 0)
 
 
 def list_backups(

@@ -229,3 +229,26 @@ def test_disabled_and_out_of_window_specs_fire_nothing(stack: Stack) -> None:
     for name in (off, later, over):
         assert stack.creates(name) == []
         assert fires(stack, name) == []
+
+
+def test_delete_waits_for_the_backup_under_way_and_purge_removes_it(stack: Stack) -> None:
+    stack.storage.delay = 4.0
+    with processes.workers(stack.env, stack.logs):
+        name = stack.create("purge", backupCronString="* * * * * *")
+        wait_until(
+            lambda: [w for w in stack.creates(name) if w["status"] == "RUNNING"],
+            timeout=30,
+            what="a backup under way",
+        )
+        refused = requests.delete(f"{stack.api}/backup/{name}", timeout=10)
+        assert refused.status_code == 409, refused.text
+        accepted = requests.delete(f"{stack.api}/backup/{name}?purge=true", timeout=10)
+        assert accepted.status_code == 202, accepted.text
+        wait_until(
+            lambda: requests.get(f"{stack.api}/backup/{name}", timeout=10).status_code == 404,
+            timeout=90,
+            what="the purged spec to go",
+        )
+    assert stack.storage.backups_taken, "no backup was taken"
+    assert stack.storage.files() == set(), "a purged backup's data was left behind"
+    assert set(stack.storage.removed) >= set(stack.storage.backups_taken)
