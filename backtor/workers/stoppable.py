@@ -5,6 +5,8 @@ from typing import Any
 
 from conductor.client.worker.worker import Worker
 
+from backtor.config import Settings
+from backtor.logs import configure_logging
 from backtor.workers import context
 
 
@@ -19,6 +21,9 @@ class StoppableWorker(Worker):  # type: ignore[misc]
         super().__setstate__(state)
         if os.getpid() != state.get("_built_in_pid"):
             context.install_graceful_stop()
+            # Backtor's log format (LOG_FORMAT) before the SDK's first line in this runner.
+            settings = Settings.from_env()
+            configure_logging(settings.log_level, settings.log_format)
 
     @property
     def paused(self) -> bool:
