@@ -7,7 +7,7 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends postgresql-client \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /data backtor \
-    && mkdir -p /data && chown backtor /data
+    && mkdir -p /data /backups && chown backtor /data /backups
 
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
