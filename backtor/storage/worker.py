@@ -16,7 +16,6 @@ the worker stops mid-backup, so another worker takes it without spending a retry
 
 import logging
 import os
-import threading
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -48,9 +47,6 @@ log = logging.getLogger(__name__)
 SUFFIXES = {"filesystem": filesystem.SUFFIX, "postgres": postgres.SUFFIX}
 POLL_INTERVAL_MS = 250
 
-_logging_lock = threading.Lock()
-_logging_ready = False
-
 
 @dataclass(frozen=True)
 class StorageWorkerSettings:
@@ -65,7 +61,6 @@ def backup_task(settings: StorageWorkerSettings, task: Task) -> TaskResult:
     with in_flight():
         if stopping():
             return handed_back(task)
-        _configure_process_logging()
         data = task.input_data or {}
         name = data.get("backupName")
         secrets: tuple[str, ...] = ()
@@ -104,7 +99,6 @@ def remove_task(settings: StorageWorkerSettings, task: Task) -> TaskResult:
     with in_flight():
         if stopping():
             return handed_back(task)
-        _configure_process_logging()
         data = task.input_data or {}
         name = data.get("backupName")
         secrets: tuple[str, ...] = ()
@@ -154,16 +148,6 @@ def _scheduled_at(task: Task) -> datetime:
     except (TypeError, ValueError):
         millis = 0
     return datetime.fromtimestamp(millis / 1000, UTC) if millis > 0 else datetime.now(UTC)
-
-
-def _configure_process_logging() -> None:
-    """Runner processes are spawned: set Backtor's logging up once in each."""
-    global _logging_ready
-    with _logging_lock:
-        if not _logging_ready:
-            settings = Settings.from_env()
-            configure_logging(settings.log_level, settings.log_format)
-            _logging_ready = True
 
 
 def storage_settings(
