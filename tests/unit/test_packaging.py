@@ -29,4 +29,7 @@ def test_wheel_carries_definitions_and_migrations(tmp_path: Path) -> None:
     for migration in (ROOT / "migrations" / "versions").glob("*.py"):
         assert f"backtor/migrations/versions/{migration.name}" in names
     assert "backtor/migrations/env.py" in names
+    for module in (ROOT / "backtor").rglob("*.py"):
+        if "__pycache__" not in module.parts:
+            assert module.relative_to(ROOT).as_posix() in names, f"{module} is not in the wheel"
     assert not any(n.startswith(("api/", "workers/", "tests/")) for n in names)
