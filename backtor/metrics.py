@@ -10,20 +10,35 @@ prometheus_client's registry: with 10,000 specs that is ten times faster.
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import requests
 from prometheus_client import CollectorRegistry, Counter, disable_created_metrics, generate_latest
-from sqlalchemy import event, func, select
+from sqlalchemy import (
+    Executable,
+    Float,
+    String,
+    case,
+    cast,
+    event,
+    func,
+    literal,
+    literal_column,
+    select,
+    text,
+    true,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -36,9 +51,10 @@ from backtor.db.models import (
     Backup,
     BackupSpec,
     BackupStatus,
+    MetricCounter,
     SchedulerState,
 )
-from backtor.db.types import UTCDateTime, utc_now
+from backtor.db.types import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -83,42 +99,41 @@ def _statement_failed(_context: Any) -> None:
 # -- exposition -----------------------------------------------------------------------------
 
 
-@dataclass
 class Family:
-    """One metric family: samples are (name suffix, label values, value)."""
+    """One metric family: its HELP and TYPE, and its sample lines already in text format.
 
-    name: str
-    kind: str  # gauge, counter or histogram
-    help: str
-    labels: tuple[str, ...] = ()
-    samples: list[tuple[str, tuple[str, ...], float]] = field(default_factory=list)
+    Lines are written as samples are added: with 10,000 specs, building tuples first and
+    formatting them later costs more than the database queries.
+    """
 
-    def add(self, value: float, *label_values: str, suffix: str = "") -> None:
-        self.samples.append((suffix, label_values, value))
+    def __init__(self, name: str, kind: str, help: str) -> None:
+        self.name = name
+        self.kind = kind  # gauge, counter or histogram
+        self.help = help
+        self.lines: list[str] = []
+
+    def add(self, value: float, labels: str = "", suffix: str = "") -> None:
+        """One sample; `labels` as made by `label_pairs` (or '')."""
+        braces = f"{{{labels}}}" if labels else ""
+        self.lines.append(f"{self.name}{suffix}{braces} {_number(value)}\n")
+
+
+def label_pairs(**pairs: str) -> str:
+    """`name="value",...` with the values escaped for the text format."""
+    return ",".join(f'{name}="{escape_label(value)}"' for name, value in pairs.items())
 
 
 def render(families: Iterable[Family]) -> str:
     """Prometheus text format 0.0.4."""
     out: list[str] = []
-    escaped: dict[str, str] = {}
     for family in families:
         out.append(f"# HELP {family.name} {_escape_help(family.help)}\n")
         out.append(f"# TYPE {family.name} {family.kind}\n")
-        for suffix, values, value in family.samples:
-            if values:
-                pairs = []
-                for label, raw in zip(family.labels, values, strict=True):
-                    text = escaped.get(raw)
-                    if text is None:
-                        text = escaped[raw] = _escape_label(raw)
-                    pairs.append(f'{label}="{text}"')
-                out.append(f"{family.name}{suffix}{{{','.join(pairs)}}} {_number(value)}\n")
-            else:
-                out.append(f"{family.name}{suffix} {_number(value)}\n")
+        out.extend(family.lines)
     return "".join(out)
 
 
-def _escape_label(value: str) -> str:
+def escape_label(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
@@ -230,18 +245,39 @@ _COUNTER_HELP = {
 }
 
 
-@dataclass(frozen=True)
-class _Spec:
-    id: int
-    name: str
-    enabled: bool
-    deleting: bool
-    cron: str
-    zone: str
-    from_date: datetime | None
-    to_date: datetime | None
-    created_at: datetime
-    last_update: datetime
+Row = tuple[Any, ...]
+
+
+@contextmanager
+def _paused_gc() -> Iterator[None]:
+    """No cyclic GC while a scrape builds ~200,000 short-lived, acyclic objects: it would
+    walk them again and again for nothing (a tenth of the scrape at 10,000 specs)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _epoch(column: Any) -> Any:
+    """A timestamp column as Unix seconds, computed by the database (SQLite: whole seconds)."""
+    return cast(func.extract("epoch", column), Float)
+
+
+def _prepare(session: Session) -> bool:
+    """PostgreSQL: no JIT, which costs more than it saves on queries this short. True on it."""
+    if session.get_bind().dialect.name != "postgresql":
+        return False
+    session.execute(text("SET LOCAL jit = off"))
+    return True
+
+
+def _rows(session: Session, statement: Executable) -> list[Row]:
+    """Plain DB-API tuples: the figures need no ORM objects, and skipping them halves the time."""
+    result: Any = session.connection().execute(statement)
+    return list(result.cursor.fetchall())
 
 
 class MetricsCollector:
@@ -260,6 +296,7 @@ class MetricsCollector:
         self.clock = clock
         self.period_budget = period_budget_seconds
         self.periods = PeriodCache()
+        self._counting = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backtor-metrics")
 
     def exposition(self) -> str:
         families: list[Family] = []
@@ -269,7 +306,8 @@ class MetricsCollector:
             "1 when this scrape could read the shared figures from the database",
         )
         try:
-            families.extend(self.shared_families())
+            with _paused_gc():
+                families.extend(self.shared_families())
             database_up.add(1)
         except SQLAlchemyError as exc:
             log.warning("metrics: the database cannot be read (%s)", type(exc).__name__)
@@ -289,101 +327,124 @@ class MetricsCollector:
 
     def shared_families(self) -> list[Family]:
         now = self.clock()
+        # The counters' lines are written by the database while this thread reads the specs
+        # and formats their gauges: a third less time at 10,000 specs. (They need not share
+        # a snapshot with the gauges: they are separate series.)
+        counting = self._counting.submit(self._counter_rows)
         with self.sessions() as session:
-            if session.get_bind().dialect.name == "postgresql":
-                # One snapshot for all the queries below.
+            postgres = session.get_bind().dialect.name == "postgresql"
+            if postgres:
+                # One snapshot for the queries below.
                 session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-            specs = _specs(session)
-            held = _held(session)
-            last = _last_successes(session)
-            counter_rows = counters.read_all(session)
-            last_tick = session.scalar(
-                select(SchedulerState.last_tick_at).where(SchedulerState.id == SCHEDULER_STATE_ID)
-            )
+            _prepare(session)
+            specs = _rows(session, _SPECS)
+            held = _rows(session, _HELD)
+            newest = _rows(session, _NEWEST_POSTGRES if postgres else _NEWEST_ANY)
+            last_tick = session.scalar(_LAST_TICK)
             session.rollback()
+        spec_families = self._spec_families(specs, held, newest, now)
+        counter_lines, global_counters = counting.result()
         return [
-            *self._spec_families(specs, held, last, now),
-            *_counter_families(counter_rows),
+            *spec_families,
+            *_counter_families(counter_lines, global_counters),
             _tick_family(last_tick),
         ]
 
+    def _counter_rows(self) -> tuple[list[Row], list[Row]]:
+        with self.sessions() as session:
+            _prepare(session)
+            rows = _rows(session, _COUNTER_LINES), _rows(session, _GLOBAL_COUNTERS)
+            session.rollback()
+            return rows
+
     def _spec_families(
-        self,
-        specs: Sequence[_Spec],
-        held: dict[int, dict[str, int]],
-        last: dict[int, tuple[datetime, datetime | None, datetime | None, float | None]],
-        now: datetime,
+        self, specs: Sequence[Row], held: Sequence[Row], newest: Sequence[Row], now: datetime
     ) -> list[Family]:
         backups = Family(
             "backtor_backups",
             "gauge",
             "Backups each spec holds, by status (REMOVED ones are history, not counted)",
-            ("backup", "status"),
         )
         last_success = Family(
             "backtor_backup_last_success_timestamp_seconds",
             "gauge",
             "When the spec's newest successful backup (still held) ended, Unix time",
-            ("backup",),
         )
         last_size = Family(
             "backtor_backup_last_size_mbytes",
             "gauge",
             "Size of the spec's newest successful backup, in MB (dataSizeMB)",
-            ("backup",),
         )
         last_time = Family(
             "backtor_backup_last_time_seconds",
             "gauge",
             "How long the spec's newest successful backup took, in seconds",
-            ("backup",),
         )
         removal_failures = Family(
             "backtor_removal_failures",
             "gauge",
             "The spec's backups whose removal keeps failing (REMOVE_FAILED; still retried)",
-            ("backup",),
         )
         expected = Family(
             "backtor_backup_expected_period_seconds",
             "gauge",
             "Longest wait between two fires of the spec's schedule (only for specs that "
             "should be backing up now: enabled, in their window, not being deleted)",
-            ("backup",),
         )
         active_since = Family(
             "backtor_backup_active_since_timestamp_seconds",
             "gauge",
             "Since when the spec's current schedule applies (created, last updated or "
             "fromDate, the latest), Unix time; same specs as the expected period",
-            ("backup",),
         )
+        held_by_spec: defaultdict[int, list[tuple[str, int]]] = defaultdict(list)
+        for spec_id, status, count in held:
+            held_by_spec[spec_id].append((status, int(count)))
+        newest_by_spec = {row[0]: row[1:] for row in newest}
+        now_ts = now.timestamp()
         deadline = time.monotonic() + self.period_budget
-        for spec in specs:
-            name = spec.name
-            statuses = held.get(spec.id)
-            if statuses:
-                for status, count in sorted(statuses.items()):
-                    backups.add(count, name, status)
-            removal_failures.add(
-                statuses.get(BackupStatus.REMOVE_FAILED.value, 0) if statuses else 0, name
-            )
-            newest = last.get(spec.id)
-            if newest is not None:
-                at, started, ended, size = newest
-                last_success.add(at.timestamp(), name)
+        periods: dict[tuple[str, str], float | None] = {}  # this scrape's, per schedule
+        failed = BackupStatus.REMOVE_FAILED.value
+        # The loop runs once per spec: lines are appended directly (Family.add per sample
+        # would double its time at 10,000 specs). Database numbers are finite floats.
+        add_backups = backups.lines.append
+        add_failures = removal_failures.lines.append
+        add_success = last_success.lines.append
+        add_size = last_size.lines.append
+        add_time = last_time.lines.append
+        for spec_id, name, enabled, deleting, cron, zone, start, end, created, updated in specs:
+            tag = f'{{backup="{escape_label(name)}"'
+            failing = 0
+            for status, count in held_by_spec.get(spec_id, ()):
+                add_backups(f'backtor_backups{tag},status="{status}"}} {count}.0\n')
+                if status == failed:
+                    failing = count
+            add_failures(f"backtor_removal_failures{tag}}} {failing}.0\n")
+            found = newest_by_spec.get(spec_id)
+            if found is not None:
+                ended, started, size = found
+                add_success(f"backtor_backup_last_success_timestamp_seconds{tag}}} {ended!r}\n")
                 if size is not None:
-                    last_size.add(size, name)
-                if started is not None and ended is not None:
-                    last_time.add(max((ended - started).total_seconds(), 0.0), name)
-            if _active(spec, now):
-                period = self.periods.get(spec.cron, spec.zone, now, deadline)
+                    add_size(f"backtor_backup_last_size_mbytes{tag}}} {_number(size)}\n")
+                if started is not None:
+                    took = max(ended - started, 0.0)
+                    add_time(f"backtor_backup_last_time_seconds{tag}}} {took!r}\n")
+            active = (
+                enabled
+                and not deleting
+                and (start is None or start <= now_ts)
+                and (end is None or end > now_ts)
+            )
+            if active:
+                key = (cron, zone)
+                if key in periods:
+                    period = periods[key]
+                else:
+                    period = periods[key] = self.periods.get(cron, zone, now, deadline)
                 if period is not None:
-                    expected.add(period, name)
-                    since = max(
-                        spec.created_at, spec.last_update, spec.from_date or spec.created_at
-                    )
-                    active_since.add(since.timestamp(), name)
+                    labels = tag[1:]
+                    expected.add(period, labels)
+                    active_since.add(max(created, updated, start or created), labels)
         return [
             backups,
             last_success,
@@ -395,126 +456,138 @@ class MetricsCollector:
         ]
 
 
-def _active(spec: _Spec, now: datetime) -> bool:
+_SPECS = select(
+    BackupSpec.id,
+    BackupSpec.name,
+    BackupSpec.enabled,
+    BackupSpec.deleting,
+    BackupSpec.cron_string,
+    BackupSpec.timezone,
+    _epoch(BackupSpec.from_date),
+    _epoch(BackupSpec.to_date),
+    _epoch(BackupSpec.created_at),
+    _epoch(BackupSpec.last_update),
+)
+_HELD = (
+    select(Backup.spec_id, Backup.status, func.count())
+    .where(Backup.status.in_(HELD_STATUSES))
+    .group_by(Backup.status, Backup.spec_id)
+)
+
+
+# Per spec, the newest successful backup still held: (spec_id, ended, started, size). One
+# probe per spec into the partial index ix_backup_newest_success: the cost follows the
+# number of specs, not of backups. PostgreSQL runs it as a LATERAL join; SQLite (which has
+# no LATERAL) as correlated subqueries.
+def _newest_success(*columns: Any) -> Any:
     return (
-        spec.enabled
-        and not spec.deleting
-        and (spec.from_date is None or spec.from_date <= now)
-        and (spec.to_date is None or spec.to_date > now)
+        select(*columns)
+        .where(
+            Backup.spec_id == BackupSpec.id,
+            Backup.status.in_(SUCCEEDED_STATUSES),
+            Backup.end_time.is_not(None),
+        )
+        .order_by(Backup.end_time.desc(), Backup.id.desc())
+        .limit(1)
     )
 
 
-def _specs(session: Session) -> list[_Spec]:
-    rows = session.execute(
-        select(
-            BackupSpec.id,
-            BackupSpec.name,
-            BackupSpec.enabled,
-            BackupSpec.deleting,
-            BackupSpec.cron_string,
-            BackupSpec.timezone,
-            BackupSpec.from_date,
-            BackupSpec.to_date,
-            BackupSpec.created_at,
-            BackupSpec.last_update,
-        ).order_by(BackupSpec.name)
-    ).all()
-    return [
-        _Spec(
-            id=row.id,
-            name=row.name,
-            enabled=row.enabled,
-            deleting=row.deleting,
-            cron=row.cron_string,
-            zone=row.timezone,
-            from_date=row.from_date,
-            to_date=row.to_date,
-            created_at=row.created_at,
-            last_update=row.last_update,
-        )
-        for row in rows
-    ]
-
-
-def _held(session: Session) -> dict[int, dict[str, int]]:
-    rows = session.execute(
-        select(Backup.spec_id, Backup.status, func.count())
-        .where(Backup.status.in_(HELD_STATUSES))
-        .group_by(Backup.status, Backup.spec_id)
-    ).all()
-    held: defaultdict[int, dict[str, int]] = defaultdict(dict)
-    for spec_id, status, count in rows:
-        held[spec_id][status] = int(count)
-    return held
-
-
-def _last_successes(
-    session: Session,
-) -> dict[int, tuple[datetime, datetime | None, datetime | None, float | None]]:
-    """Per spec, the newest successful backup still held: (when, start, end, size)."""
-    at = func.coalesce(Backup.end_time, Backup.start_time, Backup.scheduled_at, type_=UTCDateTime)
-    ranked = (
-        select(
-            Backup.spec_id,
-            at.label("at"),
-            Backup.start_time,
-            Backup.end_time,
-            Backup.size_mb,
-            func.row_number()
-            .over(partition_by=Backup.spec_id, order_by=(at.desc(), Backup.id.desc()))
-            .label("rank"),
-        )
-        .where(Backup.status.in_(SUCCEEDED_STATUSES))
-        .subquery()
+_NEWEST_LATERAL = _newest_success(Backup.end_time, Backup.start_time, Backup.size_mb).lateral()
+_NEWEST_POSTGRES = select(
+    BackupSpec.id,
+    _epoch(_NEWEST_LATERAL.c.end_time),
+    _epoch(_NEWEST_LATERAL.c.start_time),
+    _NEWEST_LATERAL.c.size_mb,
+).join(_NEWEST_LATERAL, true())
+_NEWEST_ANY = (
+    select(
+        BackupSpec.id,
+        _epoch(_newest_success(Backup.end_time).scalar_subquery()).label("ended"),
+        _epoch(_newest_success(Backup.start_time).scalar_subquery()),
+        _newest_success(Backup.size_mb).scalar_subquery(),
     )
-    rows = session.execute(
-        select(
-            ranked.c.spec_id,
-            ranked.c.at,
-            ranked.c.start_time,
-            ranked.c.end_time,
-            ranked.c.size_mb,
-        ).where(ranked.c.rank == 1)
-    ).all()
-    return {row[0]: (row[1], row[2], row[3], row[4]) for row in rows}
+    .subquery()
+    .select()
+    .where(literal_column("ended").is_not(None))
+)
 
 
-def _counter_families(rows: Sequence[tuple[str, str, str, float]]) -> list[Family]:
-    by_name: defaultdict[str, list[tuple[str, str, float]]] = defaultdict(list)
-    for name, backup, label, value in rows:
-        by_name[name].append((backup, label, value))
-    families: list[Family] = []
-    for name, label_name in counters.COUNTER_LABELS.items():
-        series = sorted(by_name.get(name, []))
-        # The text format names a counter family after its samples: `<name>_total`.
-        if label_name is None:
-            family = Family(f"{name}_total", "counter", _COUNTER_HELP[name])
-            family.add(sum(value for _, _, value in series))
+def _quoted(column: Any) -> Any:
+    """A label value escaped for the text format (names are ASCII words: no newlines)."""
+    return func.replace(func.replace(column, "\\", "\\\\"), '"', '\\"')
+
+
+# Per-spec counter series: the database writes their lines, one text per family (70,000
+# rows at 10,000 specs: fetching and formatting them one by one takes twice as long).
+_LABEL_NAME = case(
+    *(
+        (MetricCounter.name == name, literal(label))
+        for name, label in counters.COUNTER_LABELS.items()
+        if label
+    ),
+    else_=literal("label"),
+)
+_COUNTER_LINES = (
+    select(
+        MetricCounter.name,
+        func.aggregate_strings(
+            MetricCounter.name
+            + literal('_total{backup="')
+            + _quoted(MetricCounter.backup)
+            + literal('",')
+            + _LABEL_NAME
+            + literal('="')
+            + _quoted(MetricCounter.label)
+            + literal('"} ')
+            + cast(MetricCounter.value, String),
+            "\n",
+        ),
+    )
+    .where(MetricCounter.backup != "")
+    .group_by(MetricCounter.name)
+)
+# Series of no spec: backtor_retention_tasks and the schedule lag histogram's rows.
+_GLOBAL_COUNTERS = select(MetricCounter.name, MetricCounter.label, MetricCounter.value).where(
+    MetricCounter.backup == ""
+)
+_LAST_TICK = select(SchedulerState.last_tick_at).where(SchedulerState.id == SCHEDULER_STATE_ID)
+
+
+def _counter_families(lines: Sequence[Row], global_rows: Sequence[Row]) -> list[Family]:
+    families = {
+        name: Family(f"{name}_total", "counter", _COUNTER_HELP[name])
+        for name in counters.COUNTER_LABELS
+    }
+    for name, joined in lines:
+        family = families.get(name)
+        if family is not None and joined:
+            family.lines.append(f"{joined}\n")
+    lag: defaultdict[str, dict[str, float]] = defaultdict(dict)
+    unlabelled: defaultdict[str, float] = defaultdict(float)
+    for name, label, amount in global_rows:
+        if name in families:
+            unlabelled[name] += amount
         else:
-            family = Family(f"{name}_total", "counter", _COUNTER_HELP[name], ("backup", label_name))
-            for backup, label, value in series:
-                family.add(value, backup, label)
-        families.append(family)
-    families.append(_lag_family(by_name))
-    return families
+            lag[name][label] = amount
+    for name, label_name in counters.COUNTER_LABELS.items():
+        if label_name is None:
+            families[name].add(unlabelled[name])
+    return [*families.values(), _lag_family(lag)]
 
 
-def _lag_family(by_name: dict[str, list[tuple[str, str, float]]]) -> Family:
-    buckets = {label: value for _, label, value in by_name.get(counters.LAG_BUCKET, [])}
-    total = sum(value for _, _, value in by_name.get(counters.LAG_SUM, []))
-    count = sum(value for _, _, value in by_name.get(counters.LAG_COUNT, []))
+def _lag_family(rows: dict[str, dict[str, float]]) -> Family:
+    buckets = rows.get(counters.LAG_BUCKET, {})
     family = Family(
         counters.SCHEDULE_LAG,
         "histogram",
         "How late create_backup workflows started: start time minus scheduled fire time",
-        ("le",),
     )
     for bound in counters.LAG_BUCKETS:
         label = counters.bucket_label(bound)
-        family.add(buckets.get(label, 0.0), label, suffix="_bucket")
-    family.add(buckets.get("+Inf", 0.0), "+Inf", suffix="_bucket")
-    family.samples.append(("_sum", (), total))
-    family.samples.append(("_count", (), count))
+        family.add(buckets.get(label, 0.0), f'le="{label}"', suffix="_bucket")
+    family.add(buckets.get("+Inf", 0.0), 'le="+Inf"', suffix="_bucket")
+    family.add(sum(rows.get(counters.LAG_SUM, {}).values()), suffix="_sum")
+    family.add(sum(rows.get(counters.LAG_COUNT, {}).values()), suffix="_count")
     return family
 
 

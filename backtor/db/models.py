@@ -251,6 +251,17 @@ class MetricCounter(Base):
     value: Mapped[float] = mapped_column(Float, nullable=False, server_default=text("0"))
 
 
-# /metrics counts each spec's held backups per status; this index lets it read only the
-# held rows (REMOVED history can grow without bound).
+# /metrics counts each spec's held backups per status: this index lets it read only the held
+# rows (REMOVED history grows without bound). The partial one finds each spec's newest
+# success in one probe (PostgreSQL reads it without touching the table).
 Index("ix_backup_status_spec_id", Backup.status, Backup.spec_id)
+_SUCCEEDED = "status IN ('COMPLETED', 'REMOVING', 'REMOVE_FAILED')"
+Index(
+    "ix_backup_newest_success",
+    Backup.spec_id,
+    Backup.end_time,
+    Backup.id,
+    postgresql_where=text(_SUCCEEDED),
+    sqlite_where=text(_SUCCEEDED),
+    postgresql_include=["start_time", "size_mb"],
+)

@@ -1,4 +1,4 @@
-"""metric_counter (cross-process counters for /metrics), an index for held-backup counts
+"""metric_counter (cross-process counters for /metrics), indexes for /metrics' backup figures
 
 Revision ID: 0003
 Revises: 0002
@@ -16,6 +16,9 @@ revision: str = "0003"
 down_revision: str | Sequence[str] | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+# Backups that hold data that was taken successfully (backtor.metrics reads the newest).
+SUCCEEDED = "status IN ('COMPLETED', 'REMOVING', 'REMOVE_FAILED')"
 
 
 def upgrade() -> None:
@@ -40,9 +43,18 @@ def upgrade() -> None:
     )
     op.create_index(op.f("ix_metric_counter_spec_id"), "metric_counter", ["spec_id"])
     op.create_index("ix_backup_status_spec_id", "backup", ["status", "spec_id"])
+    op.create_index(
+        "ix_backup_newest_success",
+        "backup",
+        ["spec_id", "end_time", "id"],
+        postgresql_where=sa.text(SUCCEEDED),
+        sqlite_where=sa.text(SUCCEEDED),
+        postgresql_include=["start_time", "size_mb"],
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_backup_newest_success", table_name="backup")
     op.drop_index("ix_backup_status_spec_id", table_name="backup")
     op.drop_index(op.f("ix_metric_counter_spec_id"), table_name="metric_counter")
     op.drop_table("metric_counter")

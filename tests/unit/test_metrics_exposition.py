@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from backtor.api.metrics import entity_of
 from backtor.cron import CronSchedule, latest_fire_at_or_before, next_fire
 from backtor.db.counters import LAG_BUCKETS, bucket_label
-from backtor.metrics import Family, PeriodCache, expected_period_seconds, render
+from backtor.metrics import Family, PeriodCache, expected_period_seconds, label_pairs, render
 
 DAY = 86400.0
 UTC_ZONE = ZoneInfo("UTC")
@@ -21,9 +21,9 @@ WEDNESDAY = datetime(2026, 6, 10, 12, 0, tzinfo=UTC)
 
 
 def test_render_writes_the_text_format_prometheus_parses() -> None:
-    gauge = Family("backtor_backups", "gauge", "Backups held\nper status", ("backup", "status"))
-    gauge.add(3, 'we"ird\\name\nx', "COMPLETED")
-    gauge.add(1, "plain", "FAILED")
+    gauge = Family("backtor_backups", "gauge", "Backups held\nper status")
+    gauge.add(3, label_pairs(backup='we"ird\\name\nx', status="COMPLETED"))
+    gauge.add(1, label_pairs(backup="plain", status="FAILED"))
     counter = Family("backtor_retention_tasks_total", "counter", "Runs")
     counter.add(7)
     text = render([gauge, counter])
@@ -41,7 +41,7 @@ def test_render_writes_the_text_format_prometheus_parses() -> None:
 
 
 def test_render_writes_infinities_and_families_without_samples() -> None:
-    empty = Family("backtor_backup_last_size_mbytes", "gauge", "Size", ("backup",))
+    empty = Family("backtor_backup_last_size_mbytes", "gauge", "Size")
     odd = Family("backtor_odd", "gauge", "Odd")
     odd.add(float("inf"))
     text = render([empty, odd])
