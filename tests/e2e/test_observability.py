@@ -10,7 +10,7 @@ import json
 import time
 import uuid
 from collections import Counter
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 from backtor.db.migrate import upgrade_to_head
-from backtor.db.models import BackupSpec, Fire
+from backtor.db.models import Backup, BackupSpec, Fire
 from tests.e2e.conftest import Stack
 from tests.integration.test_metrics_deploy import (
     DASHBOARD,
@@ -188,6 +188,66 @@ def test_a_real_cycle_is_counted_on_a_second_api(stack: Stack) -> None:
     used = {m for q in dashboard_queries(dashboard) for m in METRIC.findall(q)}
     used |= {m for expr in alert_expressions() for m in METRIC.findall(expr)}
     assert used - declared == set()
+
+
+def test_failing_removals_and_manual_triggers_show_on_a_second_api(stack: Stack) -> None:
+    stack.storage.fail_removals = 1000  # every removal fails: it ends REMOVE_FAILED
+    start = datetime.now(UTC) + timedelta(seconds=4)
+    with processes.workers(stack.env, stack.logs):
+        # Two fires, one minute tier: the older backup is removed, and that keeps failing.
+        failing = stack.create(
+            "failing",
+            backupCronString="* * * * * *",
+            retentionMinutely="1",
+            fromDate=start.isoformat(),
+            toDate=(start + timedelta(seconds=2)).isoformat(),
+        )
+        manual_only = stack.create("manual", backupCronString="0 0 3 * * *", enabled=0)
+        wait_until(
+            lambda: (
+                requests.get(
+                    f"{stack.conductor}/metadata/workflow/create_backup", timeout=10
+                ).status_code
+                == 200
+            ),
+            timeout=60,
+            what="the worker to register the workflows",
+        )
+        # "Back up now" through API 1: counted by API 1's process, read from API 2.
+        answer = requests.post(f"{stack.api}/backup/{manual_only}/materialized", timeout=30)
+        assert answer.status_code == 202, answer.text
+        wait_until(
+            lambda: stack.backups(failing, status="REMOVE_FAILED"),
+            timeout=90,
+            what="a removal failing three times",
+        )
+        wait_until(
+            lambda: all(f.outcome for f in ledger(stack.database_url, manual_only)),
+            timeout=60,
+            what="the manual backup's outcome recorded",
+        )
+    with processes.api_server(stack.env, stack.logs / "api-2.log") as second:
+        _, seen = scrape(second)
+    engine = create_engine(stack.database_url)
+    try:
+        with Session(engine) as session:
+            attempts = session.scalar(
+                select(Backup.remove_attempts).where(
+                    Backup.status == "REMOVE_FAILED", Backup.data_id.is_not(None)
+                )
+            )
+    finally:
+        engine.dispose()
+    assert attempts is not None and attempts >= 3
+    assert value(seen, "backtor_removal_failures", backup=failing) == 1
+    assert value(seen, "backtor_backups", backup=failing, status="REMOVE_FAILED") == 1
+    deletes = value(seen, "backtor_retention_backup_delete_total", backup=failing, status="FAILED")
+    assert deletes == attempts
+    assert (value(seen, "backtor_backup_warn_total", backup=failing, status="error") or 0) >= 3
+    assert value(seen, "backtor_backup_trigger_total", backup=manual_only, status="success") == 1
+    assert value(seen, "backtor_workflow_total", backup=manual_only, status="COMPLETED") == 1
+    assert value(seen, "backtor_backups", backup=manual_only, status="COMPLETED") == 1
+    assert value(seen, "backtor_backup_expected_period_seconds", backup=manual_only) is None
 
 
 def test_worker_probes_say_alive_but_not_ready_without_conductor(
