@@ -18,6 +18,7 @@ RUN pip install --no-cache-dir -c constraints.txt . && rm -rf /src
 
 USER backtor
 WORKDIR /data
-EXPOSE 6000
+# 6000: the API (and /metrics); 6001: a worker's /health and /ready probes
+EXPOSE 6000 6001
 ENTRYPOINT ["backtor"]
 CMD ["run"]
