@@ -24,8 +24,10 @@ from backtor.db.models import (
     Backup,
     BackupSpec,
     BackupStatus,
+    Fire,
     SchedulerState,
 )
+from backtor.fires import schedule_due_fires
 from backtor.metrics import MetricsCollector
 from backtor.specs import SpecDraft, normalise_spec
 
@@ -342,3 +344,50 @@ def test_the_api_counts_its_requests_and_statements(sqlite_url: str) -> None:
     assert delta("metrics", "200") == 1  # the first scrape; /metrics needs no token
     statements = ("backtor_sql_total", frozenset({"status": "ok"}.items()))
     assert after[statements] > before.get(statements, 0)
+
+
+# -- counted where the events happen ------------------------------------------------------
+
+
+def test_misfires_are_counted_with_the_fires_they_skip(sessions: sessionmaker[Session]) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    with sessions.begin() as session:
+        spec_id = add_spec(session, "late", cron="0 * * * * *", misfire_grace_seconds=60)
+        # The scheduler was down for ten minutes: its fires since then are passed over.
+        session.execute(
+            BackupSpec.__table__.update()
+            .where(BackupSpec.id == spec_id)
+            .values(next_fire_at=now - timedelta(minutes=10))
+        )
+    with sessions.begin() as session:
+        report = schedule_due_fires(session, now)
+    with sessions() as session:
+        skipped = session.scalars(
+            select(Fire).where(Fire.spec_id == spec_id, Fire.status == "SKIPPED")
+        ).all()
+    assert report.skipped == len(skipped) >= 9
+    samples = parse(MetricsCollector(sessions).exposition())
+    assert value(samples, "backtor_backup_skipped_total", backup="late", reason="misfire") == len(
+        skipped
+    )
+    assert value(samples, "backtor_backup_warn_total", backup="late", status="warning") == len(
+        skipped
+    )
+
+
+def test_a_manual_trigger_conductor_cannot_take_is_counted(database_url: str) -> None:
+    """Conductor is a real address where nothing listens: the API answers 503."""
+    upgrade_to_head(database_url)
+    with TestClient(create_app(_settings(database_url))) as client:
+        body = {"name": "now", "backupCronString": "0 0 3 * * *"}
+        assert client.post("/backup", json=body).status_code == 201
+        assert client.post("/backup/now/materialized").status_code == 503
+        samples = parse(client.get("/metrics").text)
+    assert value(samples, "backtor_backup_trigger_total", backup="now", status="error") == 1
+    assert value(samples, "backtor_backup_warn_total", backup="now", status="error") == 1
+    reason = "conductor_unavailable"
+    assert value(samples, "backtor_backup_skipped_total", backup="now", reason=reason) == 1
+    assert value(samples, "backtor_backup_trigger_total", backup="now", status="success") is None
+    unavailable = {"operation": "get_correlated", "status": "unavailable"}
+    calls = value(samples, "backtor_conductor_invocation_count", **unavailable)
+    assert calls is not None and calls >= 1  # process-local: this process's calls
