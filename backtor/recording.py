@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from backtor.db import counters
 from backtor.db.models import Backup, BackupSpec, BackupStatus
+from backtor.db.repository import retention_fields
 from backtor.policy import RetentionPolicy
 from backtor.retention import BackupRecord, RetentionPlan, plan_retention
 
@@ -40,16 +41,7 @@ class TakenBackup:
 
 
 def policy_of(spec: BackupSpec) -> RetentionPolicy:
-    return RetentionPolicy.from_fields(
-        {
-            "retentionMinutely": spec.retention_minutely,
-            "retentionHourly": spec.retention_hourly,
-            "retentionDaily": spec.retention_daily,
-            "retentionWeekly": spec.retention_weekly,
-            "retentionMonthly": spec.retention_monthly,
-            "retentionYearly": spec.retention_yearly,
-        }
-    )
+    return RetentionPolicy.from_fields(retention_fields(spec))
 
 
 def record_taken(session: Session, spec: BackupSpec, taken: TakenBackup) -> Backup:
