@@ -81,4 +81,8 @@ def test_scheduling_resumes_after_a_conductor_restart(
             timeout=60,
             what="the last backup",
         )
-    assert stack.live_data_ids(name) == storage.files()
+        wait_until(
+            lambda: stack.live_data_ids(name) == storage.files(),
+            timeout=30,
+            what="the records and the stored files to agree",
+        )
