@@ -31,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
+import requests
 from psycopg import sql
 from sqlalchemy import insert, select
 
@@ -115,6 +116,8 @@ def plain_starts(conductor_url: str, n: int, concurrency: int) -> float:
     version = DEFINITIONS.workflow_version("create_backup")
     tag = uuid.uuid4().hex[:8]
 
+    started: list[str] = []
+
     def one(i: int) -> str:
         return client.start_workflow(
             "create_backup",
@@ -125,14 +128,25 @@ def plain_starts(conductor_url: str, n: int, concurrency: int) -> float:
 
     began = time.perf_counter()
     if concurrency == 1:
-        for i in range(n):
-            one(i)
+        started = [one(i) for i in range(n)]
     else:
         with ThreadPoolExecutor(concurrency) as pool:
-            list(pool.map(one, range(n)))
+            started = list(pool.map(one, range(n)))
     elapsed = time.perf_counter() - began
     client.close()
+    terminate(conductor_url, started)
     return elapsed
+
+
+def terminate(conductor_url: str, workflow_ids: list[str]) -> None:
+    """Leave the server as it was, so that each measurement starts from the same load."""
+    for first in range(0, len(workflow_ids), 500):
+        requests.post(
+            f"{conductor_url}/workflow/bulk/terminate",
+            params={"reason": "benchmark over"},
+            json=workflow_ids[first : first + 500],
+            timeout=300,
+        ).raise_for_status()
 
 
 def backtor_starts(conductor_url: str, n: int, logs: Path) -> tuple[float, list[float]]:
@@ -157,6 +171,11 @@ def backtor_starts(conductor_url: str, n: int, logs: Path) -> tuple[float, list[
             raise RuntimeError(f"only {len(started)} of {n} started; see {logs}")
     finally:
         stop(worker)
+    with sessions() as session:
+        terminate(
+            conductor_url,
+            list(session.scalars(select(Fire.workflow_id).where(Fire.status == "STARTED"))),
+        )
     lags = sorted((s - f).total_seconds() for f, s in started)
     return max(s for _, s in started).timestamp() - due.timestamp(), lags
 
