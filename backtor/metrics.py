@@ -10,15 +10,13 @@ prometheus_client's registry: with 10,000 specs that is ten times faster.
 
 from __future__ import annotations
 
-import gc
 import logging
 import math
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -55,6 +53,7 @@ from backtor.db.models import (
     SchedulerState,
 )
 from backtor.db.types import utc_now
+from backtor.gcpause import collector_paused
 
 log = logging.getLogger(__name__)
 
@@ -248,19 +247,6 @@ _COUNTER_HELP = {
 Row = tuple[Any, ...]
 
 
-@contextmanager
-def _paused_gc() -> Iterator[None]:
-    """No cyclic GC while a scrape builds ~200,000 short-lived, acyclic objects: it would
-    walk them again and again for nothing (a tenth of the scrape at 10,000 specs)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 def _epoch(column: Any) -> Any:
     """A timestamp column as Unix seconds, computed by the database (SQLite: whole seconds)."""
     return cast(func.extract("epoch", column), Float)
@@ -306,7 +292,7 @@ class MetricsCollector:
             "1 when this scrape could read the shared figures from the database",
         )
         try:
-            with _paused_gc():
+            with collector_paused():
                 families.extend(self.shared_families())
             database_up.add(1)
         except SQLAlchemyError as exc:

@@ -8,12 +8,10 @@ quickly (a million backups in a few seconds) without per-backup zone lookups.
 
 from __future__ import annotations
 
-import gc
 import re
 from bisect import bisect_left
 from calendar import monthrange
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from functools import cached_property
@@ -22,6 +20,7 @@ from operator import attrgetter, eq, ne, not_, sub
 from typing import Literal, NamedTuple
 from zoneinfo import ZoneInfo
 
+from backtor.gcpause import collector_paused
 from backtor.policy import RetentionPolicy, Tier
 
 Action = Literal["keep", "remove", "ignore"]
@@ -380,19 +379,8 @@ def plan_retention(
     """Decide keep / remove / ignore for every backup of one spec (see docs/retention.md)."""
     # The plan allocates many objects and no reference cycles: pausing the cyclic collector
     # while it runs halves the time at 10^6 backups and frees nothing less.
-    with _collector_paused():
+    with collector_paused():
         return _plan(backups, policy, tz)
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _plan(backups: Iterable[BackupRecord], policy: RetentionPolicy, tz: ZoneInfo) -> RetentionPlan:
