@@ -72,7 +72,9 @@ def test_scheduling_resumes_after_a_conductor_restart(
         own_conductor.start()
         wait_until(
             lambda: len(stack.backups(name)) >= before + 3,
-            timeout=120,
+            # A task whose result was lost in the outage is delivered again after its response
+            # timeout (apply_retention: 120 s) and Conductor's sweep.
+            timeout=240,
             what="backups after the restart",
         )
         stack.update(name, enabled=0)

@@ -88,7 +88,17 @@ class FileStorageWorker:
             }
             if reason:
                 body["reasonForIncompletion"] = reason
-            session.post(f"{self.base}/tasks", json=body, timeout=10).raise_for_status()
+            self._report(session, body)
+
+    def _report(self, session: requests.Session, body: dict[str, Any]) -> None:
+        """Send a result, retrying while Conductor is away (a restart), as real workers do."""
+        for _ in range(120):
+            try:
+                session.post(f"{self.base}/tasks", json=body, timeout=10).raise_for_status()
+                return
+            except requests.RequestException:
+                if self._stop.wait(1.0):
+                    return
 
     def _backup(self, data: dict[str, Any]) -> tuple[str, dict[str, Any], str | None]:
         with self._lock:
