@@ -15,6 +15,7 @@ from sqlalchemy import or_, update
 
 from backtor.db.models import SCHEDULER_STATE_ID, SchedulerState
 from backtor.fires import OPEN_STATUSES
+from backtor.reconcile import from_epoch_ms
 from backtor.registration import DEFINITIONS
 from backtor.services import Services
 
@@ -25,22 +26,17 @@ TICK_CORRELATION_ID = "backtor-scheduler"
 LEASE = timedelta(seconds=30)
 # A tick that has not beaten for this long is held by a dead worker: replace it rather than
 # wait for Conductor's response timeout and sweeper to notice.
-STALL = timedelta(seconds=30)
+STALL = timedelta(seconds=60)
 
 
-class StallDetector:
-    """Remembers since when the heartbeat of one tick workflow has not moved."""
+def stalled(last_tick_at: datetime | None, tick_started_at: datetime | None, now: datetime) -> bool:
+    """A tick is stalled when neither its start nor any pass since is recent.
 
-    def __init__(self) -> None:
-        self._seen: tuple[str, datetime | None] | None = None
-        self._since: datetime | None = None
-
-    def stalled(self, tick_id: str, last_tick_at: datetime | None, now: datetime) -> bool:
-        if self._seen != (tick_id, last_tick_at):
-            self._seen = (tick_id, last_tick_at)
-            self._since = now
-            return False
-        return self._since is not None and now - self._since > STALL
+    Both instants live outside any one process (the database, Conductor), so whichever
+    replica holds the lease can tell, however often replicas come and go.
+    """
+    recent = max((t for t in (last_tick_at, tick_started_at) if t is not None), default=None)
+    return recent is not None and now - recent > STALL
 
 
 def take_lease(services: Services, holder: str, now: datetime) -> bool:
@@ -61,7 +57,7 @@ def take_lease(services: Services, holder: str, now: datetime) -> bool:
     return taken is not None
 
 
-def ensure_tick(services: Services, holder: str, stalls: StallDetector) -> str | None:
+def ensure_tick(services: Services, holder: str) -> str | None:
     """Start the tick workflow when none runs; returns the id of the one that runs."""
     now = services.clock()
     if not take_lease(services, holder, now):
@@ -73,7 +69,7 @@ def ensure_tick(services: Services, holder: str, stalls: StallDetector) -> str |
         (w for w in found if w.get("status") in OPEN_STATUSES),
         key=lambda w: (int(w.get("startTime") or 0), str(w["workflowId"])),
     )
-    if running and stalls.stalled(str(running[0]["workflowId"]), _last_tick(services), now):
+    if running and stalled(_last_tick(services), from_epoch_ms(running[0].get("startTime")), now):
         stuck = str(running[0]["workflowId"])
         services.conductor.terminate_workflow(stuck, "Backtor: the scheduler tick stalled")
         log.warning("scheduler tick %s stalled (no heartbeat for %s); replacing it", stuck, STALL)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from datetime import datetime
 
-from sqlalchemy import delete, func, literal, select, update
+from sqlalchemy import and_, delete, func, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -112,7 +112,7 @@ def delete_spec(session: Session, spec_id: int) -> None:
 
 def count_unremoved_backups(session: Session, spec_id: int) -> int:
     """Backups whose data may still exist (RUNNING, COMPLETED, REMOVING, REMOVE_FAILED),
-    and create_backup runs still under way, whose data will exist once they are recorded."""
+    and create_backup runs starting or under way, whose data will exist once recorded."""
     stored = (
         select(func.count())
         .select_from(Backup)
@@ -123,8 +123,10 @@ def count_unremoved_backups(session: Session, spec_id: int) -> int:
         .select_from(Fire)
         .where(
             Fire.spec_id == spec_id,
-            Fire.status == FireStatus.STARTED.value,
-            Fire.outcome.is_(None),
+            or_(
+                Fire.status == FireStatus.PENDING.value,  # a start may be under way
+                and_(Fire.status == FireStatus.STARTED.value, Fire.outcome.is_(None)),
+            ),
         )
     )
     return int(session.scalar(stored) or 0) + int(session.scalar(in_flight) or 0)

@@ -23,7 +23,7 @@ from backtor.config import Settings
 from backtor.logs import configure_logging
 from backtor.registration import register_definitions
 from backtor.services import Services
-from backtor.watchdog import StallDetector, ensure_tick
+from backtor.watchdog import ensure_tick
 from backtor.workers.health import WorkerHealth, start_health_server
 
 log = logging.getLogger(__name__)
@@ -103,11 +103,10 @@ def run_worker(settings: Settings) -> int:
     health.runners = handler  # type: ignore[assignment]
     holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     log.info("worker %s polling evaluate_schedule, apply_retention, record_removal", holder)
-    stalls = StallDetector()
     try:
         while not stop.is_set():
             try:
-                ensure_tick(services, holder, stalls)
+                ensure_tick(services, holder)
                 health.watchdog_ran()
             except Exception as exc:  # the watchdog must outlive any one failure
                 log.warning("scheduler watchdog: %s", exc)

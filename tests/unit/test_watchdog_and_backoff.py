@@ -1,35 +1,31 @@
-"""Small pure pieces of the scheduler: the stall detector and the removal backoff."""
+"""Small pure pieces of the scheduler: the stall rule and the removal backoff."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
 from backtor.removal import backoff
-from backtor.watchdog import STALL, StallDetector
+from backtor.watchdog import STALL, stalled
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def test_a_beating_tick_never_stalls() -> None:
-    detector = StallDetector()
-    for second in range(0, 600, 10):
-        now = T0 + timedelta(seconds=second)
-        assert not detector.stalled("tick-1", now - timedelta(seconds=1), now)
+def test_a_beating_tick_is_not_stalled() -> None:
+    started = T0 - timedelta(hours=1)
+    assert not stalled(T0 - timedelta(seconds=20), started, T0)
 
 
-def test_a_silent_tick_stalls_after_the_stall_time() -> None:
-    detector = StallDetector()
-    beat = T0
-    assert not detector.stalled("tick-1", beat, T0)
-    assert not detector.stalled("tick-1", beat, T0 + STALL)
-    assert detector.stalled("tick-1", beat, T0 + STALL + timedelta(seconds=1))
+def test_a_silent_tick_is_stalled_after_the_stall_time() -> None:
+    started = T0 - timedelta(hours=1)
+    assert not stalled(T0 - STALL, started, T0)
+    assert stalled(T0 - STALL - timedelta(seconds=1), started, T0)
 
 
-def test_a_new_tick_starts_a_new_watch() -> None:
-    detector = StallDetector()
-    assert not detector.stalled("tick-1", None, T0)
-    assert not detector.stalled("tick-2", None, T0 + STALL * 2)
-    assert detector.stalled("tick-2", None, T0 + STALL * 3 + timedelta(seconds=1))
+def test_a_new_tick_gets_the_stall_time_to_beat_once() -> None:
+    long_ago = T0 - timedelta(days=1)
+    assert not stalled(long_ago, T0 - timedelta(seconds=5), T0)
+    assert stalled(None, T0 - STALL - timedelta(seconds=1), T0)
+    assert not stalled(None, None, T0)
 
 
 def test_backoff_doubles_and_is_capped() -> None:
