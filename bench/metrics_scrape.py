@@ -32,11 +32,11 @@ import requests
 from psycopg import sql
 from sqlalchemy import insert, select
 
+from backtor.core.policy import DEFAULT_POLICY
 from backtor.db.engine import make_engine, make_session_factory
 from backtor.db.migrate import upgrade_to_head
 from backtor.db.models import Backup, BackupSpec, BackupStatus, MetricCounter
-from backtor.metrics import MetricsCollector, render
-from backtor.policy import DEFAULT_POLICY
+from backtor.observability.metrics import MetricsCollector, render
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -29,8 +29,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from backtor.policy import RetentionPolicy
-from backtor.retention import BackupRecord, plan_retention
+from backtor.core.policy import RetentionPolicy
+from backtor.core.retention import BackupRecord, plan_retention
 
 ZONE = ZoneInfo("Europe/Berlin")
 POLICY = RetentionPolicy.from_fields({"retentionHourly": "24"})

@@ -35,12 +35,12 @@ import requests
 from psycopg import sql
 from sqlalchemy import insert, select
 
-from backtor.conductor import ConductorClient
+from backtor.conductor.http import ConductorClient
+from backtor.conductor.registration import DEFINITIONS, register_definitions
+from backtor.core.policy import DEFAULT_POLICY
 from backtor.db.engine import make_engine, make_session_factory
 from backtor.db.migrate import upgrade_to_head
 from backtor.db.models import BackupSpec, Fire
-from backtor.policy import DEFAULT_POLICY
-from backtor.registration import DEFINITIONS, register_definitions
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

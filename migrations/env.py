@@ -12,9 +12,9 @@ from alembic import context
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from backtor.config import Settings
 from backtor.db.engine import make_engine
 from backtor.db.models import Base
+from backtor.runtime.settings import Settings
 
 config = context.config
 target_metadata = Base.metadata

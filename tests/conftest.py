@@ -25,7 +25,7 @@ import pytest
 from psycopg import sql
 from sqlalchemy.engine import URL, make_url
 
-from backtor.config import normalize_database_url
+from backtor.runtime.settings import normalize_database_url
 from tests.support.net import free_port, wait_until_healthy
 
 ROOT = Path(__file__).resolve().parent.parent

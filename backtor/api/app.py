@@ -17,10 +17,10 @@ from backtor.api.context import ApiContext
 from backtor.api.errors import install_error_handlers
 from backtor.api.metrics import install_metrics
 from backtor.api.removals import BackupRemovalStarter, ConductorRemovalStarter
-from backtor.conductor import ConductorClient
-from backtor.config import Settings
+from backtor.conductor.http import ConductorClient
 from backtor.db.engine import make_engine, make_session_factory
 from backtor.db.types import utc_now
+from backtor.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from backtor.api.removals import BackupRemovalStarter
-from backtor.conductor import ConductorClient
-from backtor.config import Settings
-from backtor.services import Services
+from backtor.conductor.http import ConductorClient
+from backtor.runtime.services import Services
+from backtor.runtime.settings import Settings
 
 
 @dataclass(frozen=True)

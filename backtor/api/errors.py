@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from backtor.specs import SpecError
+from backtor.core.specs import SpecError
 
 log = logging.getLogger(__name__)
 

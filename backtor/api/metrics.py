@@ -11,7 +11,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backtor.api.context import ApiContext
-from backtor.metrics import (
+from backtor.observability.metrics import (
     API_INVOCATIONS,
     CONTENT_TYPE,
     ConductorProbe,

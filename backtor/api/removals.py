@@ -7,9 +7,9 @@ from typing import Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from backtor.conductor import ConductorClient
+from backtor.conductor.http import ConductorClient
+from backtor.conductor.registration import DEFINITIONS
 from backtor.db import repository
-from backtor.registration import DEFINITIONS
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +19,7 @@ REMOVE_WORKFLOW = "remove_backup"
 class BackupRemovalStarter(Protocol):
     """Starts the removal of a purged spec's COMPLETED backups; the API's hook into it.
 
-    Raise ConductorUnavailable (or ConductorError) when removals cannot be started; the
+    Raise ConductorUnavailable (or ConductorRefused) when removals cannot be started; the
     backups not handed over must stay as they were, so a repeated purge picks them up.
     """
 

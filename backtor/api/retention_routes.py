@@ -1,6 +1,6 @@
 """Retention as an operator sees it: today's plan, a candidate policy's plan, and pins.
 
-Nothing here removes a backup: removals start only in retention runs (backtor.recording),
+Nothing here removes a backup: removals start only in retention runs (backtor.scheduling.recording),
 under the per-run cap. Plans are read from one query, so every decision has its row.
 """
 
@@ -26,13 +26,13 @@ from backtor.api.schemas import (
     RetentionPlanOut,
     RetentionPreviewOut,
 )
+from backtor.core.policy import RetentionPolicy
+from backtor.core.retention import BackupRecord, RetentionPlan, plan_retention
+from backtor.core.specs import MAX_INT32, parse_retention, validate_timezone
 from backtor.db import repository
 from backtor.db.models import Backup, BackupSpec
-from backtor.pins import BackupNotFound, NotPinnable, set_pinned
-from backtor.policy import RetentionPolicy
-from backtor.recording import policy_of
-from backtor.retention import BackupRecord, RetentionPlan, plan_retention
-from backtor.specs import MAX_INT32, parse_retention, validate_timezone
+from backtor.scheduling.pins import BackupNotFound, NotPinnable, set_pinned
+from backtor.scheduling.recording import policy_of
 
 router = APIRouter(tags=["retention"])
 

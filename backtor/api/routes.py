@@ -1,4 +1,4 @@
-"""The /backup routes: parse, call backtor.specs and backtor.db, answer. Nothing else."""
+"""The /backup routes: parse, call backtor.core.specs and backtor.db, answer. Nothing else."""
 
 from __future__ import annotations
 
@@ -21,12 +21,12 @@ from backtor.api.schemas import (
     SpecOut,
     TriggerAccepted,
 )
-from backtor.conductor import ConductorError, ConductorUnavailable
+from backtor.core.errors import ConductorRefused, ConductorUnavailable
+from backtor.core.policy import Tier
+from backtor.core.specs import normalise_spec
 from backtor.db import repository
 from backtor.db.models import BackupSpec, BackupStatus, FireStatus
-from backtor.fires import add_manual_fire, claim_pending, give_up_fire, start_fires
-from backtor.policy import Tier
-from backtor.specs import normalise_spec
+from backtor.scheduling.fires import add_manual_fire, claim_pending, give_up_fire, start_fires
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ def delete_spec(
             f"backup spec {name!r} is disabled and marked for deletion, but Conductor cannot "
             "be reached to start the removals; repeat the request",
         ) from None
-    except ConductorError as error:
+    except ConductorRefused as error:
         raise ApiError(502, f"Conductor refused to start a removal: {error}") from None
     if repository.finish_purge_if_done(session, spec_id):
         session.commit()

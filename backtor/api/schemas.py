@@ -1,7 +1,7 @@
 """Request and response bodies, in the seed's camelCase.
 
 Input models check shape only (strict types, no unknown fields); the rules that need the
-domain live in backtor.specs. Field names are the JSON names, so there are no aliases to
+domain live in backtor.core.specs. Field names are the JSON names, so there are no aliases to
 keep in step.
 """
 
@@ -14,9 +14,9 @@ from fastapi.openapi.models import Example
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StrictInt, StrictStr
 from pydantic.json_schema import WithJsonSchema
 
+from backtor.core.specs import SpecDraft
 from backtor.db.models import Backup, BackupSpec
 from backtor.db.repository import retention_fields
-from backtor.specs import SpecDraft
 
 
 def _enabled_flag(value: object) -> bool:

@@ -8,9 +8,9 @@ import sys
 
 import uvicorn
 
-from backtor.config import Settings
 from backtor.db.engine import mask_url
-from backtor.logs import configure_logging
+from backtor.observability.logs import configure_logging
+from backtor.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 

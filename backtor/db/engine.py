@@ -9,7 +9,7 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from backtor.config import Settings, normalize_database_url
+from backtor.runtime.settings import Settings, normalize_database_url
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 

@@ -17,8 +17,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import column, inspect, select, table
 from sqlalchemy.engine import Connection, Engine
 
-from backtor.config import Settings
 from backtor.db.engine import mask_url
+from backtor.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 

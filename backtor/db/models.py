@@ -143,7 +143,7 @@ class Backup(Base):
         Integer, nullable=False, default=0, server_default=text("0")
     )
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    # The removal outbox (backtor.removal): when to try again, and a start attempt's claim.
+    # The removal outbox (scheduling.removals): when to try again, and a start attempt's claim.
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -228,7 +228,7 @@ class SchedulerState(Base):
 # -- metrics shared by every process ----------------------------------------------------
 # Counters that must add up across API and worker replicas live in the database: each is
 # incremented in the transaction of the event it counts (backtor.db.counters) and read by
-# the API's /metrics at scrape time (backtor.metrics).
+# the API's /metrics at scrape time (backtor.observability.metrics).
 
 
 class MetricCounter(Base):

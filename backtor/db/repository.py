@@ -13,8 +13,8 @@ from sqlalchemy import and_, delete, func, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from backtor.core.specs import SpecValues, compute_next_fire_at
 from backtor.db.models import UNREMOVED_STATUSES, Backup, BackupSpec, BackupStatus, Fire, FireStatus
-from backtor.specs import SpecValues, compute_next_fire_at
 
 
 class SpecExists(Exception):

@@ -15,7 +15,6 @@ import tarfile
 from datetime import datetime
 from pathlib import Path
 
-from backtor.storage.config import FilesystemConfig
 from backtor.storage.errors import RetryableError, TerminalError
 from backtor.storage.output import (
     Budget,
@@ -26,6 +25,7 @@ from backtor.storage.output import (
     ensure_directory,
 )
 from backtor.storage.paths import AllowedRoots
+from backtor.storage.worker_config import FilesystemConfig
 
 SUFFIX = ".tar.gz"
 COMPRESS_LEVEL = 6  # gzip's own default: most of level 9's ratio at a fraction of its time

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from backtor.specs import NAME_PATTERN
+from backtor.core.specs import NAME_PATTERN
 from backtor.storage.errors import TerminalError
 
 ROOTS_ENV = "BACKTOR_STORAGE_ROOTS"

@@ -18,10 +18,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO
 
-from backtor.storage.config import PostgresConfig, mask
 from backtor.storage.errors import RetryableError
 from backtor.storage.output import Budget, PendingOutput, Taken, backup_file_name, ensure_directory
 from backtor.storage.paths import AllowedRoots
+from backtor.storage.worker_config import PostgresConfig, mask
 
 SUFFIX = ".dump"
 PG_DUMP = "pg_dump"

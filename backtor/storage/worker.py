@@ -26,20 +26,20 @@ from conductor.client.http.models.task import Task
 from conductor.client.http.models.task_result import TaskResult
 from conductor.client.http.models.task_result_status import TaskResultStatus
 
-from backtor.config import Settings
-from backtor.logs import configure_logging
+from backtor.observability.logs import configure_logging
+from backtor.runtime.settings import Settings
 from backtor.storage import filesystem, postgres
-from backtor.storage.config import (
+from backtor.storage.errors import RetryableError, Stopping, TerminalError
+from backtor.storage.output import Budget, Taken, remove_data
+from backtor.storage.paths import AllowedRoots, check_backup_name, check_data_id, roots_from
+from backtor.storage.worker_config import (
     KINDS,
     FilesystemConfig,
     check_served,
     mask,
     parse_worker_config,
 )
-from backtor.storage.errors import RetryableError, Stopping, TerminalError
-from backtor.storage.output import Budget, Taken, remove_data
-from backtor.storage.paths import AllowedRoots, check_backup_name, check_data_id, roots_from
-from backtor.workers.context import in_flight, stopping
+from backtor.workers.process import in_flight, stopping
 from backtor.workers.results import failed, handed_back, result, terminal
 
 log = logging.getLogger(__name__)

@@ -18,12 +18,13 @@ import uuid
 from types import FrameType
 from typing import Any
 
-from backtor.conductor import ConductorClient, ConductorUnavailable
-from backtor.config import Settings
-from backtor.logs import configure_logging
-from backtor.registration import register_definitions
-from backtor.services import Services
-from backtor.watchdog import ensure_tick
+from backtor.conductor.http import ConductorClient
+from backtor.conductor.registration import register_definitions
+from backtor.core.errors import ConductorUnavailable
+from backtor.observability.logs import configure_logging
+from backtor.runtime.services import Services
+from backtor.runtime.settings import Settings
+from backtor.scheduling.watchdog import ensure_tick
 from backtor.workers.health import WorkerHealth, start_health_server
 
 log = logging.getLogger(__name__)

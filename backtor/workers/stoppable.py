@@ -5,9 +5,9 @@ from typing import Any
 
 from conductor.client.worker.worker import Worker
 
-from backtor.config import Settings
-from backtor.logs import configure_logging
-from backtor.workers import context
+from backtor.observability.logs import configure_logging
+from backtor.runtime.settings import Settings
+from backtor.workers import process
 
 
 class StoppableWorker(Worker):  # type: ignore[misc]
@@ -20,14 +20,14 @@ class StoppableWorker(Worker):  # type: ignore[misc]
         # starts polling): the one place to take over the runner's SIGTERM.
         super().__setstate__(state)
         if os.getpid() != state.get("_built_in_pid"):
-            context.install_graceful_stop()
+            process.install_graceful_stop()
             # Backtor's log format (LOG_FORMAT) before the SDK's first line in this runner.
             settings = Settings.from_env()
             configure_logging(settings.log_level, settings.log_format)
 
     @property
     def paused(self) -> bool:
-        return context.stopping() or bool(getattr(self, "_paused_by_config", False))
+        return process.stopping() or bool(getattr(self, "_paused_by_config", False))
 
     @paused.setter
     def paused(self, value: bool) -> None:

@@ -18,11 +18,11 @@ from conductor.client.http.models.task_result_status import TaskResultStatus
 from sqlalchemy import select
 
 from backtor.db.models import BackupSpec
-from backtor.reconcile import from_epoch_ms, parse_size
-from backtor.recording import TakenBackup, apply_plan, record_taken
-from backtor.removal import record_removed, start_pending_removals
-from backtor.tick import run_tick
-from backtor.workers.context import (
+from backtor.scheduling.outcomes import from_epoch_ms, parse_size
+from backtor.scheduling.recording import TakenBackup, apply_plan, record_taken
+from backtor.scheduling.removals import record_removed, start_pending_removals
+from backtor.scheduling.tick import run_tick
+from backtor.workers.process import (
     in_flight,
     process_services,
     stopping,

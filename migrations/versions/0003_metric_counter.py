@@ -17,7 +17,7 @@ down_revision: str | Sequence[str] | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# Backups that hold data that was taken successfully (backtor.metrics reads the newest).
+# Backups that hold data that was taken successfully (observability reads the newest).
 SUCCEEDED = "status IN ('COMPLETED', 'REMOVING', 'REMOVE_FAILED')"
 
 

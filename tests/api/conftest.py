@@ -13,11 +13,11 @@ from sqlalchemy.orm import Session
 
 from backtor.api.app import create_app
 from backtor.api.removals import BackupRemovalStarter
-from backtor.conductor import ConductorClient
-from backtor.config import Settings
+from backtor.conductor.http import ConductorClient
 from backtor.db.engine import make_engine, make_session_factory
 from backtor.db.migrate import upgrade_to_head
 from backtor.db.models import Backup, BackupSpec
+from backtor.runtime.settings import Settings
 from tests.support.net import free_port
 
 with warnings.catch_warnings():

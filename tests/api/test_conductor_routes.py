@@ -9,9 +9,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
-from backtor.conductor import ConductorClient
+from backtor.conductor.http import ConductorClient
+from backtor.conductor.registration import register_definitions
 from backtor.db.models import Backup
-from backtor.registration import register_definitions
 from tests.api.conftest import AddBackup, MakeClient
 
 pytestmark = pytest.mark.integration

@@ -6,9 +6,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from backtor.api.app import create_app
-from backtor.conductor import ConductorClient
-from backtor.config import Settings
+from backtor.conductor.http import ConductorClient
 from backtor.db.migrate import downgrade_to, head_revisions, upgrade_to_head
+from backtor.runtime.settings import Settings
 from tests.support.net import free_port
 
 pytestmark = pytest.mark.integration

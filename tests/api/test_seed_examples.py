@@ -8,8 +8,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from fastapi.testclient import TestClient
 
-from backtor.cron import CronSchedule, nominal_period_seconds
-from backtor.policy import RetentionPolicy, derive_cron
+from backtor.core.cron import CronSchedule, nominal_period_seconds
+from backtor.core.policy import RetentionPolicy, derive_cron
 
 pytestmark = pytest.mark.integration
 

@@ -53,7 +53,7 @@ def server(database_url: str, tmp_path: Path) -> Iterator[Server]:
             [
                 sys.executable,
                 "-m",
-                "backtor.cli",
+                "backtor",
                 "api",
                 "--host",
                 "127.0.0.1",

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from backtor.policy import DEFAULT_POLICY
+from backtor.core.policy import DEFAULT_POLICY
 
 pytestmark = pytest.mark.integration
 

@@ -335,7 +335,11 @@ def test_logs_keep_secrets_out_and_name_the_backup(
         started = [
             r for r in about if "create_backup" in r["message"] and "started" in r["message"]
         ]
-        ended = [r for r in about if r["logger"] == "backtor.reconcile" and "ended" in r["message"]]
+        ended = [
+            r
+            for r in about
+            if r["logger"] == "backtor.scheduling.outcomes" and "ended" in r["message"]
+        ]
         recorded = [r for r in about if "recorded (dataId" in r["message"]]
         for group in (started, ended, recorded):
             assert group, f"no such lines about {name}"

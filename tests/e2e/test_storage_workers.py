@@ -23,7 +23,7 @@ import pytest
 import requests
 from sqlalchemy.engine import URL, make_url
 
-from backtor.registration import DEFINITIONS
+from backtor.conductor.registration import DEFINITIONS
 from tests.e2e.conftest import WRITABLE
 from tests.support import processes
 from tests.support.conductor import workflow, workflows

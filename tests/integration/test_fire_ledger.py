@@ -11,14 +11,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select, update
 
-from backtor.config import Settings
+from backtor.conductor.registration import DEFINITIONS, register_definitions
+from backtor.core.specs import SpecDraft, normalise_spec
 from backtor.db import repository
 from backtor.db.migrate import upgrade_to_head
 from backtor.db.models import BackupSpec, Fire, FireStatus
-from backtor.fires import CREATE_BACKUP, claim_pending, schedule_due_fires, start_fires
-from backtor.registration import DEFINITIONS, register_definitions
-from backtor.services import Services
-from backtor.specs import SpecDraft, normalise_spec
+from backtor.runtime.services import Services
+from backtor.runtime.settings import Settings
+from backtor.scheduling.fires import CREATE_BACKUP, claim_pending, schedule_due_fires, start_fires
 
 pytestmark = pytest.mark.integration
 

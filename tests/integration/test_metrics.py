@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from backtor.api.app import create_app
-from backtor.config import Settings
+from backtor.core.specs import SpecDraft, normalise_spec
 from backtor.db import counters, repository
 from backtor.db.engine import make_engine, make_session_factory
 from backtor.db.migrate import upgrade_to_head
@@ -27,9 +27,9 @@ from backtor.db.models import (
     Fire,
     SchedulerState,
 )
-from backtor.fires import schedule_due_fires
-from backtor.metrics import MetricsCollector
-from backtor.specs import SpecDraft, normalise_spec
+from backtor.observability.metrics import MetricsCollector
+from backtor.runtime.settings import Settings
+from backtor.scheduling.fires import schedule_due_fires
 
 pytestmark = pytest.mark.integration
 

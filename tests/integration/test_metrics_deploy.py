@@ -17,8 +17,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from backtor.api.app import create_app
-from backtor.config import Settings
 from backtor.db.migrate import upgrade_to_head
+from backtor.runtime.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -112,7 +112,7 @@ def test_upgrade_is_idempotent(database_url: str) -> None:
 def test_backtor_migrate_works_from_any_directory(postgres_url: str, tmp_path: Path) -> None:
     env = {**os.environ, "DATABASE_URL": postgres_url}
     done = subprocess.run(
-        [sys.executable, "-m", "backtor.cli", "migrate"],
+        [sys.executable, "-m", "backtor", "migrate"],
         env=env,
         cwd=tmp_path,
         capture_output=True,
@@ -129,7 +129,7 @@ def test_backtor_migrate_creates_the_sqlite_default_under_data_dir(tmp_path: Pat
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env["DATA_DIR"] = str(data_dir)
     done = subprocess.run(
-        [sys.executable, "-m", "backtor.cli", "migrate"],
+        [sys.executable, "-m", "backtor", "migrate"],
         env=env,
         cwd=tmp_path,
         capture_output=True,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from backtor.conductor import ConductorClient
-from backtor.registration import DEFINITIONS, register_definitions
+from backtor.conductor.http import ConductorClient
+from backtor.conductor.registration import DEFINITIONS, register_definitions
 
 pytestmark = pytest.mark.integration
 

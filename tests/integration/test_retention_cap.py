@@ -15,13 +15,13 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backtor.config import Settings
+from backtor.core.specs import RETENTION_FIELDS, SpecDraft, normalise_spec
 from backtor.db.engine import make_engine, make_session_factory
 from backtor.db.migrate import upgrade_to_head
 from backtor.db.models import Backup, BackupSpec, BackupStatus
 from backtor.db.repository import create_spec
-from backtor.recording import apply_plan, plan_for
-from backtor.specs import RETENTION_FIELDS, SpecDraft, normalise_spec
+from backtor.runtime.settings import Settings
+from backtor.scheduling.recording import apply_plan, plan_for
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backtor.cron import (
+from backtor.core.cron import (
     CronError,
     CronSchedule,
     latest_fire_at_or_before,

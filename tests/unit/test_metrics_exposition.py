@@ -10,9 +10,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from backtor.api.metrics import entity_of
-from backtor.cron import CronSchedule, latest_fire_at_or_before, next_fire
+from backtor.core.cron import CronSchedule, latest_fire_at_or_before, next_fire
 from backtor.db.counters import LAG_BUCKETS, bucket_label
-from backtor.metrics import Family, PeriodCache, expected_period_seconds, label_pairs, render
+from backtor.observability.metrics import (
+    Family,
+    PeriodCache,
+    expected_period_seconds,
+    label_pairs,
+    render,
+)
 
 DAY = 86400.0
 UTC_ZONE = ZoneInfo("UTC")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from backtor.cron import parse_cron
-from backtor.policy import (
+from backtor.core.cron import parse_cron
+from backtor.core.policy import (
     DEFAULT_POLICY,
     FIELD_BY_TIER,
     PolicyError,

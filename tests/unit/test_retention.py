@@ -8,9 +8,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from backtor.cron import next_fire, parse_cron
-from backtor.policy import DEFAULT_POLICY, RetentionPolicy, Tier
-from backtor.retention import BackupRecord, RetentionPlan, id_sort_key, plan_retention
+from backtor.core.cron import next_fire, parse_cron
+from backtor.core.policy import DEFAULT_POLICY, RetentionPolicy, Tier
+from backtor.core.retention import BackupRecord, RetentionPlan, id_sort_key, plan_retention
 
 UTC_ZONE = ZoneInfo("UTC")
 BERLIN = ZoneInfo("Europe/Berlin")

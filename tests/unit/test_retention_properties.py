@@ -9,8 +9,8 @@ from zoneinfo import ZoneInfo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backtor.policy import UNIT_BY_TIER, RetentionPolicy, Tier, TierRule
-from backtor.retention import (
+from backtor.core.policy import UNIT_BY_TIER, RetentionPolicy, Tier, TierRule
+from backtor.core.retention import (
     BackupRecord,
     Decision,
     RetentionPlan,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from backtor.cron import parse_cron
-from backtor.schedule import Timing, decide, first_fire
+from backtor.core.cron import parse_cron
+from backtor.core.schedule import Timing, decide, first_fire
 
 UTC_ZONE = ZoneInfo("UTC")
 

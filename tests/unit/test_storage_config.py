@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from backtor.storage.config import (
+from backtor.storage.errors import TerminalError
+from backtor.storage.worker_config import (
     ConfigError,
     FilesystemConfig,
     PostgresConfig,
@@ -14,7 +15,6 @@ from backtor.storage.config import (
     mask,
     parse_worker_config,
 )
-from backtor.storage.errors import TerminalError
 
 DSN = "postgresql://alice:s3cret-pw@db.example:5433/orders?sslmode=require"
 

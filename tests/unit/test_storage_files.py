@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from backtor.storage import filesystem, postgres
-from backtor.storage.config import FilesystemConfig, PostgresConfig
 from backtor.storage.errors import RetryableError, Stopping, TerminalError
 from backtor.storage.output import Budget, PendingOutput, backup_file_name, remove_data
 from backtor.storage.paths import AllowedRoots
+from backtor.storage.worker_config import FilesystemConfig, PostgresConfig
 
 WHEN = datetime(2026, 3, 1, 12, 30, 5, tzinfo=UTC)
 TASK_ID = "6f1c2a9e-0b7d-4c1e-9d2a-1234567890ab"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from backtor.removal import backoff
-from backtor.watchdog import STALL, stalled
+from backtor.scheduling.removals import backoff
+from backtor.scheduling.watchdog import STALL, stalled
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

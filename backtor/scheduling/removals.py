@@ -17,12 +17,12 @@ from typing import Any
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from backtor.conductor import ConductorNotFound, ConductorUnavailable
+from backtor.conductor.registration import DEFINITIONS
+from backtor.core.errors import ConductorNotFound, ConductorUnavailable
 from backtor.db import counters
 from backtor.db.models import Backup, BackupSpec, BackupStatus
 from backtor.db.repository import finish_purge_if_done
-from backtor.registration import DEFINITIONS
-from backtor.services import Services
+from backtor.runtime.services import Services
 
 log = logging.getLogger(__name__)
 

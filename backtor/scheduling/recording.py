@@ -15,11 +15,11 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from backtor.core.policy import RetentionPolicy
+from backtor.core.retention import BackupRecord, RetentionPlan, plan_retention
 from backtor.db import counters
 from backtor.db.models import Backup, BackupSpec, BackupStatus
 from backtor.db.repository import retention_fields
-from backtor.policy import RetentionPolicy
-from backtor.retention import BackupRecord, RetentionPlan, plan_retention
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def store_tags(session: Session, spec: BackupSpec, plan: RetentionPlan) -> int:
 def apply_plan(session: Session, spec: BackupSpec, now: datetime, max_removals: int) -> list[int]:
     """Store each backup's tags and mark the plan's removals (oldest first, capped) REMOVING.
 
-    The removals are started by the removal outbox (backtor.removal); the rest of the plan's
+    The removals are started by the removal outbox (scheduling.removals); the rest of the plan's
     removals follow in later runs.
     """
     plan = plan_for(session, spec)

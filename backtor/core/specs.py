@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 from functools import cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from backtor.cron import CronError, CronSchedule, parse_cron
-from backtor.policy import FIELD_BY_TIER, PolicyError, RetentionPolicy, derive_cron
-from backtor.schedule import Timing, first_fire
+from backtor.core.cron import CronError, CronSchedule, parse_cron
+from backtor.core.policy import FIELD_BY_TIER, PolicyError, RetentionPolicy, derive_cron
+from backtor.core.schedule import Timing, first_fire
 
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 _NAME_RE = re.compile(NAME_PATTERN, re.ASCII)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from backtor.cron import CronSchedule, latest_fire_at_or_before, next_fire
+from backtor.core.cron import CronSchedule, latest_fire_at_or_before, next_fire
 
 # Missed fires older than the latest one are listed (as skipped) up to this many per decision.
 MAX_LISTED_MISSES = 100

@@ -13,8 +13,8 @@ from datetime import datetime
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from backtor.policy import PolicyError, RetentionPolicy
-from backtor.retention import COMPLETED, BackupRecord, RetentionPlan, plan_retention
+from backtor.core.policy import PolicyError, RetentionPolicy
+from backtor.core.retention import COMPLETED, BackupRecord, RetentionPlan, plan_retention
 
 BAD_INPUT = 2
 _FIELDS = frozenset({"id", "time", "status", "pinned"})

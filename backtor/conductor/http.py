@@ -16,31 +16,16 @@ from urllib.parse import quote
 import requests
 from requests.adapters import HTTPAdapter
 
-from backtor import telemetry
+from backtor.core.errors import ConductorNotFound, ConductorRefused, ConductorUnavailable
+from backtor.observability import telemetry
 
 log = logging.getLogger(__name__)
 
 JsonObject = dict[str, Any]
 
 
-class ConductorError(Exception):
-    """Conductor answered, but not with success."""
-
-    def __init__(self, operation: str, status: int, message: str) -> None:
-        super().__init__(f"Conductor {operation} failed with HTTP {status}: {message}")
-        self.operation = operation
-        self.status = status
-
-
-class ConductorNotFound(ConductorError):
-    """The workflow, task or definition does not exist."""
-
-
-class ConductorUnavailable(Exception):
-    """Conductor could not be reached, or said it is overloaded or down."""
-
-
-_UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
+# Overloaded, restarting or behind a failing proxy: worth a retry, unlike a refusal.
+_UNAVAILABLE_STATUSES = frozenset({429, 502, 503, 504})
 
 
 class ConductorClient:
@@ -206,7 +191,7 @@ class ConductorClient:
             if answer.status_code == 404:
                 raise ConductorNotFound(operation, 404, _message(answer))
             if not answer.ok:
-                raise ConductorError(operation, answer.status_code, _message(answer))
+                raise ConductorRefused(operation, answer.status_code, _message(answer))
             if not expect_json:
                 return answer.text
             return answer.json() if answer.content else None

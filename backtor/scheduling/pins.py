@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from backtor.db.models import Backup, BackupSpec, BackupStatus
-from backtor.recording import plan_for, store_tags
+from backtor.scheduling.recording import plan_for, store_tags
 
 log = logging.getLogger(__name__)
 

@@ -64,20 +64,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         upgrade_to_head()
         return 0
     if args.command == "worker":
-        from backtor.config import Settings
+        from backtor.runtime.settings import Settings
         from backtor.workers.runner import run_worker
 
         return run_worker(Settings.from_env())
     if args.command == "register":
         return _register()
     if args.command == "run":
-        from backtor.supervisor import run_together
+        from backtor.runtime.supervisor import run_together
 
         return run_together(host=args.host, port=args.port)
     if args.command == "storage-worker":
         return _storage_worker(args)
     if args.command == "retention" and args.retention_command == "simulate":
-        from backtor.simulator import run_simulation
+        from backtor.core.simulator import run_simulation
 
         return run_simulation(
             policy=args.policy,
@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _storage_worker(args: argparse.Namespace) -> int:
     import os
 
-    from backtor.config import Settings
+    from backtor.runtime.settings import Settings
     from backtor.storage.worker import run_storage_worker, storage_settings
 
     try:
@@ -107,14 +107,15 @@ def _storage_worker(args: argparse.Namespace) -> int:
 
 
 def _register() -> int:
-    from backtor.conductor import ConductorClient, ConductorError, ConductorUnavailable
-    from backtor.config import Settings
-    from backtor.registration import register_definitions
+    from backtor.conductor.http import ConductorClient
+    from backtor.conductor.registration import register_definitions
+    from backtor.core.errors import ConductorRefused, ConductorUnavailable
+    from backtor.runtime.settings import Settings
 
     settings = Settings.from_env()
     try:
         report = register_definitions(ConductorClient(settings.conductor_api_url))
-    except (ConductorUnavailable, ConductorError) as exc:
+    except (ConductorUnavailable, ConductorRefused) as exc:
         print(f"backtor register: {exc}", file=sys.stderr)
         return 1
     for label in report.created:

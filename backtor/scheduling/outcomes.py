@@ -15,12 +15,12 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from backtor.conductor import ConductorNotFound
+from backtor.core.errors import ConductorNotFound
 from backtor.db import counters
 from backtor.db.models import Backup, BackupSpec, BackupStatus, Fire, FireStatus
-from backtor.fires import CREATE_BACKUP, OPEN_STATUSES
-from backtor.recording import TakenBackup, apply_plan, record_failed, record_taken
-from backtor.services import Services
+from backtor.runtime.services import Services
+from backtor.scheduling.fires import CREATE_BACKUP, OPEN_STATUSES
+from backtor.scheduling.recording import TakenBackup, apply_plan, record_failed, record_taken
 
 log = logging.getLogger(__name__)
 

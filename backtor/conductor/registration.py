@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from backtor.conductor import ConductorClient
+from backtor.conductor.http import ConductorClient
 
 log = logging.getLogger(__name__)
 

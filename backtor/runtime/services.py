@@ -9,10 +9,10 @@ from datetime import datetime
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from backtor.conductor import ConductorClient
-from backtor.config import Settings
+from backtor.conductor.http import ConductorClient
 from backtor.db.engine import make_engine, make_session_factory
 from backtor.db.types import utc_now
+from backtor.runtime.settings import Settings
 
 
 @dataclass

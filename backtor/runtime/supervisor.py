@@ -20,14 +20,14 @@ def run_together(host: str | None, port: int | None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    api = [sys.executable, "-m", "backtor.cli", "api"]
+    api = [sys.executable, "-m", "backtor.runtime.cli", "api"]
     if host:
         api += ["--host", host]
     if port:
         api += ["--port", str(port)]
     children = {
         "api": subprocess.Popen(api),
-        "worker": subprocess.Popen([sys.executable, "-m", "backtor.cli", "worker"]),
+        "worker": subprocess.Popen([sys.executable, "-m", "backtor.runtime.cli", "worker"]),
     }
     stopping = False
 

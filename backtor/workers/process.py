@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-from backtor.config import Settings
-from backtor.logs import configure_logging
-from backtor.services import Services
+from backtor.observability.logs import configure_logging
+from backtor.runtime.services import Services
+from backtor.runtime.settings import Settings
 
 # After the last task of a stopping runner, time for its result to reach Conductor.
 REPORT_GRACE_SECONDS = 0.5

@@ -20,13 +20,13 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from backtor.conductor import ConductorError, ConductorUnavailable
-from backtor.cron import CronSchedule
+from backtor.conductor.registration import DEFINITIONS
+from backtor.core.cron import CronSchedule
+from backtor.core.errors import ConductorRefused, ConductorUnavailable
+from backtor.core.schedule import Decision, Timing, decide
 from backtor.db import counters
 from backtor.db.models import BackupSpec, Fire, FireStatus, SkipReason
-from backtor.registration import DEFINITIONS
-from backtor.schedule import Decision, Timing, decide
-from backtor.services import Services
+from backtor.runtime.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +294,7 @@ def _start_one(services: Services, job: FireJob, version: int) -> FireOutcome:
         )
     except ConductorUnavailable as exc:
         return _unavailable(job, str(exc))
-    except ConductorError as exc:  # an answer Conductor should not give: keep the fire, say why
+    except ConductorRefused as exc:  # an answer Conductor should not give: keep the fire, say why
         log.error(
             "spec %s: could not start create_backup: %s",
             job.spec_name,

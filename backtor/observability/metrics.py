@@ -41,8 +41,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from backtor import telemetry
-from backtor.cron import CronError, CronSchedule, latest_fire_at_or_before, next_fire
+from backtor.core.cron import CronError, CronSchedule, latest_fire_at_or_before, next_fire
+from backtor.core.gcpause import collector_paused
 from backtor.db import counters
 from backtor.db.models import (
     SCHEDULER_STATE_ID,
@@ -53,7 +53,7 @@ from backtor.db.models import (
     SchedulerState,
 )
 from backtor.db.types import utc_now
-from backtor.gcpause import collector_paused
+from backtor.observability import telemetry
 
 log = logging.getLogger(__name__)
 

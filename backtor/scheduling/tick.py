@@ -9,12 +9,12 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from backtor.conductor import ConductorUnavailable
+from backtor.core.errors import ConductorUnavailable
 from backtor.db.models import SCHEDULER_STATE_ID, BackupSpec, Fire, FireStatus, SchedulerState
-from backtor.fires import claim_pending, schedule_due_fires, start_fires
-from backtor.reconcile import reconcile_fires
-from backtor.removal import advance_purges, reconcile_removals, start_pending_removals
-from backtor.services import Services
+from backtor.runtime.services import Services
+from backtor.scheduling.fires import claim_pending, schedule_due_fires, start_fires
+from backtor.scheduling.outcomes import reconcile_fires
+from backtor.scheduling.removals import advance_purges, reconcile_removals, start_pending_removals
 
 log = logging.getLogger(__name__)
 

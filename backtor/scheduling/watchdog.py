@@ -13,11 +13,11 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import or_, update
 
+from backtor.conductor.registration import DEFINITIONS
 from backtor.db.models import SCHEDULER_STATE_ID, SchedulerState
-from backtor.fires import OPEN_STATUSES
-from backtor.reconcile import from_epoch_ms
-from backtor.registration import DEFINITIONS
-from backtor.services import Services
+from backtor.runtime.services import Services
+from backtor.scheduling.fires import OPEN_STATUSES
+from backtor.scheduling.outcomes import from_epoch_ms
 
 log = logging.getLogger(__name__)
 

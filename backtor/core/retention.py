@@ -20,8 +20,8 @@ from operator import attrgetter, eq, ne, not_, sub
 from typing import Literal, NamedTuple
 from zoneinfo import ZoneInfo
 
-from backtor.gcpause import collector_paused
-from backtor.policy import RetentionPolicy, Tier
+from backtor.core.gcpause import collector_paused
+from backtor.core.policy import RetentionPolicy, Tier
 
 Action = Literal["keep", "remove", "ignore"]
 COMPLETED = "COMPLETED"
