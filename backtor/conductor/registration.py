@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from backtor.conductor.http import ConductorClient
+from backtor.conductor.names import STORAGE_TASKS
+from backtor.conductor.port import Conductor
 
 log = logging.getLogger(__name__)
 
-STORAGE_TASKS = frozenset({"backup", "remove"})
 
 JsonObject = dict[str, Any]
 
@@ -63,7 +63,7 @@ DEFINITIONS = load_definitions()
 
 
 def register_definitions(
-    client: ConductorClient, definitions: Definitions = DEFINITIONS
+    client: Conductor, definitions: Definitions = DEFINITIONS
 ) -> RegistrationReport:
     report = RegistrationReport()
     for name, task_def in definitions.task_defs.items():

@@ -10,6 +10,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from backtor.conductor.http import ConductorClient
+from backtor.conductor.port import Conductor
 from backtor.db.engine import make_engine, make_session_factory
 from backtor.db.types import utc_now
 from backtor.runtime.settings import Settings
@@ -20,7 +21,7 @@ class Services:
     settings: Settings
     engine: Engine
     db: sessionmaker[Session]
-    conductor: ConductorClient
+    conductor: Conductor
     clock: Callable[[], datetime] = field(default=utc_now)
 
     @classmethod

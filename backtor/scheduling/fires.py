@@ -20,6 +20,8 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from backtor.conductor.names import CREATE_BACKUP
+from backtor.conductor.payloads import WorkflowRun
 from backtor.conductor.registration import DEFINITIONS
 from backtor.core.cron import CronSchedule
 from backtor.core.errors import ConductorRefused, ConductorUnavailable
@@ -30,10 +32,8 @@ from backtor.runtime.services import Services
 
 log = logging.getLogger(__name__)
 
-CREATE_BACKUP = "create_backup"
 CLAIM = timedelta(seconds=30)
 START_CONCURRENCY = 8
-OPEN_STATUSES = frozenset({"RUNNING", "PAUSED"})
 
 
 def timing_of(spec: BackupSpec) -> Timing:
@@ -242,12 +242,10 @@ def start_fires(services: Services, jobs: Sequence[FireJob]) -> list[FireOutcome
             outcomes.append(_started(job, earlier))
             busy.add(job.spec_name)
         elif job.spec_name in busy or any(
-            w.get("status") in OPEN_STATUSES for w in open_by_name.get(job.spec_name, [])
+            w.status.is_open for w in open_by_name.get(job.spec_name, [])
         ):
             running = [
-                str(w["workflowId"])
-                for w in open_by_name.get(job.spec_name, [])
-                if w.get("status") in OPEN_STATUSES
+                w.workflow_id for w in open_by_name.get(job.spec_name, []) if w.status.is_open
             ]
             outcomes.append(
                 FireOutcome(
@@ -270,10 +268,10 @@ def start_fires(services: Services, jobs: Sequence[FireJob]) -> list[FireOutcome
     return outcomes
 
 
-def _started_for(job: FireJob, workflows: Iterable[Mapping[str, Any]]) -> str | None:
+def _started_for(job: FireJob, workflows: Iterable[WorkflowRun]) -> str | None:
     for workflow in workflows:
-        if (workflow.get("input") or {}).get("fireId") == job.fire_id:
-            return str(workflow["workflowId"])
+        if workflow.fire_id == job.fire_id:
+            return workflow.workflow_id
     return None
 
 

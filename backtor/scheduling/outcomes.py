@@ -9,22 +9,27 @@ A run retried or rerun from Conductor's UI is followed again.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
 
+from backtor.conductor.names import BACKUP, CREATE_BACKUP
+from backtor.conductor.payloads import TaskRun, TaskStatus, WorkflowRun, WorkflowStatus
 from backtor.core.errors import ConductorNotFound
 from backtor.db import counters
 from backtor.db.models import Backup, BackupSpec, BackupStatus, Fire, FireStatus
 from backtor.runtime.services import Services
-from backtor.scheduling.fires import CREATE_BACKUP, OPEN_STATUSES
-from backtor.scheduling.recording import TakenBackup, apply_plan, record_failed, record_taken
+from backtor.scheduling.recording import (
+    TakenBackup,
+    apply_plan,
+    parse_size,
+    record_failed,
+    record_taken,
+)
 
 log = logging.getLogger(__name__)
 
-FINISHED = frozenset({"COMPLETED", "FAILED", "TIMED_OUT", "TERMINATED"})
 # Failed runs are watched this long for a retry from Conductor's UI or API.
 RETRY_WATCH = timedelta(days=7)
 TIMEOUT_REASON = "timeoutSeconds exceeded: terminated by Backtor"
@@ -61,12 +66,12 @@ def reconcile_fires(services: Services, limit: int = 1000) -> None:
         return
     names = sorted({row.name for row in tracked})
     open_runs = {
-        str(w["workflowId"]): w
+        w.workflow_id: w
         for runs in services.conductor.workflows_by_correlation(
             CREATE_BACKUP, names, include_closed=False
         ).values()
         for w in runs
-        if w.get("status") in OPEN_STATUSES
+        if w.status.is_open
     }
     for row in tracked:
         if row.workflow_id in open_runs:
@@ -87,12 +92,13 @@ def reconcile_fires(services: Services, limit: int = 1000) -> None:
         try:
             workflow = services.conductor.get_workflow(row.workflow_id, include_tasks=True)
         except ConductorNotFound:
-            workflow = {
-                "status": "TERMINATED",
-                "reasonForIncompletion": "the workflow is gone from Conductor",
-                "tasks": [],
-            }
-        if str(workflow.get("status")) in FINISHED:
+            workflow = WorkflowRun(
+                workflow_id=row.workflow_id,
+                name=CREATE_BACKUP,
+                status=WorkflowStatus.TERMINATED,
+                reason="the workflow is gone from Conductor",
+            )
+        if workflow.status.is_finished:
             record_outcome(services, row.id, row.name, row.workflow_id, row.scheduled_at, workflow)
 
 
@@ -127,16 +133,16 @@ def record_outcome(
     spec_name: str,
     workflow_id: str,
     scheduled_at: datetime,
-    workflow: Mapping[str, Any],
+    workflow: WorkflowRun,
 ) -> None:
-    status = str(workflow["status"])
+    status = workflow.status.value
     now = services.clock()
     with services.db.begin() as session:
         spec = session.scalar(select(BackupSpec).where(BackupSpec.name == spec_name))
         if spec is None:
             return
         recorded_data = False
-        for task in workflow.get("tasks") or []:
+        for task in workflow.tasks:
             taken = _taken_from_task(task, spec_name, workflow_id, scheduled_at)
             if taken is not None:
                 record_taken(session, spec, taken)
@@ -146,7 +152,7 @@ def record_outcome(
             and not _has_data(session, spec.id, workflow_id)
             and not recorded_data
         ):
-            reason = workflow.get("reasonForIncompletion")
+            reason = workflow.reason
             timed_out = status == "TIMED_OUT" or reason == TIMEOUT_REASON
             record_failed(
                 session,
@@ -154,8 +160,8 @@ def record_outcome(
                 workflow_id=workflow_id,
                 status=BackupStatus.TIMED_OUT if timed_out else BackupStatus.FAILED,
                 scheduled_at=scheduled_at,
-                start_time=from_epoch_ms(workflow.get("startTime")),
-                end_time=from_epoch_ms(workflow.get("endTime")) or now,
+                start_time=workflow.start_time,
+                end_time=workflow.end_time or now,
                 error=f"create_backup {status}: {reason or 'no reason given'}",
             )
         if recorded_data and status != "COMPLETED":
@@ -193,38 +199,21 @@ def _has_data(session: Any, spec_id: int, workflow_id: str) -> bool:
 
 
 def _taken_from_task(
-    task: Mapping[str, Any], spec_name: str, workflow_id: str, scheduled_at: datetime
+    task: TaskRun, spec_name: str, workflow_id: str, scheduled_at: datetime
 ) -> TakenBackup | None:
     """A `backup` task execution that completed with a dataId, as a TakenBackup."""
-    if task.get("taskType") != "backup" or task.get("status") != "COMPLETED":
+    if task.task_type != BACKUP or task.status is not TaskStatus.COMPLETED:
         return None
-    output = task.get("outputData") or {}
-    data_id = output.get("dataId")
+    data_id = task.output.get("dataId")
     if data_id in (None, ""):
         return None
     return TakenBackup(
         spec_name=spec_name,
-        task_id=str(task["taskId"]),
+        task_id=task.task_id,
         workflow_id=workflow_id,
         data_id=str(data_id),
-        size_mb=parse_size(output.get("dataSizeMB")),
+        size_mb=parse_size(task.output.get("dataSizeMB")),
         scheduled_at=scheduled_at,
-        start_time=from_epoch_ms(task.get("startTime")),
-        end_time=from_epoch_ms(task.get("endTime")),
+        start_time=task.start_time,
+        end_time=task.end_time,
     )
-
-
-def parse_size(value: Any) -> float | None:
-    try:
-        return None if value in (None, "") else float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def from_epoch_ms(epoch_ms: Any) -> datetime | None:
-    """Conductor's epoch milliseconds (0 means unset) as an aware datetime."""
-    try:
-        value = int(epoch_ms)
-    except (TypeError, ValueError):
-        return None
-    return datetime.fromtimestamp(value / 1000, UTC) if value > 0 else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select, update
@@ -38,6 +39,14 @@ class TakenBackup:
     scheduled_at: datetime
     start_time: datetime | None
     end_time: datetime | None
+
+
+def parse_size(value: Any) -> float | None:
+    """A storage worker's dataSizeMB; anything that is not a number is unknown."""
+    try:
+        return None if value in (None, "") else float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def policy_of(spec: BackupSpec) -> RetentionPolicy:

@@ -17,6 +17,8 @@ from typing import Any
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
+from backtor.conductor.names import REMOVE_BACKUP
+from backtor.conductor.payloads import WorkflowStatus
 from backtor.conductor.registration import DEFINITIONS
 from backtor.core.errors import ConductorNotFound, ConductorUnavailable
 from backtor.db import counters
@@ -26,11 +28,9 @@ from backtor.runtime.services import Services
 
 log = logging.getLogger(__name__)
 
-REMOVE_BACKUP = "remove_backup"
 CLAIM = timedelta(seconds=30)
 FAILURES_SHOWN = 3
 OPEN = (BackupStatus.REMOVING.value, BackupStatus.REMOVE_FAILED.value)
-FINISHED_WORKFLOW = frozenset({"COMPLETED", "FAILED", "TIMED_OUT", "TERMINATED"})
 
 
 def backoff(attempts: int, base_seconds: float = 30.0) -> timedelta:
@@ -161,26 +161,29 @@ def reconcile_removals(services: Services, limit: int = 500) -> None:
         return
     names = sorted({row.name for row in tracked})
     open_ids = {
-        str(w["workflowId"])
+        w.workflow_id
         for workflows in services.conductor.workflows_by_correlation(
             REMOVE_BACKUP, names, include_closed=False
         ).values()
         for w in workflows
+        if w.status.is_open
     }
     for row in tracked:
         if row.remove_workflow_id in open_ids:
             continue
         try:
             workflow = services.conductor.get_workflow(row.remove_workflow_id, include_tasks=False)
-            status = str(workflow.get("status"))
-            reason = workflow.get("reasonForIncompletion")
+            status, reason = workflow.status, workflow.reason
         except ConductorNotFound:
-            status, reason = "FAILED", "the remove_backup workflow is gone from Conductor"
-        if status not in FINISHED_WORKFLOW:
+            status, reason = (
+                WorkflowStatus.FAILED,
+                "the remove_backup workflow is gone from Conductor",
+            )
+        if status.is_open:
             continue
         now = services.clock()
         with services.db.begin() as session:
-            if status == "COMPLETED":
+            if status is WorkflowStatus.COMPLETED:
                 record_removed(session, row.id, now)
             else:
                 _record_failure(

@@ -9,20 +9,19 @@ hand beside the replacement) are terminated, the oldest kept.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import or_, update
 
+from backtor.conductor.names import TICK, TICK_CORRELATION_ID
 from backtor.conductor.registration import DEFINITIONS
 from backtor.db.models import SCHEDULER_STATE_ID, SchedulerState
 from backtor.runtime.services import Services
-from backtor.scheduling.fires import OPEN_STATUSES
-from backtor.scheduling.outcomes import from_epoch_ms
 
 log = logging.getLogger(__name__)
 
-TICK_WORKFLOW = "backtor_scheduler"
-TICK_CORRELATION_ID = "backtor-scheduler"
+EPOCH = datetime.fromtimestamp(0, UTC)
+
 LEASE = timedelta(seconds=30)
 # A tick that has not beaten for this long is held by a dead worker: replace it rather than
 # wait for Conductor's response timeout and sweeper to notice.
@@ -63,30 +62,30 @@ def ensure_tick(services: Services, holder: str) -> str | None:
     if not take_lease(services, holder, now):
         return None
     found = services.conductor.workflows_by_correlation(
-        TICK_WORKFLOW, [TICK_CORRELATION_ID], include_closed=False
+        TICK, [TICK_CORRELATION_ID], include_closed=False
     ).get(TICK_CORRELATION_ID, [])
     running = sorted(
-        (w for w in found if w.get("status") in OPEN_STATUSES),
-        key=lambda w: (int(w.get("startTime") or 0), str(w["workflowId"])),
+        (w for w in found if w.status.is_open),
+        key=lambda w: (w.start_time or EPOCH, w.workflow_id),
     )
-    if running and stalled(_last_tick(services), from_epoch_ms(running[0].get("startTime")), now):
-        stuck = str(running[0]["workflowId"])
+    if running and stalled(_last_tick(services), running[0].start_time, now):
+        stuck = running[0].workflow_id
         services.conductor.terminate_workflow(stuck, "Backtor: the scheduler tick stalled")
         log.warning("scheduler tick %s stalled (no heartbeat for %s); replacing it", stuck, STALL)
         running = running[1:]
     if running:
-        keep = str(running[0]["workflowId"])
+        keep = running[0].workflow_id
         for extra in running[1:]:
             services.conductor.terminate_workflow(
-                str(extra["workflowId"]), f"Backtor runs one scheduler tick ({keep})"
+                extra.workflow_id, f"Backtor runs one scheduler tick ({keep})"
             )
             log.warning(
-                "terminated an extra scheduler tick %s (keeping %s)", extra["workflowId"], keep
+                "terminated an extra scheduler tick %s (keeping %s)", extra.workflow_id, keep
             )
     else:
         keep = services.conductor.start_workflow(
-            TICK_WORKFLOW,
-            version=DEFINITIONS.workflow_version(TICK_WORKFLOW),
+            TICK,
+            version=DEFINITIONS.workflow_version(TICK),
             correlation_id=TICK_CORRELATION_ID,
             input={},
         )

@@ -1,7 +1,7 @@
 """Per-process state of a task-runner process: built lazily, because runners are spawned.
 
-Graceful stop: on SIGTERM a runner stops polling (workers.runner.StoppableWorker reads
-`stopping()`), lets the task it runs finish and report, then exits. A task that was being
+Graceful stop: on SIGTERM a runner stops polling (backtor.conductor.sdk.StoppableWorker
+reads `stopping()`), lets the task it runs finish and report, then exits. A task that was being
 polled at that moment still reaches it and runs before the exit, so nothing is left
 claimed by a dead process.
 """
@@ -37,6 +37,13 @@ def process_services() -> Services:
             configure_logging(settings.log_level, settings.log_format)
             _services = Services.from_settings(settings)
         return _services
+
+
+def on_runner_spawn() -> None:
+    """In a freshly spawned task runner: graceful SIGTERM, and Backtor's log format first."""
+    install_graceful_stop()
+    settings = Settings.from_env()
+    configure_logging(settings.log_level, settings.log_format)
 
 
 def stopping() -> bool:

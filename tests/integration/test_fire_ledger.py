@@ -11,6 +11,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select, update
 
+from backtor.conductor.names import CREATE_BACKUP
+from backtor.conductor.payloads import WorkflowRun
 from backtor.conductor.registration import DEFINITIONS, register_definitions
 from backtor.core.specs import SpecDraft, normalise_spec
 from backtor.db import repository
@@ -18,7 +20,7 @@ from backtor.db.migrate import upgrade_to_head
 from backtor.db.models import BackupSpec, Fire, FireStatus
 from backtor.runtime.services import Services
 from backtor.runtime.settings import Settings
-from backtor.scheduling.fires import CREATE_BACKUP, claim_pending, schedule_due_fires, start_fires
+from backtor.scheduling.fires import claim_pending, schedule_due_fires, start_fires
 
 pytestmark = pytest.mark.integration
 
@@ -53,15 +55,15 @@ def expire_claims(services: Services) -> None:
         session.execute(update(Fire).values(claimed_until=datetime.now(UTC) - timedelta(1)))
 
 
-def runs(services: Services, name: str) -> list[dict[str, object]]:
+def runs(services: Services, name: str) -> list[WorkflowRun]:
     found = services.conductor.workflows_by_correlation(CREATE_BACKUP, [name], include_closed=True)
     return found.get(name, [])
 
 
 def terminate_all(services: Services, name: str) -> None:
     for run in runs(services, name):
-        if run["status"] == "RUNNING":
-            services.conductor.terminate_workflow(str(run["workflowId"]), "test over")
+        if run.status.is_open:
+            services.conductor.terminate_workflow(run.workflow_id, "test over")
 
 
 def test_crash_after_the_start_before_the_commit_adopts_the_workflow(services: Services) -> None:
@@ -85,7 +87,7 @@ def test_crash_after_the_start_before_the_commit_adopts_the_workflow(services: S
         (outcome,) = start_fires(services, [retry])
         assert outcome.status is FireStatus.STARTED
         assert outcome.workflow_id == started
-        assert [r["workflowId"] for r in runs(services, name)] == [started]
+        assert [r.workflow_id for r in runs(services, name)] == [started]
         with services.db.begin() as session:
             fire = session.get(Fire, fire_id)
             assert fire is not None and fire.workflow_id == started

@@ -1,0 +1,21 @@
+"""The names Backtor's Conductor definitions carry, spelled once (they match workflows/*.json)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Workflows
+CREATE_BACKUP: Final = "create_backup"
+REMOVE_BACKUP: Final = "remove_backup"
+TICK: Final = "backtor_scheduler"
+TICK_CORRELATION_ID: Final = "backtor-scheduler"
+
+# Backtor's own tasks
+EVALUATE_SCHEDULE: Final = "evaluate_schedule"
+APPLY_RETENTION: Final = "apply_retention"
+RECORD_REMOVAL: Final = "record_removal"
+
+# The storage workers' tasks (theirs to implement, ours to register when absent)
+BACKUP: Final = "backup"
+REMOVE: Final = "remove"
+STORAGE_TASKS: Final = frozenset({BACKUP, REMOVE})
