@@ -1,7 +1,8 @@
-"""A thin, typed adapter over Conductor's REST API: only the calls Backtor makes.
+"""The Conductor port over Conductor's REST API: one request per call, typed answers.
 
 The SDK's generated clients stay in the workers (TaskHandler); the control plane uses plain
-HTTP so that each call is one request, errors map to two exceptions, and nothing is hidden.
+HTTP so that each call is one request, errors map to Backtor's Conductor errors, and every
+execution is parsed once into `WorkflowRun`/`TaskRun` (backtor.conductor.payloads).
 """
 
 from __future__ import annotations
@@ -16,6 +17,13 @@ from urllib.parse import quote
 import requests
 from requests.adapters import HTTPAdapter
 
+from backtor.conductor.payloads import (
+    ConductorBadAnswer,
+    TaskRun,
+    WorkflowRun,
+    parse_task,
+    parse_workflow,
+)
 from backtor.core.errors import ConductorNotFound, ConductorRefused, ConductorUnavailable
 from backtor.observability import telemetry
 
@@ -112,37 +120,36 @@ class ConductorClient:
 
     def workflows_by_correlation(
         self, name: str, correlation_ids: Sequence[str], *, include_closed: bool
-    ) -> dict[str, list[JsonObject]]:
+    ) -> dict[str, list[WorkflowRun]]:
         """Executions of `name` per correlation id, from the execution store (not the index)."""
         if not correlation_ids:
             return {}
+        operation = "get_correlated"
         answer = self._call(
             "POST",
             f"/workflow/{_seg(name)}/correlated",
-            "get_correlated",
+            operation,
             params={"includeClosed": _flag(include_closed), "includeTasks": "false"},
             json=list(correlation_ids),
         )
-        return {key: list(value) for key, value in cast(JsonObject, answer).items()}
+        if not isinstance(answer, dict):
+            raise ConductorBadAnswer(operation, "correlated workflows are not an object")
+        found: dict[str, list[WorkflowRun]] = {}
+        for key, runs in answer.items():
+            if not isinstance(runs, list):
+                raise ConductorBadAnswer(operation, f"workflows of {key!r} are not a list")
+            found[str(key)] = [parse_workflow(run, operation) for run in runs]
+        return found
 
-    def running_workflow_ids(self, name: str, correlation_id: str) -> list[str]:
-        found = self.workflows_by_correlation(name, [correlation_id], include_closed=False)
-        return [
-            str(w["workflowId"])
-            for w in found.get(correlation_id, [])
-            if w.get("status") in ("RUNNING", "PAUSED")
-        ]
-
-    def get_workflow(self, workflow_id: str, *, include_tasks: bool = True) -> JsonObject:
-        return cast(
-            JsonObject,
-            self._call(
-                "GET",
-                f"/workflow/{_seg(workflow_id)}",
-                "get_workflow",
-                params={"includeTasks": _flag(include_tasks)},
-            ),
+    def get_workflow(self, workflow_id: str, *, include_tasks: bool = True) -> WorkflowRun:
+        operation = "get_workflow"
+        answer = self._call(
+            "GET",
+            f"/workflow/{_seg(workflow_id)}",
+            operation,
+            params={"includeTasks": _flag(include_tasks)},
         )
+        return parse_workflow(answer, operation)
 
     def terminate_workflow(self, workflow_id: str, reason: str) -> None:
         self._call(
@@ -162,6 +169,39 @@ class ConductorClient:
         self._call(
             "POST", f"/workflow/{_seg(workflow_id)}/restart", "restart_workflow", expect_json=False
         )
+
+    # -- the task queue (what a worker does) -----------------------------------------------------
+
+    def poll_task(self, task_type: str, worker_id: str) -> TaskRun | None:
+        answer = self._call(
+            "GET",
+            f"/tasks/poll/{_seg(task_type)}",
+            "poll_task",
+            params={"workerid": worker_id},
+        )
+        return None if not answer else parse_task(answer, "poll_task")
+
+    def update_task(
+        self,
+        task: TaskRun,
+        status: str,
+        output: Mapping[str, Any] | None = None,
+        *,
+        callback_after_seconds: int = 0,
+        reason: str | None = None,
+        worker_id: str = "",
+    ) -> None:
+        body: JsonObject = {
+            "workflowInstanceId": task.workflow_id,
+            "taskId": task.task_id,
+            "status": status,
+            "outputData": dict(output or {}),
+            "callbackAfterSeconds": callback_after_seconds,
+            "workerId": worker_id,
+        }
+        if reason is not None:
+            body["reasonForIncompletion"] = reason
+        self._call("POST", "/tasks", "update_task", json=body, expect_json=False)
 
     # -- plumbing -----------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import uuid
 from types import FrameType
 from typing import Any
 
+from backtor.conductor import names
 from backtor.conductor.http import ConductorClient
 from backtor.conductor.registration import register_definitions
 from backtor.core.errors import ConductorUnavailable
@@ -59,17 +60,26 @@ def stop_on_signals() -> threading.Event:
 
 
 def build_task_handler(settings: Settings) -> object:
-    from backtor.workers import tasks
-    from backtor.workers.stoppable import StoppableWorker
+    # Imported here: importing conductor-python's automator switches multiprocessing to spawn.
+    from backtor.conductor import sdk
+    from backtor.workers import process, tasks
+
+    def worker(task_type: str, handler: sdk.Handler, poll: int, threads: int) -> Any:
+        return sdk.StoppableWorker(
+            task_type,
+            handler,
+            stopping=process.stopping,
+            on_spawn=process.on_runner_spawn,
+            poll_interval=poll,
+            thread_count=threads,
+        )
 
     workers = [
-        StoppableWorker("evaluate_schedule", tasks.evaluate_schedule, poll_interval=100),
-        StoppableWorker(
-            "apply_retention", tasks.apply_retention, poll_interval=200, thread_count=4
-        ),
-        StoppableWorker("record_removal", tasks.record_removal, poll_interval=200, thread_count=4),
+        worker(names.EVALUATE_SCHEDULE, tasks.evaluate_schedule, 100, 1),
+        worker(names.APPLY_RETENTION, tasks.apply_retention, 200, 4),
+        worker(names.RECORD_REMOVAL, tasks.record_removal, 200, 4),
     ]
-    return task_handler(settings.conductor_api_url, workers)
+    return sdk.task_handler(settings.conductor_api_url, workers)
 
 
 def register_when_reachable(services: Services, stop: threading.Event) -> bool:
@@ -94,7 +104,7 @@ def run_worker(settings: Settings) -> int:
         ConductorClient(settings.conductor_api_url, timeout=3.0).is_healthy,
         watchdog_every=WATCHDOG_SECONDS,
     )
-    probes = start_health_server(health)
+    probes = start_health_server(health, settings.worker_health_host, settings.worker_health_port)
     health.keep_checking_conductor()
     if not register_when_reachable(services, stop):
         return 0
