@@ -174,6 +174,7 @@ class SkipReason(StrEnum):
     RUNNING = "running"  # a create_backup for the spec was still RUNNING
     MISFIRE = "misfire"  # passed over while the scheduler was late or down
     CONDUCTOR_UNAVAILABLE = "conductor_unavailable"  # a manual trigger that could not start
+    INVALID_SCHEDULE = "invalid_schedule"  # the stored cron or zone can no longer be evaluated
 
 
 class Fire(Base):

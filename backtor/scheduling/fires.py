@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 CLAIM = timedelta(seconds=30)
 START_CONCURRENCY = 8
+# A spec whose stored schedule cannot be evaluated is looked at again this much later.
+UNSCHEDULABLE_RETRY = timedelta(minutes=5)
 
 
 def timing_of(spec: BackupSpec) -> Timing:
@@ -74,10 +76,16 @@ def schedule_due_fires(session: Session, now: datetime, limit: int = 10_000) -> 
     decisions: dict[tuple[Timing, datetime], Decision] = {}
     for spec in specs:
         assert spec.next_fire_at is not None
-        key = (timing_of(spec), spec.next_fire_at)
-        decision = decisions.get(key)
-        if decision is None:
-            decision = decisions[key] = decide(key[0], key[1], now)
+        try:
+            key = (timing_of(spec), spec.next_fire_at)
+            decision = decisions.get(key)
+            if decision is None:
+                decision = decisions[key] = decide(key[0], key[1], now)
+        except (ValueError, KeyError, LookupError) as exc:
+            # A stored cron or zone that no longer parses (a library or tzdata upgrade):
+            # this spec is skipped, visibly; every other spec is scheduled as usual.
+            skipped.append(_unschedulable(session, spec, now, exc))
+            continue
         if decision.fire is not None:
             pending.append(_fire_row(spec.id, decision.fire, FireStatus.PENDING, None, now))
         missed = [*decision.missed, *([decision.expired] if decision.expired else [])]
@@ -92,12 +100,34 @@ def schedule_due_fires(session: Session, now: datetime, limit: int = 10_000) -> 
             log.warning(
                 "spec %s: %d fire time(s) passed over (misfire)",
                 spec.name,
-                len(missed) + decision.more_missed,
+                passed_over,
                 extra={"backup": spec.name},
             )
         spec.next_fire_at = decision.next_fire_at
     _insert_fires(session, pending + skipped)
     return DueReport(pending=len(pending), skipped=len(skipped))
+
+
+def _unschedulable(
+    session: Session, spec: BackupSpec, now: datetime, error: Exception
+) -> dict[str, Any]:
+    """Record the due fire of a spec whose stored schedule cannot be evaluated, and retry later."""
+    assert spec.next_fire_at is not None
+    due = spec.next_fire_at
+    spec.next_fire_at = now + UNSCHEDULABLE_RETRY
+    spec.last_skip_at = now
+    spec.last_skip_reason = SkipReason.INVALID_SCHEDULE.value
+    counters.increment(session, counters.SKIPPED, spec.name, SkipReason.INVALID_SCHEDULE.value)
+    counters.increment(session, counters.WARN, spec.name, "error")
+    log.error(
+        "spec %s: its schedule cannot be evaluated (%s: %s); skipped, looked at again at %s",
+        spec.name,
+        type(error).__name__,
+        error,
+        spec.next_fire_at.isoformat(),
+        extra={"backup": spec.name},
+    )
+    return _fire_row(spec.id, due, FireStatus.SKIPPED, SkipReason.INVALID_SCHEDULE, now)
 
 
 def _fire_row(
@@ -152,6 +182,7 @@ class FireJob:
     attempts: int
     worker_config: str | None
     timeout_seconds: int | None
+    misfire_grace_seconds: int = 3600
 
 
 @dataclass(frozen=True)
@@ -199,6 +230,7 @@ def claim_pending(
             Fire.attempts,
             BackupSpec.worker_config,
             BackupSpec.timeout_seconds,
+            BackupSpec.misfire_grace_seconds,
         )
         .join(BackupSpec, BackupSpec.id == Fire.spec_id)
         .where(Fire.id.in_(claimed))
@@ -215,6 +247,9 @@ def start_fires(services: Services, jobs: Sequence[FireJob]) -> list[FireOutcome
     """
     if not jobs:
         return []
+    outcomes = _passed_over(jobs, services.clock())
+    passed = {outcome.fire_id for outcome in outcomes}
+    jobs = [job for job in jobs if job.fire_id not in passed]
     conductor = services.conductor
     names = sorted({job.spec_name for job in jobs})
     try:
@@ -227,12 +262,11 @@ def start_fires(services: Services, jobs: Sequence[FireJob]) -> list[FireOutcome
             if retried
             else {}
         )
-    except ConductorUnavailable as exc:
-        failed = [_unavailable(job, str(exc)) for job in jobs]
+    except (ConductorUnavailable, ConductorRefused) as exc:
+        failed = [*outcomes, *(_unavailable(job, str(exc)) for job in jobs)]
         _record_outcomes(services, failed)
         return failed
 
-    outcomes: list[FireOutcome] = []
     to_start: list[FireJob] = []
     busy: set[str] = set()
     for job in jobs:
@@ -266,6 +300,34 @@ def start_fires(services: Services, jobs: Sequence[FireJob]) -> list[FireOutcome
         outcomes.extend(pool.map(lambda job: _start_one(services, job, version), to_start))
     _record_outcomes(services, outcomes)
     return outcomes
+
+
+def _passed_over(jobs: Sequence[FireJob], now: datetime) -> list[FireOutcome]:
+    """Scheduled fires that must not start: out of their grace, or superseded.
+
+    A fire left PENDING (Conductor refused or was down) keeps its spec's misfire grace, and
+    of several PENDING fires of one spec only the latest may start: a late scheduler never
+    catches up in a burst. Manual fires are started whenever they can be.
+    """
+    latest: dict[str, datetime] = {}
+    for job in jobs:
+        if not job.manual and now - job.scheduled_at <= timedelta(
+            seconds=job.misfire_grace_seconds
+        ):
+            latest[job.spec_name] = max(
+                job.scheduled_at, latest.get(job.spec_name, job.scheduled_at)
+            )
+    return [
+        FireOutcome(
+            job.fire_id,
+            job.spec_name,
+            job.scheduled_at,
+            FireStatus.SKIPPED,
+            skip_reason=SkipReason.MISFIRE,
+        )
+        for job in jobs
+        if not job.manual and job.scheduled_at != latest.get(job.spec_name)
+    ]
 
 
 def _started_for(job: FireJob, workflows: Iterable[WorkflowRun]) -> str | None:

@@ -9,14 +9,16 @@ A run retried or rerun from Conductor's UI is followed again.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from backtor.conductor.names import BACKUP, CREATE_BACKUP
 from backtor.conductor.payloads import TaskRun, TaskStatus, WorkflowRun, WorkflowStatus
-from backtor.core.errors import ConductorNotFound
+from backtor.core.errors import ConductorNotFound, ConductorRefused, ConductorUnavailable
 from backtor.db import counters
 from backtor.db.models import Backup, BackupSpec, BackupStatus, Fire, FireStatus
 from backtor.runtime.services import Services
@@ -38,68 +40,90 @@ _SUCCESS_LABEL = {True: "success", False: "error"}
 
 
 def reconcile_fires(services: Services, limit: int = 1000) -> None:
+    """Follow started create_backup runs until they end, and failed ones for a retry.
+
+    Runs still open are read apart from failed ones under watch, so a week of failures
+    can never crowd the open runs out of the batch (they would go unrecorded). A Conductor
+    error on one run is logged and the others are still followed.
+    """
     now = services.clock()
     with services.db.begin() as session:
-        tracked = session.execute(
-            select(
-                Fire.id,
-                Fire.workflow_id,
-                Fire.outcome,
-                Fire.started_at,
-                Fire.scheduled_at,
-                BackupSpec.name,
-                BackupSpec.timeout_seconds,
-            )
-            .join(BackupSpec, BackupSpec.id == Fire.spec_id)
-            .where(
-                Fire.status == FireStatus.STARTED.value,
-                (Fire.outcome.is_(None))
-                | (
-                    Fire.outcome.in_(("FAILED", "TIMED_OUT", "TERMINATED"))
-                    & (Fire.finished_at > now - RETRY_WATCH)
-                ),
-            )
-            .order_by(Fire.id)
-            .limit(limit)
-        ).all()
-    if not tracked:
+        open_rows = _tracked(session, Fire.outcome.is_(None), Fire.started_at, limit)
+        watched = _tracked(
+            session,
+            Fire.outcome.in_(("FAILED", "TIMED_OUT", "TERMINATED"))
+            & (Fire.finished_at > now - RETRY_WATCH),
+            Fire.finished_at.desc(),
+            limit,
+        )
+    if not open_rows and not watched:
         return
-    names = sorted({row.name for row in tracked})
+    names = sorted({row.name for row in (*open_rows, *watched)})
     open_runs = {
-        w.workflow_id: w
+        w.workflow_id
         for runs in services.conductor.workflows_by_correlation(
             CREATE_BACKUP, names, include_closed=False
         ).values()
         for w in runs
         if w.status.is_open
     }
-    for row in tracked:
+    for row in watched:
         if row.workflow_id in open_runs:
-            if row.outcome is not None:
-                _reopen(services, row.id, row.name, row.workflow_id)
-            elif _overdue(row.timeout_seconds, row.started_at, now):
-                services.conductor.terminate_workflow(row.workflow_id, TIMEOUT_REASON)
-                log.warning(
-                    "spec %s: create_backup %s outlived timeoutSeconds=%s; terminated",
-                    row.name,
-                    row.workflow_id,
-                    row.timeout_seconds,
-                    extra={"backup": row.name, "workflow_id": row.workflow_id},
-                )
-            continue
-        if row.outcome is not None:
-            continue  # a failed run nobody retried
+            _reopen(services, row.id, row.name, row.workflow_id)
+    for row in open_rows:
         try:
-            workflow = services.conductor.get_workflow(row.workflow_id, include_tasks=True)
-        except ConductorNotFound:
-            workflow = WorkflowRun(
-                workflow_id=row.workflow_id,
-                name=CREATE_BACKUP,
-                status=WorkflowStatus.TERMINATED,
-                reason="the workflow is gone from Conductor",
+            _follow(services, row, row.workflow_id in open_runs, now)
+        except (ConductorUnavailable, ConductorRefused) as exc:
+            log.warning(
+                "spec %s: create_backup %s not followed this pass: %s",
+                row.name,
+                row.workflow_id,
+                exc,
+                extra={"backup": row.name, "workflow_id": row.workflow_id},
             )
-        if workflow.status.is_finished:
-            record_outcome(services, row.id, row.name, row.workflow_id, row.scheduled_at, workflow)
+
+
+def _tracked(session: Session, condition: Any, order: Any, limit: int) -> Sequence[Any]:
+    return session.execute(
+        select(
+            Fire.id,
+            Fire.workflow_id,
+            Fire.outcome,
+            Fire.started_at,
+            Fire.scheduled_at,
+            BackupSpec.name,
+            BackupSpec.timeout_seconds,
+        )
+        .join(BackupSpec, BackupSpec.id == Fire.spec_id)
+        .where(Fire.status == FireStatus.STARTED.value, condition)
+        .order_by(order, Fire.id)
+        .limit(limit)
+    ).all()
+
+
+def _follow(services: Services, row: Any, running: bool, now: datetime) -> None:
+    if running:
+        if _overdue(row.timeout_seconds, row.started_at, now):
+            services.conductor.terminate_workflow(row.workflow_id, TIMEOUT_REASON)
+            log.warning(
+                "spec %s: create_backup %s outlived timeoutSeconds=%s; terminated",
+                row.name,
+                row.workflow_id,
+                row.timeout_seconds,
+                extra={"backup": row.name, "workflow_id": row.workflow_id},
+            )
+        return
+    try:
+        workflow = services.conductor.get_workflow(row.workflow_id, include_tasks=True)
+    except ConductorNotFound:
+        workflow = WorkflowRun(
+            workflow_id=row.workflow_id,
+            name=CREATE_BACKUP,
+            status=WorkflowStatus.TERMINATED,
+            reason="the workflow is gone from Conductor",
+        )
+    if workflow.status.is_finished:
+        record_outcome(services, row.id, row.name, row.workflow_id, row.scheduled_at, workflow)
 
 
 def _overdue(timeout_seconds: int | None, started_at: datetime | None, now: datetime) -> bool:

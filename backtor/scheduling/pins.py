@@ -11,23 +11,39 @@ import logging
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from backtor.core.errors import Conflict, NotFound
 from backtor.db.models import Backup, BackupSpec, BackupStatus
 from backtor.scheduling.recording import plan_for, store_tags
 
 log = logging.getLogger(__name__)
 
 
-class BackupNotFound(LookupError):
-    """No backup with this id belongs to the spec."""
+class BackupNotFound(NotFound):
+    """No backup with this id belongs to the spec; `backup_id` as the caller gave it."""
+
+    def __init__(self, spec_name: str, backup_id: int | str) -> None:
+        super().__init__(f"backup {str(backup_id)!r} of spec {spec_name!r} not found", "id")
+        self.backup_id = backup_id
 
 
-class NotPinnable(Exception):
+class NotPinnable(Conflict):
     """Only a COMPLETED backup can be pinned: others have no data, or it is going."""
 
     def __init__(self, backup_id: int, status: str) -> None:
-        super().__init__(f"backup {backup_id} is {status}")
+        super().__init__(
+            f"backup {backup_id} is {status}: only a COMPLETED backup can be pinned "
+            "(a REMOVING or REMOVED one has its data going or gone)",
+            "id",
+        )
         self.backup_id = backup_id
         self.status = status
+
+
+class SpecPurging(Conflict):
+    """A spec under purge: its backups are all going, pinned ones too."""
+
+    def __init__(self, spec_name: str) -> None:
+        super().__init__(f"backup spec {spec_name!r} is being purged: its backups cannot be pinned")
 
 
 def set_pinned(session: Session, spec: BackupSpec, backup_id: int, pinned: bool) -> Backup:
@@ -35,8 +51,11 @@ def set_pinned(session: Session, spec: BackupSpec, backup_id: int, pinned: bool)
 
     Pinning is one conditional UPDATE on ``status = COMPLETED``: a retention run marking
     the same row REMOVING either sees the pin (and skips the row) or wins, and the pin
-    then finds the row REMOVING and fails. The caller commits.
+    then finds the row REMOVING and fails. Pinning under a purge is refused (a purge
+    removes pinned backups too); unpinning is always allowed. The caller commits.
     """
+    if pinned and spec.deleting:
+        raise SpecPurging(spec.name)
     query = update(Backup).where(Backup.id == backup_id, Backup.spec_id == spec.id)
     if pinned:
         query = query.where(Backup.status == BackupStatus.COMPLETED.value)
@@ -46,7 +65,7 @@ def set_pinned(session: Session, spec: BackupSpec, backup_id: int, pinned: bool)
             select(Backup.status).where(Backup.id == backup_id, Backup.spec_id == spec.id)
         )
         if status is None:
-            raise BackupNotFound(backup_id)
+            raise BackupNotFound(spec.name, backup_id)
         raise NotPinnable(backup_id, status)
     store_tags(session, spec, plan_for(session, spec))
     log.info(

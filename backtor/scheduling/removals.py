@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from backtor.conductor.names import REMOVE_BACKUP
 from backtor.conductor.payloads import WorkflowStatus
 from backtor.conductor.registration import DEFINITIONS
-from backtor.core.errors import ConductorNotFound, ConductorUnavailable
+from backtor.core.errors import ConductorNotFound, ConductorRefused, ConductorUnavailable
 from backtor.db import counters
 from backtor.db.models import Backup, BackupSpec, BackupStatus
 from backtor.db.repository import finish_purge_if_done
@@ -54,8 +54,18 @@ def start_pending_removals(services: Services, limit: int = 200) -> int:
     if not jobs:
         return 0
     version = DEFINITIONS.workflow_version(REMOVE_BACKUP)
+    try:
+        # A start whose answer was lost may have created the workflow: adopt it, never
+        # start a second removal of the same backup.
+        underway = _open_removals(services, sorted({job.spec_name for job in jobs}))
+    except (ConductorUnavailable, ConductorRefused) as exc:
+        log.warning("removals not started this pass: %s", exc)
+        _release(services, jobs, str(exc))
+        return 0
 
     def start(job: RemovalJob) -> tuple[RemovalJob, str | None, str | None]:
+        if job.backup_id in underway:
+            return job, underway[job.backup_id], None
         try:
             workflow_id = services.conductor.start_workflow(
                 REMOVE_BACKUP,
@@ -68,7 +78,7 @@ def start_pending_removals(services: Services, limit: int = 200) -> int:
                     "backupId": job.backup_id,
                 },
             )
-        except (ConductorUnavailable, Exception) as exc:
+        except (ConductorUnavailable, ConductorRefused) as exc:
             return job, None, str(exc)[:500]
         return job, workflow_id, None
 
@@ -92,6 +102,24 @@ def start_pending_removals(services: Services, limit: int = 200) -> int:
     with services.db.begin() as session:
         session.execute(update(Backup), rows)
     return sum(1 for _, workflow_id, _ in results if workflow_id is not None)
+
+
+def _open_removals(services: Services, names: Sequence[str]) -> dict[int, str]:
+    """Open remove_backup runs of these specs, by the backup they remove."""
+    found = services.conductor.workflows_by_correlation(REMOVE_BACKUP, names, include_closed=False)
+    underway: dict[int, str] = {}
+    for runs in found.values():
+        for run in runs:
+            backup_id = run.input.get("backupId")
+            if run.status.is_open and isinstance(backup_id, int):
+                underway[backup_id] = run.workflow_id
+    return underway
+
+
+def _release(services: Services, jobs: Sequence[RemovalJob], error: str) -> None:
+    rows = [{"id": j.backup_id, "claimed_until": None, "last_error": error[:500]} for j in jobs]
+    with services.db.begin() as session:
+        session.execute(update(Backup), rows)
 
 
 def _claim(session: Session, now: datetime, limit: int) -> list[RemovalJob]:
@@ -179,6 +207,16 @@ def reconcile_removals(services: Services, limit: int = 500) -> None:
                 WorkflowStatus.FAILED,
                 "the remove_backup workflow is gone from Conductor",
             )
+        except (ConductorUnavailable, ConductorRefused) as exc:
+            # One run Conductor cannot show now must not hold up the removals behind it.
+            log.warning(
+                "spec %s: remove_backup %s not followed this pass: %s",
+                row.name,
+                row.remove_workflow_id,
+                exc,
+                extra={"backup": row.name, "workflow_id": row.remove_workflow_id},
+            )
+            continue
         if status.is_open:
             continue
         now = services.clock()
