@@ -89,12 +89,17 @@ class StoppableWorker(Worker):  # type: ignore[misc]
         on_spawn: Callable[[], None],
         poll_interval: int,
         thread_count: int = 1,
+        **options: Any,
     ) -> None:
         self._built_in_pid = os.getpid()
         self._stopping = stopping
         self._on_spawn = on_spawn
         super().__init__(
-            task_type, SdkTask(handler), poll_interval=poll_interval, thread_count=thread_count
+            task_type,
+            SdkTask(handler),
+            poll_interval=poll_interval,
+            thread_count=thread_count,
+            **options,
         )
 
     def __setstate__(self, state: dict[str, Any]) -> None:

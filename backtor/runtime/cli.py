@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from backtor.core.errors import SettingError
+
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="backtor", description=__doc__)
@@ -53,7 +55,16 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a bad setting ends it with status 2 and one line, no traceback."""
     args = _build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except SettingError as exc:
+        print(f"backtor {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "api":
         from backtor.api.server import serve
 
@@ -91,19 +102,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _storage_worker(args: argparse.Namespace) -> int:
-    import os
-
     from backtor.runtime.settings import Settings
     from backtor.storage.worker import run_storage_worker, storage_settings
 
     try:
         if args.threads < 1:
             raise ValueError("--threads must be at least 1")
-        storage = storage_settings([*args.kinds, *args.kind], args.allow_root, os.environ)
-    except ValueError as exc:
+        settings = Settings.from_env()
+        kinds = [*args.kinds, *args.kind]
+        storage = storage_settings(kinds, args.allow_root, settings.storage_roots)
+    except ValueError as exc:  # SettingError included
         print(f"backtor storage-worker: {exc}", file=sys.stderr)
         return 2
-    return run_storage_worker(storage, Settings.from_env(), args.threads)
+    return run_storage_worker(storage, settings, args.threads)
 
 
 def _register() -> int:

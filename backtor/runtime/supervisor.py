@@ -13,10 +13,14 @@ import sys
 import time
 from types import FrameType
 
+from backtor.runtime.settings import Settings
+
 log = logging.getLogger(__name__)
 
 
 def run_together(host: str | None, port: int | None) -> int:
+    """Start both children and wait; SettingError first, so a bad value starts nothing."""
+    Settings.from_env()  # the children read the same environment: fail here, once
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

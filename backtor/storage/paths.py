@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from backtor.core.specs import NAME_PATTERN
 from backtor.storage.errors import TerminalError
 
-ROOTS_ENV = "BACKTOR_STORAGE_ROOTS"
 _NAME_RE = re.compile(NAME_PATTERN, re.ASCII)
 
 
@@ -44,7 +43,9 @@ class AllowedRoots:
             if real not in roots:
                 roots.append(real)
         if not roots:
-            raise ValueError(f"no allowed roots: give --allow-root PATH or set {ROOTS_ENV}")
+            raise ValueError(
+                "no allowed roots: give --allow-root PATH or set BACKTOR_STORAGE_ROOTS"
+            )
         return cls(tuple(roots))
 
     def resolve(self, raw: str, field: str) -> Path:
@@ -64,13 +65,6 @@ class AllowedRoots:
 
     def describe(self) -> str:
         return ", ".join(str(p) for p in self.paths)
-
-
-def roots_from(options: Sequence[str], env: Mapping[str, str]) -> list[str]:
-    """--allow-root options when given, else BACKTOR_STORAGE_ROOTS (os.pathsep-separated)."""
-    if options:
-        return list(options)
-    return [p for p in env.get(ROOTS_ENV, "").split(os.pathsep) if p]
 
 
 def check_backup_name(name: object) -> str:

@@ -9,6 +9,7 @@ retry count bounds the cost.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -62,8 +63,14 @@ def take_backup(
     when: datetime,
     task_id: str,
     budget: Budget,
-    environ: Mapping[str, str],
+    environ: Mapping[str, str] | None = None,
 ) -> Taken:
+    """One pg_dump into the target; `environ` (default: this process's) is pg_dump's base.
+
+    The only place Backtor hands its environment on: pg_dump needs PATH, locale and any
+    PG* variables the operator set; that is not configuration of Backtor's own.
+    """
+    environ = os.environ if environ is None else environ
     target = ensure_directory(roots.resolve(config.target, "target"), "target")
     name = backup_file_name(backup_name, when, task_id, SUFFIX)
     with PendingOutput(target, name) as output, tempfile.TemporaryFile() as errors:

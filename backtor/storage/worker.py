@@ -6,13 +6,12 @@ does not serve fails terminally, naming the kinds it serves: operators run one s
 worker with every kind they use, so a task is never left waiting for another one.
 
 How a task ends: COMPLETED; FAILED_WITH_TERMINAL_ERROR when its input can never work
-(config.py, paths.py); FAILED, which Conductor retries, when the storage failed (full disk,
-database down) — partial output is deleted first; handed back (IN_PROGRESS, no delay) when
-the worker stops mid-backup, so another worker takes it without spending a retry.
+(worker_config.py, paths.py); FAILED, which Conductor retries, when the storage failed
+(full disk, database down) — partial output is deleted first; handed back (IN_PROGRESS, no
+delay) when the worker stops mid-backup, so another worker takes it without spending a retry.
 """
 
-# No `from __future__ import annotations`: conductor-python reads the `Task` annotation of
-# the task functions at run time.
+from __future__ import annotations
 
 import logging
 import os
@@ -21,26 +20,27 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
+from typing import Any
 
-from conductor.client.http.models.task import Task
-from conductor.client.http.models.task_result import TaskResult
-from conductor.client.http.models.task_result_status import TaskResultStatus
-
+from backtor.conductor.names import BACKUP, REMOVE
+from backtor.conductor.payloads import TaskRun
+from backtor.conductor.results import TaskOutcome, completed, failed, handed_back, terminal
+from backtor.core.errors import SettingError
 from backtor.observability.logs import configure_logging
 from backtor.runtime.settings import Settings
 from backtor.storage import filesystem, postgres
 from backtor.storage.errors import RetryableError, Stopping, TerminalError
 from backtor.storage.output import Budget, Taken, remove_data
-from backtor.storage.paths import AllowedRoots, check_backup_name, check_data_id, roots_from
+from backtor.storage.paths import AllowedRoots, check_backup_name, check_data_id
 from backtor.storage.worker_config import (
     KINDS,
     FilesystemConfig,
+    WorkerConfig,
     check_served,
     mask,
     parse_worker_config,
 )
-from backtor.workers.process import in_flight, stopping
-from backtor.workers.results import failed, handed_back, result, terminal
+from backtor.workers.process import in_flight, on_runner_spawn, stopping
 
 log = logging.getLogger(__name__)
 
@@ -56,104 +56,123 @@ class StorageWorkerSettings:
     roots: AllowedRoots
 
 
-def backup_task(settings: StorageWorkerSettings, task: Task) -> TaskResult:
+@dataclass(frozen=True)
+class TaskInput:
+    """A storage task's input once checked, with the secrets to mask in any message."""
+
+    name: str
+    config: WorkerConfig
+    data: Mapping[str, Any]
+    secrets: tuple[str, ...]
+
+
+def _checked_input(
+    settings: StorageWorkerSettings, task: TaskRun, action: str
+) -> TaskInput | TaskOutcome:
+    """The preamble of both tasks: the checked input, or already the task's outcome.
+
+    One step returns both because a refusal must be masked with the secrets parsed before
+    it (a workerConfig of a kind not served here still holds a DSN).
+    """
+    if stopping():
+        return handed_back()
+    data = task.input
+    name = data.get("backupName")
+    secrets: tuple[str, ...] = ()
+    try:
+        name = check_backup_name(name)
+        config = parse_worker_config(data.get("workerConfig"))
+        secrets = config.secrets()
+        check_served(config, settings.kinds)
+    except Exception as exc:
+        return _failure(task, action, name, exc, secrets)
+    return TaskInput(name, config, data, secrets)
+
+
+def backup_task(settings: StorageWorkerSettings, task: TaskRun) -> TaskOutcome:
     """Take one backup as the task's workerConfig says; output dataId and dataSizeMB."""
     with in_flight():
-        if stopping():
-            return handed_back(task)
-        data = task.input_data or {}
-        name = data.get("backupName")
-        secrets: tuple[str, ...] = ()
+        checked = _checked_input(settings, task, "backup")
+        if not isinstance(checked, TaskInput):
+            return checked
+        name, config = checked.name, checked.config
         try:
-            name = check_backup_name(name)
-            config = parse_worker_config(data.get("workerConfig"))
-            secrets = config.secrets()
-            check_served(config, settings.kinds)
-            budget = Budget.start(data.get("timeoutSeconds"), stopping)
+            budget = Budget.start(checked.data.get("timeoutSeconds"), stopping)
             when = _scheduled_at(task)
-            task_id = str(task.task_id or "")
+            task_id = task.task_id
             taken: Taken
             if isinstance(config, FilesystemConfig):
                 taken = filesystem.take_backup(config, settings.roots, name, when, task_id, budget)
             else:
-                taken = postgres.take_backup(
-                    config, settings.roots, name, when, task_id, budget, os.environ
-                )
+                taken = postgres.take_backup(config, settings.roots, name, when, task_id, budget)
         except Exception as exc:
-            return _failure(task, "backup", name, exc, secrets)
+            return _failure(task, "backup", name, exc, checked.secrets)
         log.info(
             "backup %s written (%d bytes)",
             taken.data_id,
             taken.size_bytes,
-            extra={"backup": name, "workflow_id": task.workflow_instance_id},
+            extra={"backup": name, "workflow_id": task.workflow_id},
         )
-        return result(
-            task,
-            TaskResultStatus.COMPLETED,
-            {"dataId": taken.data_id, "dataSizeMB": round(taken.size_bytes / 1_000_000, 6)},
+        return completed(
+            {"dataId": taken.data_id, "dataSizeMB": round(taken.size_bytes / 1_000_000, 6)}
         )
 
 
-def remove_task(settings: StorageWorkerSettings, task: Task) -> TaskResult:
+def remove_task(settings: StorageWorkerSettings, task: TaskRun) -> TaskOutcome:
     """Delete one backup file; one that is already gone counts as removed."""
     with in_flight():
-        if stopping():
-            return handed_back(task)
-        data = task.input_data or {}
-        name = data.get("backupName")
-        secrets: tuple[str, ...] = ()
+        checked = _checked_input(settings, task, "remove")
+        if not isinstance(checked, TaskInput):
+            return checked
+        name, config = checked.name, checked.config
         try:
-            name = check_backup_name(name)
-            config = parse_worker_config(data.get("workerConfig"))
-            secrets = config.secrets()
-            check_served(config, settings.kinds)
-            data_id = check_data_id(data.get("dataId"), SUFFIXES[config.kind])
+            data_id = check_data_id(checked.data.get("dataId"), SUFFIXES[config.kind])
             target = settings.roots.resolve(config.target, "target")
             removed = remove_data(target, data_id)
         except Exception as exc:
-            return _failure(task, "remove", name, exc, secrets)
+            return _failure(task, "remove", name, exc, checked.secrets)
         log.info(
             "backup %s %s",
             data_id,
             "removed" if removed else "was already gone",
-            extra={"backup": name, "workflow_id": task.workflow_instance_id},
+            extra={"backup": name, "workflow_id": task.workflow_id},
         )
-        return result(task, TaskResultStatus.COMPLETED, {"dataId": data_id, "removed": removed})
+        return completed({"dataId": data_id, "removed": removed})
 
 
 def _failure(
-    task: Task, action: str, name: object, exc: Exception, secrets: Sequence[str]
-) -> TaskResult:
-    """The TaskResult for an exception, its message masked (a DSN must never leak)."""
-    context = {"backup": str(name), "workflow_id": task.workflow_instance_id}
+    task: TaskRun, action: str, name: object, exc: Exception, secrets: Sequence[str]
+) -> TaskOutcome:
+    """The outcome for an exception, its message masked (a DSN must never leak)."""
+    context = {"backup": str(name), "workflow_id": task.workflow_id}
     if isinstance(exc, Stopping):
         log.info("%s interrupted: the worker is stopping; handed back", action, extra=context)
-        return handed_back(task)
+        return handed_back()
     reason = mask(str(exc), secrets)
     if isinstance(exc, TerminalError):
         log.warning("%s refused: %s", action, reason, extra=context)
-        return terminal(task, reason)
+        return terminal(reason)
     if isinstance(exc, RetryableError):
         log.warning("%s failed, Conductor will retry: %s", action, reason, extra=context)
-        return failed(task, reason)
+        return failed(reason)
     details = mask("".join(traceback.format_exception(exc)), secrets)
     log.error("%s failed unexpectedly:\n%s", action, details, extra=context)
-    return failed(task, f"unexpected {type(exc).__name__}: {reason}")
+    return failed(f"unexpected {type(exc).__name__}: {reason}")
 
 
-def _scheduled_at(task: Task) -> datetime:
+def _scheduled_at(task: TaskRun) -> datetime:
     """When Conductor scheduled the task: the same on every delivery of it."""
-    try:
-        millis = int(task.scheduled_time or 0)
-    except (TypeError, ValueError):
-        millis = 0
-    return datetime.fromtimestamp(millis / 1000, UTC) if millis > 0 else datetime.now(UTC)
+    return task.scheduled_time or datetime.now(UTC)
 
 
 def storage_settings(
-    kinds: Sequence[str], allow_roots: Sequence[str], env: Mapping[str, str]
+    kinds: Sequence[str], allow_roots: Sequence[str], env_roots: Sequence[str] = ()
 ) -> StorageWorkerSettings:
-    """Check the command line before anything starts; ValueError says what is wrong."""
+    """Check the command line before anything starts; ValueError says what is wrong.
+
+    `allow_roots` (--allow-root) win; else `env_roots` (Settings.storage_roots), whose
+    faults are SettingErrors so that the message names BACKTOR_STORAGE_ROOTS.
+    """
     served = tuple(sorted(set(kinds)))
     if not served:
         raise ValueError(f"name the kinds to serve: {' '.join(KINDS)} (e.g. --kind filesystem)")
@@ -162,26 +181,40 @@ def storage_settings(
         raise ValueError(f"unknown kind(s) {', '.join(unknown)} (known: {', '.join(KINDS)})")
     if "postgres" in served and not postgres.pg_dump_available():
         raise ValueError("kind postgres needs pg_dump on PATH (Debian: postgresql-client)")
-    return StorageWorkerSettings(served, AllowedRoots.from_paths(roots_from(allow_roots, env)))
+    if allow_roots or not env_roots:
+        return StorageWorkerSettings(served, AllowedRoots.from_paths(allow_roots))
+    try:
+        roots = AllowedRoots.from_paths(env_roots)
+    except ValueError as exc:
+        raise SettingError("BACKTOR_STORAGE_ROOTS", os.pathsep.join(env_roots), str(exc)) from None
+    return StorageWorkerSettings(served, roots)
 
 
 def run_storage_worker(storage: StorageWorkerSettings, settings: Settings, threads: int) -> int:
     """Poll `backup` and `remove` until SIGTERM or SIGINT; a running backup is handed back."""
-    from backtor.workers.runner import stop_on_signals, task_handler
-    from backtor.workers.stoppable import StoppableWorker
+    # Imported here: importing conductor-python's automator switches multiprocessing to spawn.
+    from backtor.conductor import sdk
+    from backtor.workers.runner import stop_on_signals
 
     configure_logging(settings.log_level, settings.log_format)
     stop = stop_on_signals()
-    common = {
-        "poll_interval": POLL_INTERVAL_MS,
-        "thread_count": threads,
-        "lease_extend_enabled": True,  # a long backup keeps its task past responseTimeout
-    }
-    handler = task_handler(
+
+    def worker(task_type: str, handler: sdk.Handler) -> sdk.StoppableWorker:
+        return sdk.StoppableWorker(
+            task_type,
+            handler,
+            stopping=stopping,
+            on_spawn=on_runner_spawn,
+            poll_interval=POLL_INTERVAL_MS,
+            thread_count=threads,
+            lease_extend_enabled=True,  # a long backup keeps its task past responseTimeout
+        )
+
+    handler = sdk.task_handler(
         settings.conductor_api_url,
         [
-            StoppableWorker("backup", partial(backup_task, storage), **common),
-            StoppableWorker("remove", partial(remove_task, storage), **common),
+            worker(BACKUP, partial(backup_task, storage)),
+            worker(REMOVE, partial(remove_task, storage)),
         ],
     )
     handler.start_processes()

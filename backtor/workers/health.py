@@ -1,5 +1,7 @@
 """The worker's probes: a tiny HTTP server on BACKTOR_WORKER_HEALTH_PORT (default 6001).
 
+Host and port come from Settings (`worker_health_host`, `worker_health_port`); 0 is no server.
+
 `GET /health`: the process lives (200). `GET /ready`: 200 when the worker does its job:
 definitions registered, every task-runner process alive, Conductor's health endpoint
 answering, and the scheduler watchdog having completed a pass recently; 503 otherwise,
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -20,9 +21,6 @@ from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
-PORT_VARIABLE = "BACKTOR_WORKER_HEALTH_PORT"
-HOST_VARIABLE = "BACKTOR_WORKER_HEALTH_HOST"
-DEFAULT_PORT = 6001
 CONDUCTOR_CHECK_SECONDS = 5.0
 
 
@@ -32,15 +30,6 @@ class TaskRunners(Protocol):
     def is_healthy(self) -> bool: ...
 
     def get_worker_process_status(self) -> list[dict[str, Any]]: ...
-
-
-def port_from_env(env: dict[str, str] | None = None) -> int:
-    """The probe port; 0 turns the server off."""
-    text = (os.environ if env is None else env).get(PORT_VARIABLE) or str(DEFAULT_PORT)
-    port = int(text)
-    if not 0 <= port < 65536:
-        raise ValueError(f"{PORT_VARIABLE}={text!r} is not a port")
-    return port
 
 
 class WorkerHealth:
@@ -135,14 +124,10 @@ class HealthServer:
         self._server.server_close()
 
 
-def start_health_server(
-    health: WorkerHealth, env: dict[str, str] | None = None
-) -> HealthServer | None:
-    """The probe server on the configured port, or None (turned off, or the port is taken)."""
-    port = port_from_env(env)
+def start_health_server(health: WorkerHealth, host: str, port: int) -> HealthServer | None:
+    """The probe server on `host`:`port`, or None (port 0 turns it off, or the port is taken)."""
     if port == 0:
         return None
-    host = (os.environ if env is None else env).get(HOST_VARIABLE) or "0.0.0.0"
     try:
         server = HealthServer(health, host, port).start()
     except OSError as exc:

@@ -33,19 +33,6 @@ log = logging.getLogger(__name__)
 WATCHDOG_SECONDS = 10.0
 
 
-def task_handler(conductor_api_url: str, workers: list[Any]) -> Any:
-    """conductor-python's TaskHandler for these workers: one runner process each."""
-    # Imported here: importing conductor.client switches multiprocessing to "spawn".
-    from conductor.client.automator.task_handler import TaskHandler
-    from conductor.client.configuration.configuration import Configuration
-
-    return TaskHandler(
-        workers=workers,
-        configuration=Configuration(server_api_url=conductor_api_url),
-        scan_for_annotated_workers=False,
-    )
-
-
 def stop_on_signals() -> threading.Event:
     """An event that SIGTERM or SIGINT sets: the main process's cue to stop its runners."""
     stop = threading.Event()

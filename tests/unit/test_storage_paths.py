@@ -7,15 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from backtor.core.errors import SettingError
+from backtor.runtime.settings import Settings
 from backtor.storage.errors import TerminalError
 from backtor.storage.paths import (
-    ROOTS_ENV,
     AllowedRoots,
     PathNotAllowed,
     check_backup_name,
     check_data_id,
-    roots_from,
 )
+from backtor.storage.worker import storage_settings
 
 
 @pytest.fixture
@@ -90,11 +91,31 @@ def test_roots_are_resolved_checked_and_deduplicated(root: Path) -> None:
         AllowedRoots.from_paths([])
 
 
-def test_roots_come_from_the_options_else_the_environment() -> None:
-    env = {ROOTS_ENV: f"/a{os.pathsep}/b{os.pathsep}"}
-    assert roots_from(["/x"], env) == ["/x"]
-    assert roots_from([], env) == ["/a", "/b"]
-    assert roots_from([], {}) == []
+def test_roots_come_from_the_options_else_the_environment(tmp_path: Path) -> None:
+    a, b, x = (tmp_path / n for n in ("a", "b", "x"))
+    for directory in (a, b, x):
+        directory.mkdir()
+    env = {"BACKTOR_STORAGE_ROOTS": f"{a}{os.pathsep}{b}{os.pathsep}"}
+    from_env = Settings.from_env(env).storage_roots
+    assert from_env == (str(a), str(b))
+    assert Settings.from_env({}).storage_roots == ()
+    assert storage_settings(["filesystem"], [str(x)], from_env).roots.paths == (x.resolve(),)
+    assert storage_settings(["filesystem"], [], from_env).roots.paths == (a.resolve(), b.resolve())
+    with pytest.raises(ValueError, match="no allowed roots"):
+        storage_settings(["filesystem"], [], ())
+
+
+def test_a_bad_root_from_the_environment_names_the_variable(tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing")
+    roots = Settings.from_env({"BACKTOR_STORAGE_ROOTS": missing}).storage_roots
+    with pytest.raises(SettingError) as caught:
+        storage_settings(["filesystem"], [], roots)
+    assert caught.value.variable == "BACKTOR_STORAGE_ROOTS"
+    assert str(caught.value).startswith(f"BACKTOR_STORAGE_ROOTS={missing!r}: allowed root")
+    # Given on the command line, the same root is the command line's fault, not a setting's.
+    with pytest.raises(ValueError, match="is not an existing directory") as plain:
+        storage_settings(["filesystem"], [missing], ())
+    assert not isinstance(plain.value, SettingError)
 
 
 @pytest.mark.parametrize(

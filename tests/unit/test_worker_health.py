@@ -7,7 +7,9 @@ from typing import Any
 import pytest
 import requests
 
-from backtor.workers.health import HealthServer, WorkerHealth, port_from_env, start_health_server
+from backtor.core.errors import SettingError
+from backtor.runtime.settings import Settings
+from backtor.workers.health import HealthServer, WorkerHealth, start_health_server
 
 
 class Runners:
@@ -91,26 +93,29 @@ def test_the_probe_server_answers_health_and_ready() -> None:
 
 
 def test_port_setting() -> None:
-    assert port_from_env({}) == 6001
-    assert port_from_env({"BACKTOR_WORKER_HEALTH_PORT": "0"}) == 0
-    assert (
-        start_health_server(
-            WorkerHealth(lambda: True, watchdog_every=10), {"BACKTOR_WORKER_HEALTH_PORT": "0"}
-        )
-        is None
-    )
-    with pytest.raises(ValueError):
-        port_from_env({"BACKTOR_WORKER_HEALTH_PORT": "70000"})
+    assert Settings.from_env({}).worker_health_port == 6001
+    assert Settings.from_env({}).worker_health_host == "0.0.0.0"
+    off = Settings.from_env({"BACKTOR_WORKER_HEALTH_PORT": "0"})
+    assert off.worker_health_port == 0
+    health = WorkerHealth(lambda: True, watchdog_every=10)
+    assert start_health_server(health, off.worker_health_host, off.worker_health_port) is None
+    with pytest.raises(SettingError, match="BACKTOR_WORKER_HEALTH_PORT='70000'"):
+        Settings.from_env({"BACKTOR_WORKER_HEALTH_PORT": "70000"})
 
 
 def test_a_taken_port_leaves_the_worker_running_without_probes() -> None:
     health = WorkerHealth(lambda: True, watchdog_every=10)
     first = HealthServer(health, "127.0.0.1", 0).start()
     try:
-        env = {
-            "BACKTOR_WORKER_HEALTH_PORT": str(first.port),
-            "BACKTOR_WORKER_HEALTH_HOST": "127.0.0.1",
-        }
-        assert start_health_server(health, env) is None
+        settings = Settings.from_env(
+            {
+                "BACKTOR_WORKER_HEALTH_PORT": str(first.port),
+                "BACKTOR_WORKER_HEALTH_HOST": "127.0.0.1",
+            }
+        )
+        assert (
+            start_health_server(health, settings.worker_health_host, settings.worker_health_port)
+            is None
+        )
     finally:
         first.close()
