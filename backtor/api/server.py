@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import sys
 
 import uvicorn
 
@@ -13,17 +11,6 @@ from backtor.observability.logs import configure_logging
 from backtor.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
-
-DEFAULT_HOST = "0.0.0.0"
-DEFAULT_PORT = 6000
-
-
-def _port_from_env() -> int:
-    text = os.environ.get("PORT") or str(DEFAULT_PORT)
-    port = int(text)
-    if not 0 < port < 65536:
-        raise ValueError(text)
-    return port
 
 
 def _configure_logging(level: str, fmt: str) -> None:
@@ -34,17 +21,16 @@ def _configure_logging(level: str, fmt: str) -> None:
 
 
 def serve(host: str | None = None, port: int | None = None) -> int:
-    """Serve until stopped; migrations run first only with BACKTOR_MIGRATE_ON_START=1."""
+    """Serve until stopped; migrations run first only with BACKTOR_MIGRATE_ON_START=1.
+
+    `host` and `port` (the command line) win over HOST and PORT; a bad setting raises
+    SettingError before anything starts (the CLI reports it).
+    """
     settings = Settings.from_env()
     _configure_logging(settings.log_level, settings.log_format)
-    host = host or os.environ.get("HOST") or DEFAULT_HOST
-    if port is None:
-        try:
-            port = _port_from_env()
-        except ValueError:
-            print(f"backtor api: PORT={os.environ.get('PORT')!r} is not a port", file=sys.stderr)
-            return 2
-    if os.environ.get("BACKTOR_MIGRATE_ON_START") == "1":
+    host = host or settings.api_host
+    port = settings.api_port if port is None else port
+    if settings.migrate_on_start:
         from backtor.db.migrate import upgrade_to_head
 
         upgrade_to_head(settings.database_url)
