@@ -13,13 +13,13 @@ from sqlalchemy.engine import Engine
 from backtor import __version__
 from backtor.api import health, retention_routes, routes
 from backtor.api.auth import install_auth
-from backtor.api.context import ApiContext
 from backtor.api.errors import install_error_handlers
 from backtor.api.metrics import install_metrics
-from backtor.api.removals import BackupRemovalStarter, ConductorRemovalStarter
 from backtor.conductor.http import ConductorClient
+from backtor.conductor.port import Conductor
 from backtor.db.engine import make_engine, make_session_factory
 from backtor.db.types import utc_now
+from backtor.runtime.services import Services
 from backtor.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,31 +34,36 @@ def create_app(
     settings: Settings | None = None,
     *,
     engine: Engine | None = None,
-    conductor: ConductorClient | None = None,
-    removal_starter: BackupRemovalStarter | None = None,
+    conductor: Conductor | None = None,
     clock: Callable[[], datetime] = utc_now,
 ) -> FastAPI:
-    """Build the API. Whatever is not given is made from `settings` (default: the env).
+    """Build the API on one `Services`. Whatever is not given is made from `settings`
+    (default: the env).
 
     An engine or client made here is closed when the app shuts down; one passed in
     belongs to the caller.
     """
     settings = settings or Settings.from_env()
     own_engine = engine is None
-    engine = engine if engine is not None else make_engine(settings.database_url)
     own_conductor = conductor is None
-    conductor = conductor if conductor is not None else ConductorClient(settings.conductor_api_url)
-    sessions = make_session_factory(engine)
-    if removal_starter is None:
-        removal_starter = ConductorRemovalStarter(conductor, sessions)
+    engine = engine if engine is not None else make_engine(settings.database_url)
+    if conductor is None:
+        conductor = ConductorClient(settings.conductor_api_url)
+    services = Services(
+        settings=settings,
+        engine=engine,
+        db=make_session_factory(engine),
+        conductor=conductor,
+        clock=clock,
+    )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
         if own_conductor:
-            conductor.close()
+            services.conductor.close()
         if own_engine:
-            engine.dispose()
+            services.engine.dispose()
 
     app = FastAPI(
         title="Backtor",
@@ -66,14 +71,7 @@ def create_app(
         description=DESCRIPTION,
         lifespan=lifespan,
     )
-    app.state.backtor = ApiContext(
-        settings=settings,
-        engine=engine,
-        sessions=sessions,
-        conductor=conductor,
-        removal_starter=removal_starter,
-        clock=clock,
-    )
+    app.state.backtor = services
     install_error_handlers(app)
     install_auth(app, settings.api_token)
     install_metrics(app)

@@ -1,53 +1,34 @@
-"""What the routes need from the process, built once by the app factory."""
+"""What the routes need from the process: the same Services the scheduler runs on.
+
+The app factory stores one `Services` in `app.state.backtor`; routes get it, or a session
+from it, through these dependencies.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, sessionmaker
+from fastapi import Depends, FastAPI, Request
+from sqlalchemy.orm import Session
 
-from backtor.api.removals import BackupRemovalStarter
-from backtor.conductor.http import ConductorClient
 from backtor.runtime.services import Services
-from backtor.runtime.settings import Settings
 
 
-@dataclass(frozen=True)
-class ApiContext:
-    settings: Settings
-    engine: Engine
-    sessions: sessionmaker[Session]
-    conductor: ConductorClient
-    removal_starter: BackupRemovalStarter
-    clock: Callable[[], datetime]
-
-    @property
-    def services(self) -> Services:
-        """The same view of the world the scheduler has, for the routes that start work."""
-        return Services(
-            settings=self.settings,
-            engine=self.engine,
-            db=self.sessions,
-            conductor=self.conductor,
-            clock=self.clock,
-        )
+def services_of(app: FastAPI) -> Services:
+    services: Services = app.state.backtor
+    return services
 
 
-def get_context(request: Request) -> ApiContext:
-    context: ApiContext = request.app.state.backtor
-    return context
+def get_services(request: Request) -> Services:
+    return services_of(request.app)
 
 
 def get_session(request: Request) -> Iterator[Session]:
     """One session per request; whatever was not committed is rolled back at the end."""
-    with get_context(request).sessions() as session:
+    with get_services(request).db() as session:
         yield session
 
 
-ContextDep = Annotated[ApiContext, Depends(get_context)]
+ServicesDep = Annotated[Services, Depends(get_services)]
 SessionDep = Annotated[Session, Depends(get_session)]

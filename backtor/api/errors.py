@@ -1,13 +1,16 @@
 """One error shape for every 4xx/5xx: `{"message": "...", "field": "..." | null}`.
 
-FastAPI's own 422 body (a list of pydantic errors) is replaced, so a client parses one
-shape whether a rule was broken in a type, a query parameter or the domain.
+Routes raise Backtor's own errors (backtor.core.errors) or let them propagate; STATUS_BY_ERROR
+is the one place that says which HTTP status each class means. FastAPI's own 422 body (a
+list of pydantic errors) is replaced too, so a client parses one shape whether a rule was
+broken in a type, a query parameter or the domain.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,7 +20,14 @@ from pydantic import BaseModel
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from backtor.core.specs import SpecError
+from backtor.core.errors import (
+    BacktorError,
+    ConductorRefused,
+    ConductorUnavailable,
+    Conflict,
+    InvalidField,
+    NotFound,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,21 +37,26 @@ class ErrorBody(BaseModel):
     field: str | None = None
 
 
-class ApiError(Exception):
-    """An answer other than success, raised from a route and rendered by the handler."""
+class NotReady(BacktorError):
+    """The process cannot serve yet: its database is unreachable or not migrated."""
 
-    def __init__(
-        self,
-        status_code: int,
-        message: str,
-        field: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.message = message
-        self.field = field
-        self.headers = headers
+
+class StartRefused(BacktorError):
+    """Conductor answered a start with an error (the fire's outcome keeps only its text)."""
+
+
+# The one table: a raised class (or its nearest listed base) decides the status.
+STATUS_BY_ERROR: Mapping[type[BacktorError], int] = MappingProxyType(
+    {
+        InvalidField: 422,  # SpecError, PolicyError
+        NotFound: 404,  # SpecNotFound, BackupNotFound
+        Conflict: 409,  # SpecExists, NotPinnable, SpecPurging
+        ConductorUnavailable: 503,
+        ConductorRefused: 502,  # ConductorNotFound included
+        StartRefused: 502,
+        NotReady: 503,
+    }
+)
 
 
 def error_response(
@@ -91,14 +106,43 @@ def describe_validation_error(error: dict[str, Any]) -> tuple[int, str, str | No
     return 422, f"{field}: {message}", field
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status_code, exc.message, exc.field, exc.headers)
+def status_of(error: BacktorError) -> int | None:
+    """The table's status for `error`: its own class's, or its nearest listed base's.
 
-    @app.exception_handler(SpecError)
-    async def _spec_error(_request: Request, exc: SpecError) -> JSONResponse:
-        return error_response(422, exc.message, exc.field)
+    None for a class the table does not list (a CronError that escaped its caller): a bug,
+    answered 500 by the catch-all handler.
+    """
+    for cls in type(error).__mro__:
+        if cls in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[cls]
+    return None
+
+
+async def _backtor_error(_request: Request, exc: Exception) -> JSONResponse:
+    # Installed only for the table's classes, so a status is always found.
+    assert isinstance(exc, BacktorError)
+    status = status_of(exc)
+    assert status is not None
+    return error_response(status, exc.message, getattr(exc, "field", None))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    # Engines hide bound parameters (hide_parameters), so no workerConfig reaches the log.
+    log.error(
+        "unhandled %s on %s %s",
+        type(exc).__name__,
+        request.method,
+        request.url.path,
+        exc_info=exc,
+    )
+    return error_response(500, "internal error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    # Starlette picks the handler of the nearest class in the exception's MRO, so one
+    # handler per listed class keeps the table the only place that decides.
+    for error_class in STATUS_BY_ERROR:
+        app.add_exception_handler(error_class, _backtor_error)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -120,14 +164,4 @@ def install_error_handlers(app: FastAPI) -> None:
         )
         return error_response(503, "the database cannot be reached; try again")
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        # Engines hide bound parameters (hide_parameters), so no workerConfig reaches the log.
-        log.error(
-            "unhandled %s on %s %s",
-            type(exc).__name__,
-            request.method,
-            request.url.path,
-            exc_info=exc,
-        )
-        return error_response(500, "internal error")
+    app.add_exception_handler(Exception, _unexpected)

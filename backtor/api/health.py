@@ -7,8 +7,8 @@ import logging
 from fastapi import APIRouter
 from sqlalchemy.exc import SQLAlchemyError
 
-from backtor.api.context import ContextDep
-from backtor.api.errors import ApiError, ErrorBody
+from backtor.api.context import ServicesDep
+from backtor.api.errors import ErrorBody, NotReady
 from backtor.api.schemas import Health, Ready
 from backtor.db.migrate import current_revisions, head_revisions
 
@@ -24,18 +24,17 @@ def health() -> Health:
 
 
 @router.get("/ready", response_model=Ready, responses={503: {"model": ErrorBody}})
-def ready(context: ContextDep) -> Ready:
+def ready(services: ServicesDep) -> Ready:
     """The database answers and its schema is at the newest migration."""
     try:
-        with context.engine.connect() as connection:
+        with services.engine.connect() as connection:
             current = current_revisions(connection)
     except SQLAlchemyError as error:
         log.warning("readiness: database unreachable (%s)", type(error).__name__)
-        raise ApiError(503, "the database cannot be reached") from None
+        raise NotReady("the database cannot be reached") from None
     heads = head_revisions()
     if current != heads:
-        raise ApiError(
-            503,
+        raise NotReady(
             f"the database is at revision {', '.join(sorted(current)) or 'none'}, not at "
             f"{', '.join(sorted(heads))}: run `backtor migrate`",
         )

@@ -10,25 +10,28 @@ from fastapi import FastAPI
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backtor.api.context import ApiContext
-from backtor.observability.metrics import (
-    API_INVOCATIONS,
-    CONTENT_TYPE,
-    ConductorProbe,
-    MetricsCollector,
-    instrument_engine,
-)
+from backtor.api.context import services_of
+from backtor.conductor.http import ConductorClient
+from backtor.observability.collector import ConductorProbe, MetricsCollector
+from backtor.observability.exposition import CONTENT_TYPE
+from backtor.observability.telemetry import API_INVOCATIONS, instrument_engine
+
+# A scrape waits at most this long for Conductor's /health (the API's own client waits longer).
+PROBE_TIMEOUT_SECONDS = 2.0
 
 
 def install_metrics(app: FastAPI) -> None:
     """Serve /metrics from the app's database, count requests and SQL statements."""
-    context: ApiContext = app.state.backtor
-    collector = MetricsCollector(
-        context.sessions,
-        conductor_up=ConductorProbe(context.settings.conductor_api_url),
-        clock=context.clock,
+    services = services_of(app)
+    prober = ConductorClient(
+        services.settings.conductor_api_url, timeout=PROBE_TIMEOUT_SECONDS, pool_size=1
     )
-    instrument_engine(context.engine)
+    collector = MetricsCollector(
+        services.db,
+        conductor_up=ConductorProbe(prober.is_healthy),
+        clock=services.clock,
+    )
+    instrument_engine(services.engine)
     app.state.metrics = collector
 
     # A plain def: FastAPI runs it in its thread pool, so the queries never block the loop.

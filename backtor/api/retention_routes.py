@@ -13,9 +13,8 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Body, Path
 from sqlalchemy.orm import Session
 
+from backtor.api.common import ERROR_RESPONSES, only_query
 from backtor.api.context import SessionDep
-from backtor.api.errors import ApiError
-from backtor.api.routes import _ERRORS, _only_query, _require_spec
 from backtor.api.schemas import (
     PREVIEW_EXAMPLES,
     BackupOut,
@@ -31,7 +30,7 @@ from backtor.core.retention import BackupRecord, RetentionPlan, plan_retention
 from backtor.core.specs import MAX_INT32, parse_retention, validate_timezone
 from backtor.db import repository
 from backtor.db.models import Backup, BackupSpec
-from backtor.scheduling.pins import BackupNotFound, NotPinnable, set_pinned
+from backtor.scheduling.pins import BackupNotFound, set_pinned
 from backtor.scheduling.recording import policy_of
 
 router = APIRouter(tags=["retention"])
@@ -82,15 +81,15 @@ def _view(
 @router.get(
     "/backup/{name}/retention",
     response_model=RetentionPlanOut,
-    responses=_ERRORS,
-    dependencies=[_only_query()],
+    responses=ERROR_RESPONSES,
+    dependencies=[only_query()],
 )
 def get_retention(name: str, session: SessionDep) -> RetentionPlanOut:
     """Today's plan for the spec's recorded backups, newest first; nothing is removed.
 
     The plan ignores the per-run cap: `remove` may list more than one run starts.
     """
-    spec = _require_spec(session, name)
+    spec = repository.require_spec(session, name)
     backups = repository.list_backups(session, spec.id)
     policy = policy_of(spec)
     return _view(spec, backups, _plan(backups, policy, spec.timezone), policy, spec.timezone)
@@ -99,8 +98,8 @@ def get_retention(name: str, session: SessionDep) -> RetentionPlanOut:
 @router.post(
     "/backup/{name}/retention/preview",
     response_model=RetentionPreviewOut,
-    responses=_ERRORS,
-    dependencies=[_only_query()],
+    responses=ERROR_RESPONSES,
+    dependencies=[only_query()],
 )
 def preview_retention(name: str, body: CandidateBody, session: SessionDep) -> RetentionPreviewOut:
     """The plan a candidate policy would give, next to today's; nothing changes.
@@ -111,7 +110,7 @@ def preview_retention(name: str, body: CandidateBody, session: SessionDep) -> Re
     if body.timezone is not None:  # checked in POST /backup's order: zone, then retention
         validate_timezone(body.timezone)
     policy = parse_retention(body.retention())
-    spec = _require_spec(session, name)
+    spec = repository.require_spec(session, name)
     timezone = spec.timezone if body.timezone is None else body.timezone
     backups = repository.list_backups(session, spec.id)
     today = _plan(backups, policy_of(spec), spec.timezone)
@@ -127,23 +126,11 @@ def preview_retention(name: str, body: CandidateBody, session: SessionDep) -> Re
 
 
 def _pin(session: Session, name: str, backup_id: str, pinned: bool) -> BackupOut:
-    spec = _require_spec(session, name)
-    not_found = ApiError(404, f"backup {backup_id!r} of spec {name!r} not found", "id")
+    """Pin or unpin; set_pinned's errors (404 id, 409 not pinnable or purging) propagate."""
+    spec = repository.require_spec(session, name)
     if not (backup_id.isascii() and backup_id.isdigit()) or int(backup_id) > MAX_INT32:
-        raise not_found
-    if pinned and spec.deleting:
-        raise ApiError(409, f"backup spec {name!r} is being purged: its backups cannot be pinned")
-    try:
-        backup = set_pinned(session, spec, int(backup_id), pinned)
-    except BackupNotFound:
-        raise not_found from None
-    except NotPinnable as refused:
-        raise ApiError(
-            409,
-            f"backup {refused.backup_id} is {refused.status}: only a COMPLETED backup can be "
-            "pinned (a REMOVING or REMOVED one has its data going or gone)",
-            "id",
-        ) from None
+        raise BackupNotFound(name, backup_id)  # no row can have this id
+    backup = set_pinned(session, spec, int(backup_id), pinned)
     session.commit()
     return BackupOut.of(backup)
 
@@ -151,8 +138,8 @@ def _pin(session: Session, name: str, backup_id: str, pinned: bool) -> BackupOut
 @router.put(
     "/backup/{name}/materialized/{id}/pin",
     response_model=BackupOut,
-    responses=_ERRORS,
-    dependencies=[_only_query()],
+    responses=ERROR_RESPONSES,
+    dependencies=[only_query()],
 )
 def pin_backup(name: str, backup_id: BackupId, session: SessionDep) -> BackupOut:
     """Pin a COMPLETED backup: retention never removes it (repeating is harmless).
@@ -165,8 +152,8 @@ def pin_backup(name: str, backup_id: BackupId, session: SessionDep) -> BackupOut
 @router.delete(
     "/backup/{name}/materialized/{id}/pin",
     response_model=BackupOut,
-    responses=_ERRORS,
-    dependencies=[_only_query()],
+    responses=ERROR_RESPONSES,
+    dependencies=[only_query()],
 )
 def unpin_backup(name: str, backup_id: BackupId, session: SessionDep) -> BackupOut:
     """Unpin a backup (repeating is harmless): the next retention run may remove it.

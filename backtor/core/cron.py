@@ -25,6 +25,8 @@ from zoneinfo import ZoneInfo
 from croniter import croniter
 from croniter.croniter import CroniterBadDateError, CroniterError
 
+from backtor.core.errors import BacktorError
+
 FIELD_NAMES = ("second", "minute", "hour", "day-of-month", "month", "day-of-week")
 _FIELD_HINTS = (
     "0-59",
@@ -42,8 +44,12 @@ _DAY = timedelta(days=1)
 _HORIZON_YEARS = 50
 
 
-class CronError(ValueError):
-    """A cron expression that is malformed, out of range or never fires."""
+class CronError(BacktorError, ValueError):
+    """A cron expression that is malformed, out of range or never fires.
+
+    It names no field (a cron may come from a spec, a setting or the database); callers
+    that know the field raise InvalidField with it (backtor.core.specs).
+    """
 
 
 @dataclass(frozen=True)

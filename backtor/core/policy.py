@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 
+from backtor.core.errors import InvalidField
+
 
 class Tier(StrEnum):
     """Retention tiers, finest first; the value is the name used in tags and reasons."""
@@ -66,13 +68,8 @@ UNIT_BY_TIER: Mapping[Tier, Unit] = MappingProxyType(
 _RULE_RE = re.compile(r"([0-9]+)(?:@([0-9]+|[A-Za-z]+))?", re.ASCII)
 
 
-class PolicyError(ValueError):
+class PolicyError(InvalidField):
     """A retention field that cannot be parsed; ``field`` is the camelCase API field."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from backtor.core.errors import BacktorError
 from backtor.core.policy import PolicyError, RetentionPolicy
 from backtor.core.retention import COMPLETED, BackupRecord, RetentionPlan, plan_retention
 
@@ -20,8 +21,8 @@ BAD_INPUT = 2
 _FIELDS = frozenset({"id", "time", "status", "pinned"})
 
 
-class InputError(ValueError):
-    """Input the simulator refuses; the message is the one line printed."""
+class InputError(BacktorError, ValueError):
+    """Input the simulator refuses; the message is the one line printed (no API field)."""
 
 
 def _parse_policy(text: str) -> RetentionPolicy:

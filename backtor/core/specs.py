@@ -15,6 +15,7 @@ from functools import cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from backtor.core.cron import CronError, CronSchedule, parse_cron
+from backtor.core.errors import InvalidField
 from backtor.core.policy import FIELD_BY_TIER, PolicyError, RetentionPolicy, derive_cron
 from backtor.core.schedule import Timing, first_fire
 
@@ -30,13 +31,8 @@ DEFAULT_MISFIRE_GRACE_SECONDS = 3600
 RETENTION_FIELDS: tuple[str, ...] = tuple(FIELD_BY_TIER.values())
 
 
-class SpecError(ValueError):
-    """An invalid field: `field` is its camelCase API name, `message` says which rule."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
+class SpecError(InvalidField):
+    """An invalid spec field: `field` is its camelCase API name, `message` says which rule."""
 
 
 @dataclass(frozen=True)

@@ -13,18 +13,26 @@ from sqlalchemy import and_, delete, func, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from backtor.core.errors import Conflict, NotFound
 from backtor.core.specs import SpecValues, compute_next_fire_at
 from backtor.db.models import UNREMOVED_STATUSES, Backup, BackupSpec, BackupStatus, Fire, FireStatus
 
 
-class SpecExists(Exception):
+class SpecExists(Conflict):
     """A spec with this name is already stored."""
 
+    def __init__(self, name: str) -> None:
+        super().__init__(f"backup spec {name!r} already exists", "name")
+        self.name = name
 
-# Backups a purge hands to the removal path. REMOVING and REMOVE_FAILED ones are on it
-# already (the removal worker retries failures), and RUNNING ones are handed over by the
-# worker that records them once they complete, since their spec is `deleting`.
-REMOVABLE_STATUSES: frozenset[BackupStatus] = frozenset({BackupStatus.COMPLETED})
+
+class SpecNotFound(NotFound):
+    """No spec has this name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"backup spec {name!r} not found", "name")
+        self.name = name
+
 
 _RETENTION_COLUMNS = {
     "retentionMinutely": "retention_minutely",
@@ -49,6 +57,14 @@ def get_spec(session: Session, name: str, *, for_update: bool = False) -> Backup
     if for_update:
         query = query.with_for_update()
     return session.scalars(query).one_or_none()
+
+
+def require_spec(session: Session, name: str, *, for_update: bool = False) -> BackupSpec:
+    """The spec named `name`, or SpecNotFound (the API's 404 on `name`)."""
+    spec = get_spec(session, name, for_update=for_update)
+    if spec is None:
+        raise SpecNotFound(name)
+    return spec
 
 
 def _apply(spec: BackupSpec, values: SpecValues, now: datetime) -> None:
@@ -160,43 +176,32 @@ def mark_purging(session: Session, spec: BackupSpec, now: datetime) -> None:
     session.flush()
 
 
-def removable_backup_ids(session: Session, spec_id: int) -> list[int]:
-    query = (
-        select(Backup.id)
-        .where(Backup.spec_id == spec_id, Backup.status.in_(sorted(REMOVABLE_STATUSES)))
-        .order_by(Backup.scheduled_at, Backup.id)
-    )
-    return list(session.scalars(query))
+def mark_purge_removals(session: Session, spec_id: int, now: datetime, limit: int) -> int:
+    """Put up to `limit` of a purged spec's COMPLETED backups (oldest first) in the outbox.
 
-
-def claim_for_removal(session: Session, backup_id: int) -> Backup | None:
-    """Move one COMPLETED backup to REMOVING in the open transaction; None if it moved on.
-
-    The caller starts the workflow and records its id in this same transaction, so no
-    other purge or removal worker sees a REMOVING row without a workflow: the conditional
-    UPDATE locks the row (PostgreSQL) or the database (SQLite) until the commit, and a
-    rollback puts the backup back as it was.
+    They become REMOVING without a workflow; the scheduler's pass starts their
+    remove_backup (backtor.scheduling.removals), under its own per-pass limit, so a purge
+    never calls Conductor and never holds a row lock across a call. RUNNING backups follow
+    once recorded, REMOVING and REMOVE_FAILED ones are on the path already. The same cap
+    and order as the scheduler's advance_purges. Returns how many were marked.
     """
-    claimed = session.execute(
-        update(Backup)
-        .where(
-            Backup.id == backup_id,
-            Backup.status.in_(sorted(REMOVABLE_STATUSES)),
-            Backup.remove_workflow_id.is_(None),
+    ids = list(
+        session.scalars(
+            select(Backup.id)
+            .where(Backup.spec_id == spec_id, Backup.status == BackupStatus.COMPLETED.value)
+            .order_by(Backup.scheduled_at, Backup.id)
+            .limit(limit)
         )
-        .values(status=BackupStatus.REMOVING.value)
+    )
+    if not ids:
+        return 0
+    marked = session.scalars(
+        update(Backup)
+        .where(Backup.id.in_(ids), Backup.status == BackupStatus.COMPLETED.value)
+        .values(status=BackupStatus.REMOVING.value, next_attempt_at=now)
         .returning(Backup.id)
-    ).first()
-    if claimed is None:
-        return None
-    return session.get(Backup, backup_id, populate_existing=True)
-
-
-def record_removal_started(session: Session, backup: Backup, workflow_id: str) -> None:
-    backup.remove_workflow_id = workflow_id
-    backup.remove_attempts += 1
-    backup.last_error = None
-    session.flush()
+    )
+    return len(list(marked))
 
 
 def finish_purge_if_done(session: Session, spec_id: int) -> bool:

@@ -12,7 +12,6 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from backtor.api.app import create_app
-from backtor.api.removals import BackupRemovalStarter
 from backtor.conductor.http import ConductorClient
 from backtor.db.engine import make_engine, make_session_factory
 from backtor.db.migrate import upgrade_to_head
@@ -48,21 +47,6 @@ def dead_conductor() -> Iterator[ConductorClient]:
     client.close()
 
 
-class RecordingRemovalStarter:
-    """Remembers which specs a purge handed over, and touches nothing."""
-
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    def start_removals(self, spec_name: str) -> None:
-        self.calls.append(spec_name)
-
-
-@pytest.fixture
-def removal_starter() -> RecordingRemovalStarter:
-    return RecordingRemovalStarter()
-
-
 MakeClient = Callable[..., TestClient]
 
 
@@ -71,26 +55,21 @@ def make_client(
     migrated_url: str,
     engine: Engine,
     dead_conductor: ConductorClient,
-    removal_starter: RecordingRemovalStarter,
 ) -> Iterator[MakeClient]:
-    """Build a TestClient; keywords override the conductor, removal starter or token."""
+    """Build a TestClient; keywords override the conductor, the token or other settings."""
     clients: list[TestClient] = []
 
     def make(
         *,
         conductor: ConductorClient | None = None,
-        starter: BackupRemovalStarter | None = None,
         token: str | None = None,
-        use_default_starter: bool = False,
+        env: dict[str, str] | None = None,
     ) -> TestClient:
-        env = {"DATABASE_URL": migrated_url}
+        variables = {"DATABASE_URL": migrated_url, **(env or {})}
         if token is not None:
-            env["BACKTOR_API_TOKEN"] = token
+            variables["BACKTOR_API_TOKEN"] = token
         app = create_app(
-            Settings.from_env(env),
-            engine=engine,
-            conductor=conductor or dead_conductor,
-            removal_starter=None if use_default_starter else (starter or removal_starter),
+            Settings.from_env(variables), engine=engine, conductor=conductor or dead_conductor
         )
         client = TestClient(app)
         client.__enter__()

@@ -1,21 +1,30 @@
-"""DELETE never loses track of stored backups; purge hands them to the removal path."""
+"""DELETE never loses track of stored backups; purge hands them to the removal outbox."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from backtor.db.models import Backup, BackupSpec
+from backtor.db.models import Backup, BackupSpec, Fire
 from backtor.db.repository import finish_purge_if_done
-from tests.api.conftest import AddBackup, MakeClient, RecordingRemovalStarter
+from tests.api.conftest import AddBackup, MakeClient
 
 pytestmark = pytest.mark.integration
 
 
 def _backup_count(session: Session) -> int:
     return int(session.scalar(select(func.count()).select_from(Backup)) or 0)
+
+
+def _states(session: Session, *backup_ids: int) -> list[tuple[str, str | None]]:
+    """(status, removeWorkflowId) of each backup, read afresh."""
+    session.expire_all()
+    rows = [session.get(Backup, backup_id) for backup_id in backup_ids]
+    return [(row.status, row.remove_workflow_id) for row in rows if row is not None]
 
 
 def test_a_spec_without_backups_is_deleted_at_once(client: TestClient) -> None:
@@ -45,14 +54,10 @@ def test_only_finished_history_does_not_block_and_is_deleted_with_the_spec(
 
 @pytest.mark.parametrize("status", ["RUNNING", "COMPLETED", "REMOVING", "REMOVE_FAILED"])
 def test_backups_not_removed_block_a_plain_delete(
-    client: TestClient,
-    add_backup: AddBackup,
-    session: Session,
-    removal_starter: RecordingRemovalStarter,
-    status: str,
+    client: TestClient, add_backup: AddBackup, session: Session, status: str
 ) -> None:
     assert client.post("/backup", json={"name": "db1"}).status_code == 201
-    add_backup("db1", status)
+    first = add_backup("db1", status)
     add_backup("db1", "REMOVED")
     for query in ("", "?purge=false", "?purge=0"):
         answer = client.delete(f"/backup/db1{query}")
@@ -61,26 +66,28 @@ def test_backups_not_removed_block_a_plain_delete(
     spec = client.get("/backup/db1").json()
     assert spec["enabled"] == 1 and spec["deleting"] is False
     assert _backup_count(session) == 2
-    assert removal_starter.calls == []
+    assert _states(session, first) == [(status, None)]
 
 
 def test_purge_disables_marks_and_hands_over_the_backups(
-    client: TestClient,
-    add_backup: AddBackup,
-    session: Session,
-    removal_starter: RecordingRemovalStarter,
+    client: TestClient, add_backup: AddBackup, session: Session
 ) -> None:
+    # `client` talks to a Conductor that is not there: a purge never needs it.
     assert client.post("/backup", json={"name": "db1"}).status_code == 201
     assert client.post("/backup", json={"name": "db2"}).status_code == 201
-    add_backup("db1", "COMPLETED")
-    add_backup("db1", "REMOVE_FAILED")
+    completed = add_backup("db1", "COMPLETED")
+    failed_removal = add_backup("db1", "REMOVE_FAILED")
     add_backup("db1", "FAILED")
 
     answer = client.delete("/backup/db1", params={"purge": "true"})
     assert answer.status_code == 202
     assert answer.json()["name"] == "db1"
     assert answer.json()["pendingBackups"] == 2
-    assert removal_starter.calls == ["db1"]
+    # In the removal outbox, for the scheduler's pass to start: no workflow yet.
+    assert _states(session, completed, failed_removal) == [
+        ("REMOVING", None),
+        ("REMOVE_FAILED", None),
+    ]
 
     spec = client.get("/backup/db1").json()
     assert spec["enabled"] == 0
@@ -93,8 +100,30 @@ def test_purge_disables_marks_and_hands_over_the_backups(
     assert client.post("/backup/db1/materialized").status_code == 409
     assert client.get("/backup/db1").json()["enabled"] == 0
     # Asking again is harmless.
+    again = client.delete("/backup/db1?purge=true")
+    assert (again.status_code, again.json()["pendingBackups"]) == (202, 2)
+    assert _states(session, completed) == [("REMOVING", None)]
+
+
+def test_purge_marks_at_most_the_per_run_cap_oldest_first(
+    make_client: MakeClient, add_backup: AddBackup, session: Session
+) -> None:
+    """The scheduler's advance_purges marks the rest, one cap per pass; so does a repeat."""
+    client = make_client(env={"BACKTOR_MAX_REMOVALS_PER_RUN": "2"})
+    assert client.post("/backup", json={"name": "db1"}).status_code == 201
+    ids = [
+        add_backup("db1", "COMPLETED", scheduled_at=datetime(2024, 1, day, tzinfo=UTC))
+        for day in (3, 1, 2)
+    ]
+    answer = client.delete("/backup/db1?purge=true")
+    assert (answer.status_code, answer.json()["pendingBackups"]) == (202, 3)
+    assert [status for status, _ in _states(session, *ids)] == [
+        "COMPLETED",  # the newest waits for the next pass
+        "REMOVING",
+        "REMOVING",
+    ]
     assert client.delete("/backup/db1?purge=true").status_code == 202
-    assert removal_starter.calls == ["db1", "db1"]
+    assert [status for status, _ in _states(session, *ids)] == ["REMOVING"] * 3
 
 
 def test_finish_purge_if_done_deletes_the_spec_after_its_last_removal(
@@ -127,19 +156,20 @@ def test_finish_purge_if_done_leaves_specs_that_are_not_purged(
     assert client.get("/backup/db1").status_code == 200
 
 
-def test_purge_with_conductor_down_is_503_and_keeps_every_backup(
-    make_client: MakeClient, add_backup: AddBackup, session: Session
+@pytest.mark.parametrize("fire_status", ["PENDING", "STARTED"])
+def test_a_backup_starting_or_under_way_keeps_the_spec(
+    client: TestClient, session: Session, fire_status: str
 ) -> None:
-    client = make_client(use_default_starter=True)  # the Conductor starter, at a dead port
+    """A PENDING fire (a start may be under way) or a running create_backup: its data
+    would outlive the spec. A plain DELETE is refused; a purge waits for it."""
     assert client.post("/backup", json={"name": "db1"}).status_code == 201
-    backup_id = add_backup("db1", "COMPLETED")
-    answer = client.delete("/backup/db1?purge=true")
-    assert answer.status_code == 503
-    assert "repeat" in answer.json()["message"]
-    backup = session.get(Backup, backup_id)
-    assert backup is not None
-    assert backup.status == "COMPLETED"  # the claim was rolled back
-    assert backup.remove_workflow_id is None
-    assert backup.remove_attempts == 0
-    spec = client.get("/backup/db1").json()
-    assert spec["deleting"] is True and spec["enabled"] == 0
+    spec_id = session.scalars(select(BackupSpec.id).where(BackupSpec.name == "db1")).one()
+    at = datetime(2024, 1, 1, tzinfo=UTC)
+    session.add(Fire(spec_id=spec_id, scheduled_at=at, status=fire_status, created_at=at))
+    session.commit()
+    answer = client.delete("/backup/db1")
+    assert answer.status_code == 409
+    assert "1 backup(s)" in answer.json()["message"]
+    purge = client.delete("/backup/db1?purge=true")
+    assert (purge.status_code, purge.json()["pendingBackups"]) == (202, 1)
+    assert client.get("/backup/db1").json()["deleting"] is True

@@ -359,9 +359,7 @@ def test_pin_unknown_spec_or_backup_is_404(client: TestClient, ids: dict[str, in
     assert client.get("/backup/db2/materialized").json()[0]["pinned"] is False
 
 
-def test_pin_refused_while_the_spec_is_purged(
-    client: TestClient, ids: dict[str, int], removal_starter: Any
-) -> None:
+def test_pin_refused_while_the_spec_is_purged(client: TestClient, ids: dict[str, int]) -> None:
     assert pin(client, ids["c"]).status_code == 200
     assert client.delete("/backup/db1", params={"purge": "true"}).status_code == 202
     answer = pin(client, ids["a"])
