@@ -20,6 +20,7 @@ from backtor.api.schemas import (
     SpecOut,
     TriggerAccepted,
 )
+from backtor.conductor.names import CREATE_BACKUP
 from backtor.core.errors import ConductorUnavailable, Conflict, InvalidField
 from backtor.core.policy import Tier
 from backtor.core.specs import normalise_spec
@@ -30,7 +31,6 @@ from backtor.scheduling.fires import add_manual_fire, claim_pending, give_up_fir
 
 log = logging.getLogger(__name__)
 
-CREATE_WORKFLOW = "create_backup"
 
 router = APIRouter(tags=["backup"])
 
@@ -247,11 +247,11 @@ def trigger_backup(name: str, session: SessionDep, services: ServicesDep) -> Tri
     (outcome,) = start_fires(services, jobs)
     if outcome.status is FireStatus.STARTED:
         assert outcome.workflow_id is not None
-        log.info("backup spec %s: manual %s %s started", name, CREATE_WORKFLOW, outcome.workflow_id)
+        log.info("backup spec %s: manual %s %s started", name, CREATE_BACKUP, outcome.workflow_id)
         return TriggerAccepted(name=name, workflowId=outcome.workflow_id)
     if outcome.status is FireStatus.SKIPPED:
         running = f": {outcome.workflow_id}" if outcome.workflow_id else ""
-        raise Conflict(f"a {CREATE_WORKFLOW} workflow is already running for {name!r}{running}")
+        raise Conflict(f"a {CREATE_BACKUP} workflow is already running for {name!r}{running}")
     # Not started: the fire is closed, so that no later tick starts a backup nobody waits for.
     give_up_fire(session, fire_id, services.clock())
     if outcome.refused:

@@ -23,7 +23,7 @@ from backtor.conductor.registration import DEFINITIONS
 from backtor.core.errors import ConductorNotFound, ConductorRefused, ConductorUnavailable
 from backtor.db import counters
 from backtor.db.models import Backup, BackupSpec, BackupStatus
-from backtor.db.repository import finish_purge_if_done
+from backtor.db.repository import finish_purge_if_done, mark_purge_removals
 from backtor.runtime.services import Services
 
 log = logging.getLogger(__name__)
@@ -277,18 +277,5 @@ def advance_purges(session: Session, now: datetime, max_removals: int) -> None:
     """For specs being deleted (DELETE ?purge=true): mark their backups for removal."""
     spec_ids = list(session.scalars(select(BackupSpec.id).where(BackupSpec.deleting.is_(True))))
     for spec_id in spec_ids:
-        ids: Sequence[int] = list(
-            session.scalars(
-                select(Backup.id)
-                .where(Backup.spec_id == spec_id, Backup.status == BackupStatus.COMPLETED.value)
-                .order_by(Backup.scheduled_at)
-                .limit(max_removals)
-            )
-        )
-        if ids:
-            session.execute(
-                update(Backup)
-                .where(Backup.id.in_(ids), Backup.status == BackupStatus.COMPLETED.value)
-                .values(status=BackupStatus.REMOVING.value, next_attempt_at=now)
-            )
+        mark_purge_removals(session, spec_id, now, max_removals)
         finish_purge_if_done(session, spec_id)
