@@ -1,0 +1,215 @@
+"""Regression tests for defects of the scheduling core, each failing on the code before its fix.
+
+SQLite and the Conductor twin in simulated time: fast, deterministic, no server. The twin's
+faults are the exceptions the real client raises (tests/contract holds them to it).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select, update
+
+from backtor.conductor.names import CREATE_BACKUP, REMOVE_BACKUP
+from backtor.conductor.twin import FaultKind, Operation
+from backtor.db.models import Backup, BackupSpec, BackupStatus, Fire, FireStatus, SkipReason
+from backtor.scheduling.outcomes import reconcile_fires
+from backtor.scheduling.removals import start_pending_removals
+from backtor.scheduling.tick import run_tick
+from tests.scheduling.conftest import Core, seconds
+
+
+def fires_of(core: Core, name: str) -> list[Any]:
+    with core.services.db() as session:
+        return list(
+            session.execute(
+                select(Fire.id, Fire.scheduled_at, Fire.status, Fire.skip_reason, Fire.outcome)
+                .join(BackupSpec, BackupSpec.id == Fire.spec_id)
+                .where(BackupSpec.name == name)
+                .order_by(Fire.scheduled_at)
+            )
+        )
+
+
+def started_fire(core: Core, spec_id: int, workflow_id: str, at: datetime, **more: Any) -> int:
+    with core.services.db.begin() as session:
+        return int(
+            session.execute(
+                insert(Fire)
+                .values(
+                    spec_id=spec_id,
+                    scheduled_at=at,
+                    status=FireStatus.STARTED.value,
+                    workflow_id=workflow_id,
+                    created_at=at,
+                    started_at=at,
+                    manual=False,
+                    attempts=1,
+                    **more,
+                )
+                .returning(Fire.id)
+            ).scalar_one()
+        )
+
+
+def terminated_run(core: Core, name: str) -> str:
+    workflow_id = core.twin.start_workflow(
+        CREATE_BACKUP, input={"backupName": name}, correlation_id=name, version=1
+    )
+    core.twin.terminate_workflow(workflow_id, "test: ended without data")
+    return workflow_id
+
+
+def test_reconcile_follows_open_runs_however_many_failures_are_watched(core: Core) -> None:
+    """Defect 1: failed runs under watch (7 days) filled the batch and starved open runs."""
+    spec = core.add_spec("starved")
+    now = core.now()
+    for i in range(6):  # older ids, all failed within the watch window
+        started_fire(
+            core,
+            spec.id,
+            f"gone-{i}",
+            now - seconds(600 - i),
+            outcome="FAILED",
+            finished_at=now - seconds(10),
+        )
+    fire_id = started_fire(core, spec.id, terminated_run(core, "starved"), now - seconds(5))
+
+    reconcile_fires(core.services, limit=5)
+
+    outcome = {row.id: row.outcome for row in fires_of(core, "starved")}
+    assert outcome[fire_id] == "TERMINATED"
+
+
+def test_one_run_conductor_cannot_show_does_not_stop_the_others(core: Core) -> None:
+    """Defect 11: a 500 on one get_workflow aborted the whole reconciliation."""
+    spec = core.add_spec("isolated")
+    now = core.now()
+    first = started_fire(core, spec.id, terminated_run(core, "isolated"), now - seconds(20))
+    second = started_fire(core, spec.id, terminated_run(core, "isolated"), now - seconds(10))
+    core.twin.faults.inject(Operation.GET_WORKFLOW, FaultKind.SERVER_ERROR)
+
+    reconcile_fires(core.services)
+
+    outcome = {row.id: row.outcome for row in fires_of(core, "isolated")}
+    assert outcome[first] is None  # tried again next pass
+    assert outcome[second] == "TERMINATED"
+
+
+def test_a_conductor_500_in_one_stage_does_not_stop_the_pass(core: Core) -> None:
+    """Defect 11: a 500 (not only 'unavailable') aborted the whole pass."""
+    spec = core.add_spec("stages", cron="0 0 0 1 1 *")
+    started_fire(core, spec.id, terminated_run(core, "stages"), core.now() - seconds(5))
+    with core.services.db.begin() as session:
+        session.execute(
+            insert(Backup).values(
+                spec_id=spec.id,
+                status=BackupStatus.REMOVING.value,
+                data_id="data-1",
+                scheduled_at=core.now() - seconds(100),
+                next_attempt_at=core.now(),
+            )
+        )
+    core.twin.faults.inject(Operation.GET_CORRELATED, FaultKind.SERVER_ERROR)  # reconcile's
+
+    report = run_tick(core.services)
+
+    assert not report.healthy
+    assert len(core.twin.workflows(REMOVE_BACKUP)) == 1  # the removal stage still ran
+
+
+def test_a_fire_claimed_by_another_replica_does_not_spin_the_tick(core: Core) -> None:
+    """Defect 12: a PENDING fire claimed elsewhere made next_due 'now': passes back to back."""
+    spec = core.add_spec("claimed", cron="0 0 * * * *")
+    claim_ends = core.now() + seconds(30)
+    with core.services.db.begin() as session:
+        session.execute(
+            insert(Fire).values(
+                spec_id=spec.id,
+                scheduled_at=core.now(),
+                status=FireStatus.PENDING.value,
+                created_at=core.now(),
+                manual=False,
+                attempts=1,
+                claimed_until=claim_ends,
+            )
+        )
+
+    report = run_tick(core.services)
+
+    assert report.next_due == claim_ends
+
+
+def test_one_spec_that_cannot_be_evaluated_is_skipped_visibly(core: Core) -> None:
+    """Defect 13: an unparseable stored cron or zone stopped every pass for every spec."""
+    core.add_spec("good")
+    core.add_spec("broken")
+    with core.services.db.begin() as session:
+        session.execute(
+            update(BackupSpec).where(BackupSpec.name == "broken").values(timezone="Mars/Olympus")
+        )
+    core.advance_to(core.due("good"), plus=0.2)
+
+    report = run_tick(core.services)
+
+    assert report.started == 1
+    assert [w.correlation_id for w in core.twin.workflows(CREATE_BACKUP)] == ["good"]
+    (fire,) = fires_of(core, "broken")
+    assert (fire.status, fire.skip_reason) == ("SKIPPED", SkipReason.INVALID_SCHEDULE.value)
+    with core.services.db() as session:
+        broken = session.scalar(select(BackupSpec).where(BackupSpec.name == "broken"))
+        assert broken is not None and broken.next_fire_at is not None
+        assert broken.last_skip_reason == SkipReason.INVALID_SCHEDULE.value
+        assert broken.next_fire_at > core.now()
+
+
+def test_a_fire_left_pending_keeps_its_grace_and_only_the_latest_starts(core: Core) -> None:
+    """Defect 4: the oldest PENDING fire started days late; newer ones were 'running'."""
+    core.add_spec("late", misfire_grace_seconds=60)
+    core.advance_to(core.due("late"), plus=0.2)
+    core.twin.faults.inject(Operation.GET_CORRELATED, FaultKind.UNAVAILABLE)
+    run_tick(core.services)  # Conductor down: the fire stays PENDING
+    (stranded,) = fires_of(core, "late")
+    assert stranded.status == "PENDING"
+
+    core.advance(120.0)  # past the grace; a newer fire time is due now
+    run_tick(core.services)
+
+    rows = {row.scheduled_at: row for row in fires_of(core, "late")}
+    assert (rows[stranded.scheduled_at].status, rows[stranded.scheduled_at].skip_reason) == (
+        "SKIPPED",
+        "misfire",
+    )
+    (run,) = core.twin.workflows(CREATE_BACKUP)
+    started = [row for row in rows.values() if row.status == "STARTED"]
+    assert [row.scheduled_at for row in started] == [max(rows)]
+    assert run.fire_id == started[0].id
+
+
+def test_a_removal_whose_start_answer_was_lost_is_adopted_not_started_twice(core: Core) -> None:
+    """Defect 10: after a start that happened but timed out, the retry started a second one."""
+    spec = core.add_spec("lost")
+    with core.services.db.begin() as session:
+        backup_id = session.execute(
+            insert(Backup)
+            .values(
+                spec_id=spec.id,
+                status=BackupStatus.REMOVING.value,
+                data_id="data-1",
+                scheduled_at=core.now(),
+                next_attempt_at=core.now(),
+            )
+            .returning(Backup.id)
+        ).scalar_one()
+    core.twin.faults.inject(Operation.START_WORKFLOW, FaultKind.LOST_ANSWER)
+
+    assert start_pending_removals(core.services) == 0
+    core.advance(1.0)
+    assert start_pending_removals(core.services) == 1
+
+    (run,) = core.twin.workflows(REMOVE_BACKUP)
+    with core.services.db() as session:
+        assert session.scalar(select(Backup.remove_workflow_id).where(Backup.id == backup_id)) == (
+            run.workflow_id
+        )
