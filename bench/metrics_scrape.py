@@ -36,7 +36,8 @@ from backtor.core.policy import DEFAULT_POLICY
 from backtor.db.engine import make_engine, make_session_factory
 from backtor.db.migrate import upgrade_to_head
 from backtor.db.models import Backup, BackupSpec, BackupStatus, MetricCounter
-from backtor.observability.metrics import MetricsCollector, render
+from backtor.observability.collector import MetricsCollector
+from backtor.observability.exposition import render
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

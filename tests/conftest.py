@@ -8,6 +8,10 @@ Where they come from, first match wins:
   a free port in a throwaway directory, scripts/postgres makes sure the local server runs.
 Each test database is a fresh, uniquely named one, so a DATABASE_URL never has its own
 data touched.
+
+Every test that needs one of these servers is marked `needs_server` at collection (see
+`pytest_collection_modifyitems`), so `scripts/test --fast` (`-m "not needs_server"`) never
+waits for a server.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -30,6 +35,80 @@ from tests.support.net import free_port, wait_until_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 CONDUCTOR_IMAGE = os.environ.get("BACKTOR_TEST_CONDUCTOR_IMAGE", "conductoross/conductor:latest")
+
+
+# -- which tests need a server ---------------------------------------------------------------
+
+# The fixtures that start or reach a real server; a test whose fixture closure holds one of
+# them needs that server.
+SERVER_FIXTURES = frozenset(
+    {"conductor_url", "postgres_server_url", "make_postgres_database", "postgres_url"}
+)
+# A parameter that reaches a server through request.getfixturevalue, invisible in the
+# closure. By id: a contract test runs on the twin as "twin" (fast) and on the real server
+# as "real". By fixture and value: database_url's "postgres" (its "sqlite" needs none).
+SERVER_PARAM_IDS = frozenset({"real"})
+SERVER_PARAMS: dict[str, tuple[object, ...]] = {"database_url": ("postgres",)}
+
+
+def needs_server(item: pytest.Item) -> bool:
+    """True when `item` may reach a real Conductor or PostgreSQL."""
+    if item.get_closest_marker("integration") is not None:
+        return True
+    if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        return True
+    callspec = getattr(item, "callspec", None)
+    if callspec is None:
+        return False
+    if SERVER_PARAM_IDS.intersection(callspec.id.split("-")):
+        return True
+    return any(
+        name in callspec.params and callspec.params[name] in values
+        for name, values in SERVER_PARAMS.items()
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "needs_server: reaches a real Conductor or PostgreSQL (added at collection; "
+        "scripts/test --fast leaves these out)",
+    )
+    if not config.pluginmanager.has_plugin("backtor-server-guard"):
+        config.pluginmanager.register(ServerGuard(), "backtor-server-guard")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if needs_server(item):
+            item.add_marker(pytest.mark.needs_server)
+
+
+class ServerGuard:
+    """Fails at once a test not marked needs_server that reaches a server fixture.
+
+    The collection rules cannot see every request.getfixturevalue; this catches the rest, so
+    such a test errors with a hint instead of starting (or waiting for) a server in the fast
+    loop. Registered as a plugin, not left as a conftest hook: pytest asks only the session's
+    plugins when it sets up a session-scoped fixture, and conftest hooks are not among them.
+    Nothing is cached on failure: a correctly marked test still gets the server.
+    """
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_fixture_setup(
+        self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+    ) -> None:
+        if fixturedef.argname not in SERVER_FIXTURES:
+            return
+        item = getattr(request, "_pyfuncitem", None)  # the test that asked, whatever the scope
+        if item is not None and item.get_closest_marker("needs_server") is None:
+            pytest.fail(
+                f"{item.nodeid} reaches the server fixture {fixturedef.argname!r} but is not "
+                "marked needs_server: request it as a fixture argument, give the parameter "
+                'that reaches it the id "real", or mark the test integration '
+                "(docs/development.md)",
+                pytrace=False,
+            )
 
 
 def _docker_wanted() -> bool:

@@ -229,7 +229,7 @@ class SchedulerState(Base):
 # -- metrics shared by every process ----------------------------------------------------
 # Counters that must add up across API and worker replicas live in the database: each is
 # incremented in the transaction of the event it counts (backtor.db.counters) and read by
-# the API's /metrics at scrape time (backtor.observability.metrics).
+# the API's /metrics at scrape time (backtor.observability.collector).
 
 
 class MetricCounter(Base):

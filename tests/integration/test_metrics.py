@@ -27,7 +27,7 @@ from backtor.db.models import (
     Fire,
     SchedulerState,
 )
-from backtor.observability.metrics import MetricsCollector
+from backtor.observability.collector import MetricsCollector
 from backtor.runtime.settings import Settings
 from backtor.scheduling.fires import schedule_due_fires
 

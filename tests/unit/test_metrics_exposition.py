@@ -12,13 +12,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from backtor.api.metrics import entity_of
 from backtor.core.cron import CronSchedule, latest_fire_at_or_before, next_fire
 from backtor.db.counters import LAG_BUCKETS, bucket_label
-from backtor.observability.metrics import (
-    Family,
-    PeriodCache,
-    expected_period_seconds,
-    label_pairs,
-    render,
-)
+from backtor.observability.collector import ConductorProbe
+from backtor.observability.exposition import Family, label_pairs, render
+from backtor.observability.periods import PeriodCache, expected_period_seconds
 
 DAY = 86400.0
 UTC_ZONE = ZoneInfo("UTC")
@@ -130,3 +126,22 @@ def test_period_cache_computes_once_and_respects_its_budget() -> None:
     # Not cached and no budget left: left out for now.
     assert cache.get("0 0 4 * * *", "UTC", WEDNESDAY, deadline=0.0) is None
     assert cache.get("0 0 4 * * *", "UTC", WEDNESDAY, far_future) == DAY
+
+
+def test_conductor_probe_asks_at_most_once_per_ttl_and_counts_a_raising_check_as_down() -> None:
+    answers: list[bool | Exception] = [True, RuntimeError("odd answer")]
+    asked: list[int] = []
+
+    def check() -> bool:
+        asked.append(1)
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    cached = ConductorProbe(check, ttl=3600)
+    assert cached() is True
+    assert cached() is True
+    assert len(asked) == 1
+    every_time = ConductorProbe(check, ttl=0)
+    assert every_time() is False

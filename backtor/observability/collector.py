@@ -1,35 +1,28 @@
-"""Prometheus metrics that hold across replicas: derived from the database at scrape time.
+"""The shared figures of `/metrics`, derived from the database at scrape time.
 
-Every API replica answers `/metrics` with the same shared figures, whichever process did
-the work: counters are rows that the scheduling code increments in the transaction of the
-event (backtor.db.counters), gauges are a few grouped queries over the current state. Only
-`backtor_conductor_invocation`, `backtor_api_invocations_total` and `backtor_sql_total`
-are process-local (their HELP text says so). The text is written here rather than through
-prometheus_client's registry: with 10,000 specs that is ten times faster.
+Every API replica answers `/metrics` with the same figures, whichever process did the work:
+counters are rows that the scheduling code increments in the transaction of the event
+(backtor.db.counters), gauges are a few grouped queries over the current state. This
+process's own instruments (telemetry.py) are appended at the end.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
-import requests
-from prometheus_client import CollectorRegistry, Counter, disable_created_metrics, generate_latest
 from sqlalchemy import (
     Executable,
     Float,
     String,
     case,
     cast,
-    event,
     func,
     literal,
     literal_column,
@@ -37,11 +30,9 @@ from sqlalchemy import (
     text,
     true,
 )
-from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from backtor.core.cron import CronError, CronSchedule, latest_fire_at_or_before, next_fire
 from backtor.core.gcpause import collector_paused
 from backtor.db import counters
 from backtor.db.models import (
@@ -53,173 +44,11 @@ from backtor.db.models import (
     SchedulerState,
 )
 from backtor.db.types import utc_now
-from backtor.observability import telemetry
+from backtor.observability.exposition import Family, escape_label, render, sample_value
+from backtor.observability.periods import PeriodCache
+from backtor.observability.telemetry import process_exposition
 
 log = logging.getLogger(__name__)
-
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-# -- process-local instruments --------------------------------------------------------------
-
-disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` series: noise
-
-PROCESS_REGISTRY = CollectorRegistry(auto_describe=True)
-API_INVOCATIONS = Counter(
-    "backtor_api_invocations",
-    "Requests served by this API process (process-local), by route resource and HTTP status",
-    ["entity", "status"],
-    registry=PROCESS_REGISTRY,
-)
-SQL_STATEMENTS = Counter(
-    "backtor_sql",
-    "SQL statements run by this process (process-local), by outcome: ok or error",
-    ["status"],
-    registry=PROCESS_REGISTRY,
-)
-PROCESS_REGISTRY.register(telemetry.CONDUCTOR_INVOCATION)
-
-
-def instrument_engine(engine: Engine) -> None:
-    """Count `engine`'s statements in backtor_sql_total (once, however often called)."""
-    if event.contains(engine, "after_cursor_execute", _statement_ran):
-        return
-    event.listen(engine, "after_cursor_execute", _statement_ran)
-    event.listen(engine, "handle_error", _statement_failed)
-
-
-def _statement_ran(*_args: Any) -> None:
-    SQL_STATEMENTS.labels(status="ok").inc()
-
-
-def _statement_failed(_context: Any) -> None:
-    SQL_STATEMENTS.labels(status="error").inc()
-
-
-# -- exposition -----------------------------------------------------------------------------
-
-
-class Family:
-    """One metric family: its HELP and TYPE, and its sample lines already in text format.
-
-    Lines are written as samples are added: with 10,000 specs, building tuples first and
-    formatting them later costs more than the database queries.
-    """
-
-    def __init__(self, name: str, kind: str, help: str) -> None:
-        self.name = name
-        self.kind = kind  # gauge, counter or histogram
-        self.help = help
-        self.lines: list[str] = []
-
-    def add(self, value: float, labels: str = "", suffix: str = "") -> None:
-        """One sample; `labels` as made by `label_pairs` (or '')."""
-        braces = f"{{{labels}}}" if labels else ""
-        self.lines.append(f"{self.name}{suffix}{braces} {_number(value)}\n")
-
-
-def label_pairs(**pairs: str) -> str:
-    """`name="value",...` with the values escaped for the text format."""
-    return ",".join(f'{name}="{escape_label(value)}"' for name, value in pairs.items())
-
-
-def render(families: Iterable[Family]) -> str:
-    """Prometheus text format 0.0.4."""
-    out: list[str] = []
-    for family in families:
-        out.append(f"# HELP {family.name} {_escape_help(family.help)}\n")
-        out.append(f"# TYPE {family.name} {family.kind}\n")
-        out.extend(family.lines)
-    return "".join(out)
-
-
-def escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _escape_help(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _number(value: float) -> str:
-    if math.isfinite(value):
-        return repr(float(value))
-    if math.isnan(value):
-        return "NaN"
-    return "+Inf" if value > 0 else "-Inf"
-
-
-# -- the expected period of a schedule -------------------------------------------------------
-
-FINE_STEP = timedelta(hours=1)
-FINE_SPAN = timedelta(days=8)
-COARSE_STEP = timedelta(days=7)
-COARSE_SPAN = timedelta(days=366)
-
-
-def expected_period_seconds(schedule: CronSchedule, tz: ZoneInfo, around: datetime) -> float | None:
-    """The longest wait between two consecutive fires from `around` on; None: no more fires.
-
-    A backup is missing when none succeeded for longer than this (times a margin). The
-    longest gap, not the usual one, so a weekday schedule does not page every weekend and
-    a month-end one not every February. Gaps are looked at exactly over the next 8 days
-    (every gap longer than an hour is seen) and over a year for gaps longer than a week.
-    """
-    previous = latest_fire_at_or_before(schedule, around, tz)
-    moment = around
-    fine_until = around + FINE_SPAN
-    until = around + COARSE_SPAN
-    longest = 0.0
-    while moment < until:
-        try:
-            following = next_fire(schedule, moment, tz)
-        except CronError:
-            break
-        if previous is not None:
-            longest = max(longest, (following - previous).total_seconds())
-        step = FINE_STEP if moment < fine_until else COARSE_STEP
-        if following - moment >= step:
-            moment = previous = following  # walk the gap's far end: the next gap is exact too
-        else:
-            moment += step
-            previous = latest_fire_at_or_before(schedule, moment, tz)
-    return longest or None
-
-
-class PeriodCache:
-    """Expected periods per (cron, zone), computed once in a while; a scrape gets a budget.
-
-    A few milliseconds per distinct schedule: with thousands of distinct schedules the first
-    scrapes fill the cache over several rounds (a spec without its period yet is left out of
-    backtor_backup_expected_period_seconds until then) instead of timing out.
-    """
-
-    def __init__(self, ttl_seconds: float = 6 * 3600, max_entries: int = 50_000) -> None:
-        self.ttl = ttl_seconds
-        self.max_entries = max_entries
-        self._entries: dict[tuple[str, str], tuple[float | None, float]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, cron: str, zone: str, now: datetime, deadline: float) -> float | None:
-        key = (cron, zone)
-        entry = self._entries.get(key)
-        clock = time.monotonic()
-        if entry is not None and clock - entry[1] < self.ttl:
-            return entry[0]
-        if clock > deadline:
-            return entry[0] if entry is not None else None
-        try:
-            period = expected_period_seconds(CronSchedule(cron), ZoneInfo(zone), now)
-        except (CronError, ValueError, KeyError) as exc:
-            log.warning("no expected period for cron %r in %s: %s", cron, zone, exc)
-            period = None
-        with self._lock:
-            if len(self._entries) >= self.max_entries:
-                self._entries.clear()
-            self._entries[key] = (period, clock)
-        return period
-
-
-# -- the shared figures ----------------------------------------------------------------------
 
 HELD_STATUSES = tuple(s.value for s in BackupStatus if s is not BackupStatus.REMOVED)
 SUCCEEDED_STATUSES = (
@@ -308,7 +137,7 @@ class MetricsCollector:
             )
             reachable.add(1 if self.conductor_up() else 0)
             families.append(reachable)
-        local = generate_latest(PROCESS_REGISTRY).decode("utf-8")
+        local = process_exposition()
         return render(families) + local
 
     def shared_families(self) -> list[Family]:
@@ -411,7 +240,7 @@ class MetricsCollector:
                 ended, started, size = found
                 add_success(f"backtor_backup_last_success_timestamp_seconds{tag}}} {ended!r}\n")
                 if size is not None:
-                    add_size(f"backtor_backup_last_size_mbytes{tag}}} {_number(size)}\n")
+                    add_size(f"backtor_backup_last_size_mbytes{tag}}} {sample_value(size)}\n")
                 if started is not None:
                     took = max(ended - started, 0.0)
                     add_time(f"backtor_backup_last_time_seconds{tag}}} {took!r}\n")
@@ -592,11 +421,15 @@ def _tick_family(last_tick: datetime | None) -> Family:
 
 
 class ConductorProbe:
-    """Is Conductor's /health answering? Asked at most every `ttl` seconds, briefly."""
+    """Caches a Conductor health check: asked at most every `ttl` seconds.
 
-    def __init__(self, api_url: str, *, timeout: float = 2.0, ttl: float = 10.0) -> None:
-        self.health_url = api_url.rstrip("/").removesuffix("/api") + "/health"
-        self.timeout = timeout
+    The check itself (the Conductor client's is_healthy) is passed in, so observability
+    makes no HTTP calls of its own; a check that raises counts as down, so a scrape never
+    fails because Conductor answered oddly.
+    """
+
+    def __init__(self, health_check: Callable[[], bool], *, ttl: float = 10.0) -> None:
+        self.health_check = health_check
         self.ttl = ttl
         self._checked: tuple[float, bool] | None = None
         self._lock = threading.Lock()
@@ -607,9 +440,9 @@ class ConductorProbe:
             if self._checked is not None and now - self._checked[0] < self.ttl:
                 return self._checked[1]
             try:
-                answer = requests.get(self.health_url, timeout=self.timeout)
-                up = answer.ok and bool(answer.json().get("healthy", False))
-            except (requests.RequestException, ValueError):
+                up = bool(self.health_check())
+            except Exception as exc:  # any failure of the check means "not reachable"
+                log.debug("metrics: Conductor health check failed: %s", exc)
                 up = False
             self._checked = (time.monotonic(), up)
             return up
