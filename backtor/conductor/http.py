@@ -8,10 +8,11 @@ execution is parsed once into `WorkflowRun`/`TaskRun` (backtor.conductor.payload
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import requests
@@ -34,6 +35,8 @@ JsonObject = dict[str, Any]
 
 # Overloaded, restarting or behind a failing proxy: worth a retry, unlike a refusal.
 _UNAVAILABLE_STATUSES = frozenset({429, 502, 503, 504})
+# What the server answers a start with: the new workflow's id, as plain text.
+_WORKFLOW_ID = re.compile(r"[\w.:-]{1,200}")
 
 
 class ConductorClient:
@@ -64,19 +67,19 @@ class ConductorClient:
         root = self.base_url.removesuffix("/api")
         try:
             answer = self._session.get(f"{root}/health", timeout=self.timeout)
-        except requests.RequestException:
+            body = answer.json() if answer.ok else None
+        except (requests.RequestException, ValueError):
             return False
-        return answer.ok and bool(answer.json().get("healthy", False))
+        return isinstance(body, dict) and bool(body.get("healthy", False))
 
     # -- metadata -----------------------------------------------------------------------------
 
     def get_task_def(self, name: str) -> JsonObject | None:
         try:
-            return cast(
-                JsonObject, self._call("GET", f"/metadata/taskdefs/{_seg(name)}", "get_taskdef")
-            )
+            answer = self._call("GET", f"/metadata/taskdefs/{_seg(name)}", "get_taskdef")
         except ConductorNotFound:
             return None
+        return _object(answer, "get_taskdef")
 
     def create_task_defs(self, definitions: Sequence[Mapping[str, Any]]) -> None:
         self._call("POST", "/metadata/taskdefs", "create_taskdefs", json=list(definitions))
@@ -86,17 +89,15 @@ class ConductorClient:
 
     def get_workflow_def(self, name: str, version: int) -> JsonObject | None:
         try:
-            return cast(
-                JsonObject,
-                self._call(
-                    "GET",
-                    f"/metadata/workflow/{_seg(name)}",
-                    "get_workflowdef",
-                    params={"version": version},
-                ),
+            answer = self._call(
+                "GET",
+                f"/metadata/workflow/{_seg(name)}",
+                "get_workflowdef",
+                params={"version": version},
             )
         except ConductorNotFound:
             return None
+        return _object(answer, "get_workflowdef")
 
     def put_workflow_defs(self, definitions: Sequence[Mapping[str, Any]]) -> None:
         """Create or update the given versions (PUT is Conductor's upsert)."""
@@ -115,8 +116,12 @@ class ConductorClient:
         body: JsonObject = {"name": name, "input": dict(input), "correlationId": correlation_id}
         if version is not None:
             body["version"] = version
-        answer = self._call("POST", "/workflow", "start_workflow", json=body, expect_json=False)
-        return str(answer).strip()
+        answer = str(
+            self._call("POST", "/workflow", "start_workflow", json=body, expect_json=False)
+        ).strip()
+        if not _WORKFLOW_ID.fullmatch(answer):
+            raise ConductorBadAnswer("start_workflow", f"not a workflow id: {answer[:100]!r}")
+        return answer
 
     def workflows_by_correlation(
         self, name: str, correlation_ids: Sequence[str], *, include_closed: bool
@@ -168,6 +173,17 @@ class ConductorClient:
     def restart_workflow(self, workflow_id: str) -> None:
         self._call(
             "POST", f"/workflow/{_seg(workflow_id)}/restart", "restart_workflow", expect_json=False
+        )
+
+    def pause_workflow(self, workflow_id: str) -> None:
+        """An operator's action (Backtor never pauses); the contract suite pauses with it."""
+        self._call(
+            "PUT", f"/workflow/{_seg(workflow_id)}/pause", "pause_workflow", expect_json=False
+        )
+
+    def resume_workflow(self, workflow_id: str) -> None:
+        self._call(
+            "PUT", f"/workflow/{_seg(workflow_id)}/resume", "resume_workflow", expect_json=False
         )
 
     # -- the task queue (what a worker does) -----------------------------------------------------
@@ -234,7 +250,10 @@ class ConductorClient:
                 raise ConductorRefused(operation, answer.status_code, _message(answer))
             if not expect_json:
                 return answer.text
-            return answer.json() if answer.content else None
+            try:
+                return answer.json() if answer.content else None
+            except ValueError:
+                raise ConductorBadAnswer(operation, f"not JSON: {answer.text[:100]!r}") from None
 
 
 @contextmanager
@@ -247,6 +266,12 @@ def _observed(operation: str) -> Iterator[dict[str, str]]:
         telemetry.observe_conductor_call(
             operation, outcome["status"], time.perf_counter() - started
         )
+
+
+def _object(answer: Any, operation: str) -> JsonObject:
+    if not isinstance(answer, dict):
+        raise ConductorBadAnswer(operation, f"a definition is not an object: {answer!r:.100}")
+    return answer
 
 
 def _message(answer: requests.Response) -> str:
@@ -263,3 +288,11 @@ def _seg(value: str) -> str:
 
 def _flag(value: bool) -> str:
     return "true" if value else "false"
+
+
+if TYPE_CHECKING:
+    from backtor.conductor.port import Conductor, TaskQueue
+
+    def _implements(client: ConductorClient) -> tuple[Conductor, TaskQueue]:
+        """mypy checks here that the client satisfies both Protocols."""
+        return client, client

@@ -1,6 +1,6 @@
 """The Conductor boundary: exactly the calls Backtor makes, as Protocols.
 
-`ConductorHttp` (backtor.conductor.http) talks to a real server; `ConductorTwin`
+`ConductorClient` (backtor.conductor.http) talks to a real server; `ConductorTwin`
 (backtor.conductor.twin) is an in-memory model for fast, deterministic simulation. The
 contract suite (tests/contract) runs the same tests on both; a behaviour the twin models
 without a contract test that passes on the real server is a defect.
