@@ -14,6 +14,9 @@ from backtor.core.cron import CronSchedule, latest_fire_at_or_before, next_fire
 
 # Missed fires older than the latest one are listed (as skipped) up to this many per decision.
 MAX_LISTED_MISSES = 100
+# Beyond the listed ones, missed fire times are counted one by one up to this many, then
+# estimated (the count feeds a metric, not a decision).
+MAX_COUNTED_MISSES = 1_000
 _TICK = timedelta(microseconds=1)
 
 
@@ -84,7 +87,13 @@ def _between(timing: Timing, first: datetime, last: datetime) -> tuple[tuple[dat
     if moment >= last:
         return tuple(listed), 0
     more = 0
-    while moment < last and more < 100_000:
+    counted_from = moment
+    while moment < last and more < MAX_COUNTED_MISSES:
         more += 1
         moment = next_fire(timing.schedule, moment, timing.tz)
+    if moment < last:
+        # A long outage: estimate the rest from the mean gap so far, instead of walking
+        # (possibly millions of) fire times inside the caller's row lock.
+        gap = (moment - counted_from) / more
+        more += int((last - moment) / gap)
     return tuple(listed), more

@@ -54,6 +54,7 @@ def _sqlite_engine(url: URL) -> Engine:
 
     @event.listens_for(engine, "connect")
     def _configure(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # no implicit BEGIN: see _begin_immediate
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS:d}")
@@ -63,5 +64,12 @@ def _sqlite_engine(url: URL) -> Engine:
                 cursor.execute("PRAGMA synchronous = NORMAL")
         finally:
             cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection: Any) -> None:
+        # pysqlite would start a transaction only at the first write, so a read-then-write
+        # (claim a fire, take a lease) could interleave with another writer. BEGIN
+        # IMMEDIATE takes the write lock up front: SQLite's transactions become serial.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine

@@ -120,7 +120,18 @@ class Backup(Base):
     """One backup taken for a spec, from its start through its removal."""
 
     __tablename__ = "backup"
-    __table_args__ = (Index("ix_backup_spec_id_status", "spec_id", "status"),)
+    __table_args__ = (
+        Index("ix_backup_spec_id_status", "spec_id", "status"),
+        # One no-data record (FAILED, TIMED_OUT) per create_backup run, however many
+        # passes see it end at once.
+        Index(
+            "uq_backup_no_data_run",
+            "create_workflow_id",
+            unique=True,
+            postgresql_where=text("backup_task_id IS NULL"),
+            sqlite_where=text("backup_task_id IS NULL"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     spec_id: Mapped[int] = mapped_column(
@@ -224,6 +235,10 @@ class SchedulerState(Base):
     last_tick_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     lease_holder: Mapped[str | None] = mapped_column(String(128), nullable=True)
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The pass lease: one scheduler pass at a time, whichever replica Conductor hands the
+    # tick to (backtor.scheduling.tick).
+    pass_holder: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    pass_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 # -- metrics shared by every process ----------------------------------------------------

@@ -24,7 +24,7 @@ from backtor.conductor.names import CREATE_BACKUP
 from backtor.conductor.payloads import WorkflowRun
 from backtor.conductor.registration import DEFINITIONS
 from backtor.core.cron import CronSchedule
-from backtor.core.errors import ConductorRefused, ConductorUnavailable
+from backtor.core.errors import ConductorNotFound, ConductorRefused, ConductorUnavailable
 from backtor.core.schedule import Decision, Timing, decide
 from backtor.db import counters
 from backtor.db.models import BackupSpec, Fire, FireStatus, SkipReason
@@ -33,6 +33,9 @@ from backtor.runtime.services import Services
 log = logging.getLogger(__name__)
 
 CLAIM = timedelta(seconds=30)
+# A start begins only this long before its claim lapses at the latest: more than the
+# client's timeout, so the start has landed in Conductor before the claim can be retaken.
+START_MARGIN = timedelta(seconds=15)
 START_CONCURRENCY = 8
 # A spec whose stored schedule cannot be evaluated is looked at again this much later.
 UNSCHEDULABLE_RETRY = timedelta(minutes=5)
@@ -183,6 +186,7 @@ class FireJob:
     worker_config: str | None
     timeout_seconds: int | None
     misfire_grace_seconds: int = 3600
+    claimed_until: datetime | None = None  # None: claimed by the caller's own transaction
 
 
 @dataclass(frozen=True)
@@ -201,15 +205,44 @@ class FireOutcome:
 def claim_pending(
     session: Session, now: datetime, *, fire_ids: Iterable[int] | None = None, limit: int = 5000
 ) -> list[FireJob]:
-    """Claim PENDING fires for one start attempt; a fire claimed by a live attempt is left."""
+    """Claim PENDING fires for one start attempt; a fire claimed by a live attempt is left.
+
+    Claims are serialised per spec (its row is locked first), and a spec that already has
+    a fire under a live claim gets no second one: a manual trigger and a pass, or two
+    passes, never start create_backup for one spec side by side.
+    """
     claimable = and_(
         Fire.status == FireStatus.PENDING.value,
         or_(Fire.claimed_until.is_(None), Fire.claimed_until < now),
     )
-    query = select(Fire.id).where(claimable).order_by(Fire.scheduled_at, Fire.id).limit(limit)
+    query = (
+        select(Fire.id, Fire.spec_id)
+        .where(claimable)
+        .order_by(Fire.scheduled_at, Fire.id)
+        .limit(limit)
+    )
     if fire_ids is not None:
         query = query.where(Fire.id.in_(list(fire_ids)))
-    ids = list(session.scalars(query))
+    candidates = session.execute(query).all()
+    if not candidates:
+        return []
+    spec_ids = sorted({row.spec_id for row in candidates})
+    session.execute(
+        select(BackupSpec.id)
+        .where(BackupSpec.id.in_(spec_ids))
+        .order_by(BackupSpec.id)
+        .with_for_update()
+    )
+    busy = set(
+        session.scalars(
+            select(Fire.spec_id).where(
+                Fire.spec_id.in_(spec_ids),
+                Fire.status == FireStatus.PENDING.value,
+                Fire.claimed_until >= now,
+            )
+        )
+    )
+    ids = [row.id for row in candidates if row.spec_id not in busy]
     if not ids:
         return []
     claimed = set(
@@ -236,7 +269,7 @@ def claim_pending(
         .where(Fire.id.in_(claimed))
         .order_by(Fire.scheduled_at, Fire.id)
     ).all()
-    return [FireJob(*row) for row in rows]
+    return [FireJob(*row, claimed_until=now + CLAIM) for row in rows]
 
 
 def start_fires(services: Services, jobs: Sequence[FireJob]) -> list[FireOutcome]:
@@ -262,6 +295,8 @@ def start_fires(services: Services, jobs: Sequence[FireJob]) -> list[FireOutcome
             if retried
             else {}
         )
+        for run in _unlisted_open_runs(services, names, open_by_name):
+            open_by_name.setdefault(run.correlation_id or "", []).append(run)
     except (ConductorUnavailable, ConductorRefused) as exc:
         failed = [*outcomes, *(_unavailable(job, str(exc)) for job in jobs)]
         _record_outcomes(services, failed)
@@ -302,6 +337,39 @@ def start_fires(services: Services, jobs: Sequence[FireJob]) -> list[FireOutcome
     return outcomes
 
 
+def _unlisted_open_runs(
+    services: Services, names: Sequence[str], listed: Mapping[str, Sequence[WorkflowRun]]
+) -> list[WorkflowRun]:
+    """Runs the open lookup leaves out but Backtor started and has not seen end: PAUSED ones.
+
+    Conductor's correlated lookup without closed runs lists RUNNING ones only. A run Backtor
+    recorded as started, that is neither listed nor finished, still holds its spec.
+    """
+    known = {run.workflow_id for runs in listed.values() for run in runs}
+    with services.db() as session:
+        unfinished = session.execute(
+            select(Fire.workflow_id, BackupSpec.name)
+            .join(BackupSpec, BackupSpec.id == Fire.spec_id)
+            .where(
+                BackupSpec.name.in_(list(names)),
+                Fire.status == FireStatus.STARTED.value,
+                Fire.outcome.is_(None),
+                Fire.workflow_id.is_not(None),
+            )
+        ).all()
+    found = []
+    for workflow_id, _name in unfinished:
+        if workflow_id is None or workflow_id in known:
+            continue
+        try:
+            run = services.conductor.get_workflow(workflow_id, include_tasks=False)
+        except ConductorNotFound:
+            continue
+        if run.status.is_open:
+            found.append(run)
+    return found
+
+
 def _passed_over(jobs: Sequence[FireJob], now: datetime) -> list[FireOutcome]:
     """Scheduled fires that must not start: out of their grace, or superseded.
 
@@ -338,6 +406,10 @@ def _started_for(job: FireJob, workflows: Iterable[WorkflowRun]) -> str | None:
 
 
 def _start_one(services: Services, job: FireJob, version: int) -> FireOutcome:
+    if job.claimed_until is not None and services.clock() > job.claimed_until - START_MARGIN:
+        # Too late to start under this claim: a start still under way when it lapses could
+        # land after another attempt looked for it, and start the fire twice.
+        return _unavailable(job, "the claim lapsed before the start; tried again next pass")
     try:
         workflow_id = services.conductor.start_workflow(
             CREATE_BACKUP,

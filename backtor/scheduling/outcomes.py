@@ -103,15 +103,7 @@ def _tracked(session: Session, condition: Any, order: Any, limit: int) -> Sequen
 
 def _follow(services: Services, row: Any, running: bool, now: datetime) -> None:
     if running:
-        if _overdue(row.timeout_seconds, row.started_at, now):
-            services.conductor.terminate_workflow(row.workflow_id, TIMEOUT_REASON)
-            log.warning(
-                "spec %s: create_backup %s outlived timeoutSeconds=%s; terminated",
-                row.name,
-                row.workflow_id,
-                row.timeout_seconds,
-                extra={"backup": row.name, "workflow_id": row.workflow_id},
-            )
+        _enforce_timeout(services, row, now)
         return
     try:
         workflow = services.conductor.get_workflow(row.workflow_id, include_tasks=True)
@@ -122,8 +114,23 @@ def _follow(services: Services, row: Any, running: bool, now: datetime) -> None:
             status=WorkflowStatus.TERMINATED,
             reason="the workflow is gone from Conductor",
         )
-    if workflow.status.is_finished:
-        record_outcome(services, row.id, row.name, row.workflow_id, row.scheduled_at, workflow)
+    if workflow.status.is_open:  # PAUSED: the open lookup lists RUNNING runs only
+        _enforce_timeout(services, row, now)
+        return
+    record_outcome(services, row.id, row.name, row.workflow_id, row.scheduled_at, workflow)
+
+
+def _enforce_timeout(services: Services, row: Any, now: datetime) -> None:
+    if not _overdue(row.timeout_seconds, row.started_at, now):
+        return
+    services.conductor.terminate_workflow(row.workflow_id, TIMEOUT_REASON)
+    log.warning(
+        "spec %s: create_backup %s outlived timeoutSeconds=%s; terminated",
+        row.name,
+        row.workflow_id,
+        row.timeout_seconds,
+        extra={"backup": row.name, "workflow_id": row.workflow_id},
+    )
 
 
 def _overdue(timeout_seconds: int | None, started_at: datetime | None, now: datetime) -> bool:

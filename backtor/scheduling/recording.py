@@ -14,6 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from backtor.core.policy import RetentionPolicy
@@ -105,14 +106,21 @@ def record_failed(
     end_time: datetime | None,
     error: str | None,
 ) -> None:
-    """Record a create_backup run that produced no data (once per workflow)."""
+    """Record a create_backup run that produced no data (once per workflow).
+
+    The unique index on no-data runs decides, not a look first: two passes that see the
+    run end at the same moment write one record.
+    """
     exists = session.scalar(
         select(Backup.id).where(Backup.spec_id == spec.id, Backup.create_workflow_id == workflow_id)
     )
     if exists is not None:
         return
-    session.add(
-        Backup(
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    session.execute(
+        insert(Backup)
+        .values(
             spec_id=spec.id,
             create_workflow_id=workflow_id,
             status=status.value,
@@ -121,8 +129,11 @@ def record_failed(
             end_time=end_time,
             last_error=(error or "")[:2000] or None,
         )
+        .on_conflict_do_nothing(
+            index_elements=["create_workflow_id"],
+            index_where=Backup.backup_task_id.is_(None),
+        )
     )
-    session.flush()
 
 
 def plan_for(

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
@@ -19,6 +22,17 @@ from backtor.scheduling.removals import advance_purges, reconcile_removals, star
 log = logging.getLogger(__name__)
 
 
+# One pass at a time, across replicas: Conductor hands the tick task to one worker, but a
+# worker that stalls past the task's response timeout may see it handed to another. The
+# lease outlives the pass's budget, and each step renews it, so a pass never outlives it.
+PASS_LEASE = timedelta(seconds=8)
+# A pass stops taking new work after this long; what is left carries to the next pass.
+PASS_BUDGET = timedelta(seconds=4)
+# Fires claimed and started per step, so that a herd renews the lease as it goes.
+START_CHUNK = 64
+PROCESS_HOLDER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
 @dataclass(frozen=True)
 class TickReport:
     started: int
@@ -26,30 +40,76 @@ class TickReport:
     waiting: int  # fires that could not start (Conductor unavailable) and wait for a retry
     next_due: datetime | None
     healthy: bool
+    ran: bool = True  # False: another replica's pass held the lease
 
 
-def run_tick(services: Services) -> TickReport:
+def run_tick(services: Services, holder: str = PROCESS_HOLDER) -> TickReport:
     now = services.clock()
-    with services.db.begin() as session:
-        _heartbeat(session, now)
-        schedule_due_fires(session, now)
-    with services.db.begin() as session:
-        jobs = claim_pending(session, now)
-    outcomes = start_fires(services, jobs)
-    started = sum(1 for o in outcomes if o.status is FireStatus.STARTED)
-    skipped = sum(1 for o in outcomes if o.status is FireStatus.SKIPPED)
-    waiting = sum(1 for o in outcomes if o.status is FireStatus.PENDING)
-    healthy = waiting == 0
-    for stage in (reconcile_fires, _advance_purges, start_pending_removals, reconcile_removals):
-        # Each stage stands alone: Conductor refusing one call must not stop the others.
-        try:
-            stage(services)
-        except (ConductorUnavailable, ConductorRefused) as exc:
-            log.warning("scheduler pass: %s stopped early: %s", stage.__name__, exc)
-            healthy = False
-    with services.db.begin() as session:
-        next_due = _next_due(session, now)
+    deadline = now + PASS_BUDGET
+    if not _take_pass(services, holder, now):
+        with services.db.begin() as session:
+            busy_until = session.scalar(
+                select(SchedulerState.pass_until).where(SchedulerState.id == SCHEDULER_STATE_ID)
+            )
+        return TickReport(0, 0, 0, busy_until, True, ran=False)
+    try:
+        with services.db.begin() as session:
+            schedule_due_fires(session, now)
+        started = skipped = waiting = 0
+        while services.clock() < deadline:
+            with services.db.begin() as session:
+                jobs = claim_pending(session, now, limit=START_CHUNK)
+            outcomes = start_fires(services, jobs)
+            started += sum(1 for o in outcomes if o.status is FireStatus.STARTED)
+            skipped += sum(1 for o in outcomes if o.status is FireStatus.SKIPPED)
+            waiting += sum(1 for o in outcomes if o.status is FireStatus.PENDING)
+            if waiting or len(jobs) < START_CHUNK:
+                break  # Conductor is unwell, or nothing more is claimable
+            if not _take_pass(services, holder, services.clock()):
+                break
+        healthy = waiting == 0
+        for stage in (reconcile_fires, _advance_purges, start_pending_removals, reconcile_removals):
+            if services.clock() >= deadline or not _take_pass(services, holder, services.clock()):
+                break  # out of budget: the rest waits for the next pass
+            # Each stage stands alone: Conductor refusing one call must not stop the others.
+            try:
+                stage(services)
+            except (ConductorUnavailable, ConductorRefused) as exc:
+                log.warning("scheduler pass: %s stopped early: %s", stage.__name__, exc)
+                healthy = False
+        with services.db.begin() as session:
+            next_due = _next_due(session, services.clock())
+    finally:
+        _release_pass(services, holder)
     return TickReport(started, skipped, waiting, next_due, healthy)
+
+
+def _take_pass(services: Services, holder: str, now: datetime) -> bool:
+    """Take or renew the pass lease; also the heartbeat the watchdog's stall rule reads."""
+    with services.db.begin() as session:
+        taken = session.execute(
+            update(SchedulerState)
+            .where(
+                SchedulerState.id == SCHEDULER_STATE_ID,
+                or_(
+                    SchedulerState.pass_holder == holder,
+                    SchedulerState.pass_until.is_(None),
+                    SchedulerState.pass_until < now,
+                ),
+            )
+            .values(pass_holder=holder, pass_until=now + PASS_LEASE, last_tick_at=now)
+            .returning(SchedulerState.id)
+        ).first()
+    return taken is not None
+
+
+def _release_pass(services: Services, holder: str) -> None:
+    with services.db.begin() as session:
+        session.execute(
+            update(SchedulerState)
+            .where(SchedulerState.id == SCHEDULER_STATE_ID, SchedulerState.pass_holder == holder)
+            .values(pass_until=None)
+        )
 
 
 def _advance_purges(services: Services) -> None:
@@ -86,11 +146,3 @@ def _next_due(session: Session, now: datetime) -> datetime | None:
     if unclaimed is not None:
         candidates.append(now)
     return min((moment for moment in candidates if moment is not None), default=None)
-
-
-def _heartbeat(session: Session, now: datetime) -> None:
-    session.execute(
-        update(SchedulerState)
-        .where(SchedulerState.id == SCHEDULER_STATE_ID)
-        .values(last_tick_at=now)
-    )

@@ -2,8 +2,8 @@
 
 Every worker process runs this every few seconds; a lease row in the database lets only
 one of them act at a time, so two replicas never start two ticks. A tick terminated or
-failed in Conductor's UI is replaced within a minute; extra ticks (say, one restarted by
-hand beside the replacement) are terminated, the oldest kept.
+failed in Conductor's UI, or held by a worker that died, is replaced within seconds; extra
+ticks (say, one restarted by hand beside the replacement) are terminated, the oldest kept.
 """
 
 from __future__ import annotations
@@ -22,10 +22,13 @@ log = logging.getLogger(__name__)
 
 EPOCH = datetime.fromtimestamp(0, UTC)
 
-LEASE = timedelta(seconds=30)
+# Short, so that a dead lease holder delays the takeover by seconds (each run renews it).
+LEASE = timedelta(seconds=6)
 # A tick that has not beaten for this long is held by a dead worker: replace it rather than
-# wait for Conductor's response timeout and sweeper to notice.
-STALL = timedelta(seconds=60)
+# wait for Conductor's response timeout and sweeper (which may never come). A live tick
+# beats at least every MAX_CALLBACK_SECONDS + HOLD_SECONDS (6 s), and during a pass at
+# every step (backtor.scheduling.tick renews its lease and the heartbeat together).
+STALL = timedelta(seconds=10)
 
 
 def stalled(last_tick_at: datetime | None, tick_started_at: datetime | None, now: datetime) -> bool:

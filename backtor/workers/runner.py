@@ -30,7 +30,9 @@ from backtor.workers.health import WorkerHealth, start_health_server
 
 log = logging.getLogger(__name__)
 
-WATCHDOG_SECONDS = 10.0
+# How often each worker looks after the tick; with the watchdog's STALL and LEASE this
+# bounds a failover to about STALL + WATCHDOG_SECONDS.
+WATCHDOG_SECONDS = 2.0
 
 
 def stop_on_signals() -> threading.Event:

@@ -22,15 +22,16 @@ from backtor.db.models import BackupSpec
 from backtor.runtime.services import Services
 from backtor.scheduling.recording import TakenBackup, apply_plan, parse_size, record_taken
 from backtor.scheduling.removals import record_removed, start_pending_removals
-from backtor.scheduling.tick import run_tick
+from backtor.scheduling.tick import PROCESS_HOLDER, run_tick
 from backtor.workers.process import in_flight, process_services, stopping, wait
 
 log = logging.getLogger(__name__)
 
 # The tick holds its task this long at most, sleeping to the exact due time when it is near.
-HOLD_SECONDS = 3.0
-# Longest wait between ticks: spec changes are seen within it.
-MAX_CALLBACK_SECONDS = 15
+HOLD_SECONDS = 2.0
+# Longest wait between ticks: spec changes are seen within it, and the heartbeat it leaves
+# stays well inside the watchdog's stall rule (backtor.scheduling.watchdog.STALL).
+MAX_CALLBACK_SECONDS = 4
 
 
 def evaluate_schedule(task: TaskRun) -> TaskOutcome:
@@ -46,6 +47,7 @@ def schedule_passes(
     wait: Callable[[float], bool],
     stopping: Callable[[], bool],
     hold_seconds: float = HOLD_SECONDS,
+    holder: str = PROCESS_HOLDER,
 ) -> TaskOutcome:
     """One or more scheduler passes, then IN_PROGRESS until the next due fire.
 
@@ -54,7 +56,7 @@ def schedule_passes(
     deadline = services.clock() + timedelta(seconds=hold_seconds)
     started = skipped = 0
     while True:
-        report = run_tick(services)
+        report = run_tick(services, holder)
         started += report.started
         skipped += report.skipped
         now = services.clock()

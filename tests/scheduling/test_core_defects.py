@@ -6,17 +6,28 @@ faults are the exceptions the real client raises (tests/contract holds them to i
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
+import pytest
 from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from backtor.conductor.names import CREATE_BACKUP, REMOVE_BACKUP
 from backtor.conductor.twin import FaultKind, Operation
+from backtor.core.cron import CronSchedule
+from backtor.core.schedule import MAX_LISTED_MISSES, Timing, decide
 from backtor.db.models import Backup, BackupSpec, BackupStatus, Fire, FireStatus, SkipReason
+from backtor.scheduling.fires import (
+    add_manual_fire,
+    claim_pending,
+    schedule_due_fires,
+    start_fires,
+)
 from backtor.scheduling.outcomes import reconcile_fires
 from backtor.scheduling.removals import start_pending_removals
-from backtor.scheduling.tick import run_tick
+from backtor.scheduling.tick import TickReport, run_tick
 from tests.scheduling.conftest import Core, seconds
 
 
@@ -213,3 +224,118 @@ def test_a_removal_whose_start_answer_was_lost_is_adopted_not_started_twice(core
         assert session.scalar(select(Backup.remove_workflow_id).where(Backup.id == backup_id)) == (
             run.workflow_id
         )
+
+
+def test_a_second_replica_does_not_pass_while_the_first_holds_the_pass(core: Core) -> None:
+    """Defect 8: nothing kept two passes apart once Conductor handed the tick out twice."""
+    core.add_spec("overlap")
+    core.advance_to(core.due("overlap"), plus=0.2)
+    second: list[TickReport] = []
+    start = core.twin.start_workflow
+
+    def start_while_the_other_replica_passes(*args: Any, **kwargs: Any) -> str:
+        if not second:  # replica B runs a whole pass while A's start is under way
+            second.append(run_tick(core.services, holder="replica-b"))
+        return start(*args, **kwargs)
+
+    core.twin.start_workflow = start_while_the_other_replica_passes  # type: ignore[method-assign]
+    first = run_tick(core.services, holder="replica-a")
+
+    assert first.started == 1
+    assert second[0].ran is False and second[0].started == 0
+    assert second[0].next_due is not None and second[0].next_due > core.now()
+    assert len(core.twin.workflows(CREATE_BACKUP)) == 1
+
+
+def test_a_start_too_close_to_its_claim_lapsing_is_left_for_the_next_attempt(
+    core: Core,
+) -> None:
+    """Defect 8: a start that landed after its claim lapsed raced a second attempt."""
+    core.add_spec("lapse", cron="0 0 * * * *", misfire_grace_seconds=3600)
+    core.advance_to(core.due("lapse"), plus=0.2)
+    with core.services.db.begin() as session:
+        schedule_due_fires(session, core.now())
+    with core.services.db.begin() as session:
+        jobs = claim_pending(session, core.now())
+    start = core.twin.start_workflow
+    raced: list[int] = []
+
+    def slow_start(*args: Any, **kwargs: Any) -> str:
+        # This start takes 10 s; the claim lapses meanwhile and another pass comes by.
+        core.advance(10.0)
+        if not raced:
+            raced.append(run_tick(core.services).started)
+        return start(*args, **kwargs)
+
+    core.advance(25.0)  # the pass was slow: 5 s of claim left when it reaches the start
+    core.twin.start_workflow = slow_start  # type: ignore[method-assign]
+    start_fires(core.services, jobs)
+    core.twin.start_workflow = start  # type: ignore[method-assign]
+    run_tick(core.services)
+
+    runs = core.twin.workflows(CREATE_BACKUP)
+    assert len(runs) == 1, [run.workflow_id for run in runs]
+
+
+def test_a_manual_trigger_and_a_pass_never_start_one_spec_twice(core: Core) -> None:
+    """Defect 15: the trigger claimed its own fire while a pass was about to start another."""
+    spec = core.add_spec("race", cron="0 0 * * * *")
+    core.advance_to(core.due("race"), plus=0.2)
+    with core.services.db.begin() as session:
+        schedule_due_fires(session, core.now())
+    with core.services.db.begin() as session:
+        pass_jobs = claim_pending(session, core.now())
+    with core.services.db.begin() as session:  # the API's request, as trigger_backup does it
+        fire_id = add_manual_fire(session, session.get(BackupSpec, spec.id), core.now())
+        api_jobs = claim_pending(session, core.now(), fire_ids=[fire_id])
+    start_fires(core.services, api_jobs)
+    start_fires(core.services, pass_jobs)
+
+    assert api_jobs == []
+    running = [w for w in core.twin.workflows(CREATE_BACKUP) if w.status.is_open]
+    assert len(running) == 1
+
+
+def test_a_paused_backup_still_holds_its_spec(core: Core) -> None:
+    """Conductor's open lookup lists RUNNING runs only: a PAUSED one was invisible."""
+    core.add_spec("paused", cron="*/10 * * * * *")
+    core.advance_to(core.due("paused"), plus=0.2)
+    assert run_tick(core.services).started == 1
+    (run,) = core.twin.workflows(CREATE_BACKUP)
+    core.twin.pause_workflow(run.workflow_id)
+
+    core.advance_to(core.due("paused"), plus=0.2)
+    report = run_tick(core.services)
+
+    assert (report.started, report.skipped) == (0, 1)
+    assert len(core.twin.workflows(CREATE_BACKUP)) == 1
+    skipped = [row for row in fires_of(core, "paused") if row.status == "SKIPPED"]
+    assert [row.skip_reason for row in skipped] == ["running"]
+
+
+def test_misses_after_a_long_outage_are_counted_without_walking_them_all() -> None:
+    """Defect 14: counting stopped at 100,000 (a wrong figure) after walking them all."""
+    timing = Timing(schedule=CronSchedule("* * * * * *"), tz=ZoneInfo("UTC"))
+    due = datetime(2030, 1, 1, tzinfo=UTC)
+    now = due + timedelta(days=3)
+    decision = decide(timing, due, now)
+
+    true_misses = 3 * 86_400  # every second before the latest, which fires
+    assert decision.fire == now
+    assert len(decision.missed) == MAX_LISTED_MISSES
+    assert abs(len(decision.missed) + decision.more_missed - true_misses) <= true_misses // 100
+
+
+def test_one_run_gets_one_no_data_record_whatever_writes_it(core: Core) -> None:
+    """Defect 8: two passes could both write a FAILED record for one run (no unique key)."""
+    spec = core.add_spec("once")
+    row = {
+        "spec_id": spec.id,
+        "status": BackupStatus.FAILED.value,
+        "scheduled_at": core.now(),
+        "create_workflow_id": "wf-1",
+    }
+    with core.services.db.begin() as session:
+        session.execute(insert(Backup).values(**row))
+    with pytest.raises(IntegrityError), core.services.db.begin() as session:
+        session.execute(insert(Backup).values(**row))

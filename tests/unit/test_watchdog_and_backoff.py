@@ -12,7 +12,7 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 def test_a_beating_tick_is_not_stalled() -> None:
     started = T0 - timedelta(hours=1)
-    assert not stalled(T0 - timedelta(seconds=20), started, T0)
+    assert not stalled(T0 - STALL + timedelta(seconds=4), started, T0)
 
 
 def test_a_silent_tick_is_stalled_after_the_stall_time() -> None:
