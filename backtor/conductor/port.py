@@ -16,8 +16,33 @@ from backtor.conductor.payloads import TaskRun, WorkflowRun
 JsonObject = dict[str, Any]
 
 
-class Conductor(Protocol):
-    """Backtor's control plane: definitions and workflow executions."""
+class TaskQueue(Protocol):
+    """What a worker does: poll a task of a type, report its result.
+
+    Backtor's real workers poll through conductor-python's TaskHandler; the simulation and
+    the contract suite poll through this, so the twin's queue is held to the server's.
+    """
+
+    def poll_task(self, task_type: str, worker_id: str) -> TaskRun | None: ...
+
+    def update_task(
+        self,
+        task: TaskRun,
+        status: str,
+        output: Mapping[str, Any] | None = None,
+        *,
+        callback_after_seconds: int = 0,
+        reason: str | None = None,
+        worker_id: str = "",
+    ) -> None: ...
+
+
+class Conductor(TaskQueue, Protocol):
+    """Backtor's control plane: definitions and workflow executions.
+
+    It includes the task queue: Backtor reports its own tasks for a worker that died
+    (backtor.scheduling.stalls).
+    """
 
     def is_healthy(self) -> bool: ...
 
@@ -55,24 +80,3 @@ class Conductor(Protocol):
     def restart_workflow(self, workflow_id: str) -> None: ...
 
     def close(self) -> None: ...
-
-
-class TaskQueue(Protocol):
-    """What a worker does: poll a task of a type, report its result.
-
-    Backtor's real workers poll through conductor-python's TaskHandler; the simulation and
-    the contract suite poll through this, so the twin's queue is held to the server's.
-    """
-
-    def poll_task(self, task_type: str, worker_id: str) -> TaskRun | None: ...
-
-    def update_task(
-        self,
-        task: TaskRun,
-        status: str,
-        output: Mapping[str, Any] | None = None,
-        *,
-        callback_after_seconds: int = 0,
-        reason: str | None = None,
-        worker_id: str = "",
-    ) -> None: ...

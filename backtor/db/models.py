@@ -217,6 +217,8 @@ class Fire(Base):
     outcome: Mapped[str | None] = mapped_column(String(16), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # When the scheduler last looked inside the run for a stalled own task (scheduling.stalls).
+    checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     def __repr__(self) -> str:
         return f"Fire(id={self.id!r}, spec_id={self.spec_id!r}, status={self.status!r})"

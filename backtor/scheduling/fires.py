@@ -29,6 +29,7 @@ from backtor.core.schedule import Decision, Timing, decide
 from backtor.db import counters
 from backtor.db.models import BackupSpec, Fire, FireStatus, SkipReason
 from backtor.runtime.services import Services
+from backtor.scheduling.stalls import dead_run
 
 log = logging.getLogger(__name__)
 
@@ -297,6 +298,12 @@ def start_fires(services: Services, jobs: Sequence[FireJob]) -> list[FireOutcome
         )
         for run in _unlisted_open_runs(services, names, open_by_name):
             open_by_name.setdefault(run.correlation_id or "", []).append(run)
+        dead = {
+            run.workflow_id
+            for runs in open_by_name.values()
+            for run in runs
+            if dead_run(services, run)
+        }
     except (ConductorUnavailable, ConductorRefused) as exc:
         failed = [*outcomes, *(_unavailable(job, str(exc)) for job in jobs)]
         _record_outcomes(services, failed)
@@ -311,10 +318,13 @@ def start_fires(services: Services, jobs: Sequence[FireJob]) -> list[FireOutcome
             outcomes.append(_started(job, earlier))
             busy.add(job.spec_name)
         elif job.spec_name in busy or any(
-            w.status.is_open for w in open_by_name.get(job.spec_name, [])
+            w.status.is_open and w.workflow_id not in dead
+            for w in open_by_name.get(job.spec_name, [])
         ):
             running = [
-                w.workflow_id for w in open_by_name.get(job.spec_name, []) if w.status.is_open
+                w.workflow_id
+                for w in open_by_name.get(job.spec_name, [])
+                if w.status.is_open and w.workflow_id not in dead
             ]
             outcomes.append(
                 FireOutcome(

@@ -29,9 +29,13 @@ from backtor.scheduling.recording import (
     record_failed,
     record_taken,
 )
+from backtor.scheduling.stalls import LOOK_AFTER, repair_stalled
 
 log = logging.getLogger(__name__)
 
+# Runs open longer than LOOK_AFTER are looked inside (at most every LOOK_AFTER, this many
+# a pass) for an own task whose worker died (backtor.scheduling.stalls).
+LOOKS_PER_PASS = 20
 # Failed runs are watched this long for a retry from Conductor's UI or API.
 RETRY_WATCH = timedelta(days=7)
 TIMEOUT_REASON = "timeoutSeconds exceeded: terminated by Backtor"
@@ -70,9 +74,14 @@ def reconcile_fires(services: Services, limit: int = 1000) -> None:
     for row in watched:
         if row.workflow_id in open_runs:
             _reopen(services, row.id, row.name, row.workflow_id)
+    looks = 0
     for row in open_rows:
         try:
-            _follow(services, row, row.workflow_id in open_runs, now)
+            running = row.workflow_id in open_runs
+            if running and looks < LOOKS_PER_PASS and _due_a_look(row, now):
+                looks += 1
+                running = not _repaired(services, row, now)
+            _follow(services, row, running, now)
         except (ConductorUnavailable, ConductorRefused) as exc:
             log.warning(
                 "spec %s: create_backup %s not followed this pass: %s",
@@ -83,6 +92,23 @@ def reconcile_fires(services: Services, limit: int = 1000) -> None:
             )
 
 
+def _due_a_look(row: Any, now: datetime) -> bool:
+    """A run older than a stall could be, not looked inside for a while."""
+    return bool(
+        row.started_at is not None
+        and now - row.started_at > LOOK_AFTER
+        and (row.checked_at is None or now - row.checked_at > LOOK_AFTER)
+    )
+
+
+def _repaired(services: Services, row: Any, now: datetime) -> bool:
+    """Look inside a long-running run; repair it when an own task's worker died."""
+    workflow = services.conductor.get_workflow(row.workflow_id, include_tasks=True)
+    with services.db.begin() as session:
+        session.execute(update(Fire).where(Fire.id == row.id).values(checked_at=now))
+    return repair_stalled(services, workflow)
+
+
 def _tracked(session: Session, condition: Any, order: Any, limit: int) -> Sequence[Any]:
     return session.execute(
         select(
@@ -91,6 +117,7 @@ def _tracked(session: Session, condition: Any, order: Any, limit: int) -> Sequen
             Fire.outcome,
             Fire.started_at,
             Fire.scheduled_at,
+            Fire.checked_at,
             BackupSpec.name,
             BackupSpec.timeout_seconds,
         )

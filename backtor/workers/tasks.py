@@ -10,18 +10,13 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta
-from typing import Any
+from collections.abc import Callable
+from datetime import timedelta
 
-from sqlalchemy import select
-
-from backtor.conductor.payloads import TaskRun, from_epoch_ms
-from backtor.conductor.results import TaskOutcome, completed, handed_back, in_progress, terminal
-from backtor.db.models import BackupSpec
+from backtor.conductor.payloads import TaskRun
+from backtor.conductor.results import TaskOutcome, handed_back, in_progress
 from backtor.runtime.services import Services
-from backtor.scheduling.recording import TakenBackup, apply_plan, parse_size, record_taken
-from backtor.scheduling.removals import record_removed, start_pending_removals
+from backtor.scheduling.handlers import record_backup, record_removed_backup
 from backtor.scheduling.tick import PROCESS_HOLDER, run_tick
 from backtor.workers.process import in_flight, process_services, stopping, wait
 
@@ -88,63 +83,6 @@ def apply_retention(task: TaskRun) -> TaskOutcome:
         return record_backup(process_services(), task.input, task.workflow_id)
 
 
-def record_backup(services: Services, data: Mapping[str, Any], workflow_id: str) -> TaskOutcome:
-    """Record the backup the `backup` task just took, then apply the spec's retention."""
-    name = str(data.get("backupName") or "")
-    data_id = data.get("dataId")
-    if data_id in (None, ""):
-        return terminal("the backup task returned no dataId")
-    try:
-        scheduled_at = datetime.fromisoformat(str(data.get("scheduledTime")))
-    except ValueError:
-        return terminal(f"scheduledTime {data.get('scheduledTime')!r} is not ISO-8601")
-    taken = TakenBackup(
-        spec_name=name,
-        task_id=str(data.get("backupTaskId")),
-        workflow_id=str(data.get("workflowId") or workflow_id),
-        data_id=str(data_id),
-        size_mb=parse_size(data.get("dataSizeMB")),
-        scheduled_at=scheduled_at,
-        start_time=from_epoch_ms(data.get("backupStartTime")),
-        end_time=from_epoch_ms(data.get("backupEndTime")),
-    )
-    with services.db.begin() as session:
-        spec = session.scalar(select(BackupSpec).where(BackupSpec.name == name))
-        if spec is None:
-            log.error(
-                "backup %s taken for spec %s, which no longer exists: remove it by hand",
-                taken.data_id,
-                name,
-                extra={"backup": name, "workflow_id": taken.workflow_id},
-            )
-            return terminal(f"spec {name!r} no longer exists; dataId {taken.data_id}")
-        backup = record_taken(session, spec, taken)
-        removals = apply_plan(
-            session, spec, services.clock(), services.settings.max_removals_per_run
-        )
-        backup_id = backup.id
-    start_pending_removals(services)
-    return completed({"backupId": backup_id, "removals": len(removals)})
-
-
 def record_removal(task: TaskRun) -> TaskOutcome:
     with in_flight():
         return record_removed_backup(process_services(), task.input, task.workflow_id)
-
-
-def record_removed_backup(
-    services: Services, data: Mapping[str, Any], workflow_id: str
-) -> TaskOutcome:
-    try:
-        backup_id = int(data.get("backupId"))  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return terminal(f"backupId {data.get('backupId')!r} is not a number")
-    with services.db.begin() as session:
-        removed = record_removed(session, backup_id, services.clock())
-    log.info(
-        "backup %s removed (%s)",
-        backup_id,
-        "recorded" if removed else "already recorded",
-        extra={"backup": data.get("backupName"), "workflow_id": workflow_id},
-    )
-    return completed({"backupId": backup_id})

@@ -339,3 +339,62 @@ def test_one_run_gets_one_no_data_record_whatever_writes_it(core: Core) -> None:
         session.execute(insert(Backup).values(**row))
     with pytest.raises(IntegrityError), core.services.db.begin() as session:
         session.execute(insert(Backup).values(**row))
+
+
+def take_backup_then_lose_the_recording_worker(core: Core, name: str) -> str:
+    """The storage worker takes the backup; the worker that polls apply_retention dies."""
+    (backup,) = core.twin.pending_tasks(["backup"])
+    polled = core.twin.poll_task("backup", "storage-1")
+    assert polled is not None and polled.task_id == backup.task_id
+    core.twin.update_task(polled, "COMPLETED", {"dataId": f"{name}-data-1", "dataSizeMB": 1.5})
+    recording = core.twin.poll_task("apply_retention", "backtor-worker-that-dies")
+    assert recording is not None
+    return recording.workflow_id
+
+
+def records(core: Core, name: str) -> list[tuple[str, str | None]]:
+    with core.services.db() as session:
+        return [
+            (row.status, row.data_id)
+            for row in session.execute(
+                select(Backup.status, Backup.data_id)
+                .join(BackupSpec, BackupSpec.id == Backup.spec_id)
+                .where(BackupSpec.name == name)
+            )
+        ]
+
+
+def test_a_dead_workers_apply_retention_does_not_stall_the_spec(core: Core) -> None:
+    """Defect 16: a worker killed in apply_retention left the run RUNNING for good; every
+    later fire was skipped as `running` and the data it took stayed unrecorded."""
+    core.add_spec("stall", cron="*/20 * * * * *")
+    core.advance_to(core.due("stall"), plus=0.2)
+    assert run_tick(core.services).started == 1
+    workflow_id = take_backup_then_lose_the_recording_worker(core, "stall")
+
+    core.advance(50.0)  # past apply_retention's response timeout (30 s) and the margin
+    report = run_tick(core.services)
+
+    assert records(core, "stall") == [("COMPLETED", "stall-data-1")]
+    assert core.twin.get_workflow(workflow_id).status.value == "COMPLETED"
+    assert report.started == 1 and report.skipped == 0  # the due fire was not "running"
+
+
+def test_a_dead_workers_apply_retention_is_repaired_without_a_new_fire(core: Core) -> None:
+    """Defect 16, the reconciliation side: the run is looked inside and finished."""
+    core.add_spec("quiet", cron="0 0 0 * * *")
+    core.advance_to(core.due("quiet"), plus=0.2)
+    assert run_tick(core.services).started == 1
+    workflow_id = take_backup_then_lose_the_recording_worker(core, "quiet")
+
+    core.advance(20.0)
+    run_tick(core.services)
+    assert records(core, "quiet") == []  # not before the response timeout has passed
+
+    core.advance(30.0)
+    run_tick(core.services)  # looks inside, records and completes the task
+    run_tick(core.services)  # follows the completed run
+    assert records(core, "quiet") == [("COMPLETED", "quiet-data-1")]
+    outcomes = [row.outcome for row in fires_of(core, "quiet")]
+    assert core.twin.get_workflow(workflow_id).status.value == "COMPLETED"
+    assert outcomes == ["COMPLETED"]
