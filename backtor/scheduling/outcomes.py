@@ -39,6 +39,8 @@ LOOKS_PER_PASS = 20
 # Failed runs are watched this long for a retry from Conductor's UI or API.
 RETRY_WATCH = timedelta(days=7)
 TIMEOUT_REASON = "timeoutSeconds exceeded: terminated by Backtor"
+# Backtor terminates an overdue run this long after the storage worker's own deadline.
+TIMEOUT_GRACE = timedelta(seconds=30)
 # backtor_workflow_total counts each run under its Conductor status and under one of these.
 _SUCCESS_LABEL = {True: "success", False: "error"}
 
@@ -148,7 +150,20 @@ def _follow(services: Services, row: Any, running: bool, now: datetime) -> None:
 
 
 def _enforce_timeout(services: Services, row: Any, now: datetime) -> None:
+    """Terminate a run whose `backup` task outlived timeoutSeconds, counted as the worker does.
+
+    The storage worker counts timeoutSeconds from its poll, not from the workflow's start,
+    and stops (cleaning up) when it runs out. Backtor terminates only TIMEOUT_GRACE after
+    that, so a backup that finished in time is never cut off with its data unrecorded.
+    """
     if not _overdue(row.timeout_seconds, row.started_at, now):
+        return
+    workflow = services.conductor.get_workflow(row.workflow_id, include_tasks=True)
+    backups = workflow.tasks_of_type(BACKUP)
+    if not workflow.status.is_open or (backups and backups[-1].status.is_open is False):
+        return  # ended meanwhile, or past the backup task: followed as usual
+    began = backups[-1].start_time if backups else None
+    if not _overdue(row.timeout_seconds, began or row.started_at, now - TIMEOUT_GRACE):
         return
     services.conductor.terminate_workflow(row.workflow_id, TIMEOUT_REASON)
     log.warning(

@@ -25,6 +25,7 @@ from backtor.scheduling.fires import (
     schedule_due_fires,
     start_fires,
 )
+from backtor.scheduling.handlers import record_backup
 from backtor.scheduling.outcomes import reconcile_fires
 from backtor.scheduling.removals import start_pending_removals
 from backtor.scheduling.tick import TickReport, run_tick
@@ -398,3 +399,45 @@ def test_a_dead_workers_apply_retention_is_repaired_without_a_new_fire(core: Cor
     outcomes = [row.outcome for row in fires_of(core, "quiet")]
     assert core.twin.get_workflow(workflow_id).status.value == "COMPLETED"
     assert outcomes == ["COMPLETED"]
+
+
+def test_backtors_timeout_counts_from_the_backup_tasks_start_as_the_worker_does(
+    core: Core,
+) -> None:
+    """Defect 9: Backtor counted timeoutSeconds from the workflow's start, the storage worker
+    from its poll: a backup finished in time by the worker's count was cut off, its data
+    never recorded."""
+    core.add_spec("slowpoll", cron="0 0 0 * * *", timeout_seconds=60)
+    core.advance_to(core.due("slowpoll"), plus=0.2)
+    assert run_tick(core.services).started == 1
+    core.advance(50.0)  # the storage workers were busy: the backup is polled late
+    polled = core.twin.poll_task("backup", "storage-1")
+    assert polled is not None
+
+    core.advance(25.0)  # 75 s after the start, 25 s after the poll
+    run_tick(core.services)
+    core.advance(25.0)  # the worker finishes 50 s after its poll: in time
+    core.twin.update_task(polled, "COMPLETED", {"dataId": "slowpoll-1", "dataSizeMB": 1})
+    recording = core.twin.poll_task("apply_retention", "backtor-1")
+    assert recording is not None
+    outcome = record_backup(core.services, recording.input, recording.workflow_id)
+    core.twin.update_task(recording, outcome.status, outcome.output)
+    run_tick(core.services)
+
+    assert records(core, "slowpoll") == [("COMPLETED", "slowpoll-1")]
+    assert [row.outcome for row in fires_of(core, "slowpoll")] == ["COMPLETED"]
+
+
+def test_a_backup_nobody_polls_is_terminated_after_its_timeout_and_grace(core: Core) -> None:
+    core.add_spec("unpolled", cron="0 0 0 * * *", timeout_seconds=60)
+    core.advance_to(core.due("unpolled"), plus=0.2)
+    assert run_tick(core.services).started == 1
+    core.advance(80.0)
+    run_tick(core.services)
+    assert [row.outcome for row in fires_of(core, "unpolled")] == [None]  # within the grace
+
+    core.advance(15.0)
+    run_tick(core.services)  # terminates
+    run_tick(core.services)  # follows the terminated run
+    assert [row.outcome for row in fires_of(core, "unpolled")] == ["TERMINATED"]
+    assert records(core, "unpolled") == [("TIMED_OUT", None)]
