@@ -298,3 +298,35 @@ def test_a_task_without_definition_gets_the_server_defaults(backend: Backend) ->
     assert (retry.status, retry.retry_count, retry.callback_after_seconds) == (SCHEDULED, 1, 60)
     assert backend.queue.poll_task(task_type, "contract") is None
     backend.conductor.terminate_workflow(workflow_id, "contract: done")
+
+
+def test_a_task_held_by_a_worker_that_died_stays_and_another_may_report_it(
+    backend: Backend,
+) -> None:
+    """What Backtor's stall repair (backtor.scheduling.stalls) relies on.
+
+    A polled task whose worker never answers stays IN_PROGRESS, its update time the poll's
+    (nothing refreshes it); another worker id may then report it, and the workflow goes on.
+    """
+    flow = register_flow(backend, 2)
+    workflow_id = flow.start(backend, x=1)
+    before = backend.now()
+    held = backend.poll(flow.tasks[0], "worker-that-dies")
+    polled_by = backend.now()
+
+    backend.step(1.5)
+    [shown, *_] = backend.conductor.get_workflow(workflow_id).tasks
+    assert (shown.status, shown.worker_id) == (IN_PROGRESS, "worker-that-dies")
+    assert shown.response_timeout_seconds == 30
+    seen = shown.update_time or shown.start_time
+    assert seen is not None
+    assert before.timestamp() - SLACK <= seen.timestamp() <= polled_by.timestamp() + SLACK
+
+    backend.queue.update_task(held, "COMPLETED", {"v": "repaired"}, worker_id="backtor-repair")
+    second = backend.poll(flow.tasks[1], "w-2")
+    assert second.workflow_id == workflow_id
+    run = backend.conductor.get_workflow(workflow_id)
+    assert (run.tasks[0].status, dict(run.tasks[0].output)) == (
+        TaskStatus.COMPLETED,
+        {"v": "repaired"},
+    )
