@@ -197,6 +197,10 @@ class ConductorClient:
         )
         return None if not answer else parse_task(answer, "poll_task")
 
+    def get_task(self, task_id: str) -> TaskRun:
+        answer = self._call("GET", f"/tasks/{_seg(task_id)}", "get_task")
+        return parse_task(answer, "get_task")
+
     def update_task(
         self,
         task: TaskRun,

@@ -25,6 +25,10 @@ class TaskQueue(Protocol):
 
     def poll_task(self, task_type: str, worker_id: str) -> TaskRun | None: ...
 
+    def get_task(self, task_id: str) -> TaskRun:
+        """One task execution (a storage worker asks whether its run is still wanted)."""
+        ...
+
     def update_task(
         self,
         task: TaskRun,

@@ -89,6 +89,7 @@ class Operation(StrEnum):
     RESUME_WORKFLOW = "resume_workflow"
     POLL_TASK = "poll_task"
     UPDATE_TASK = "update_task"
+    GET_TASK = "get_task"
 
 
 class FaultKind(StrEnum):
@@ -114,6 +115,7 @@ ANSWERED = frozenset(
         Operation.GET_CORRELATED,
         Operation.GET_WORKFLOW,
         Operation.POLL_TASK,
+        Operation.GET_TASK,
     }
 )
 
@@ -560,6 +562,14 @@ class ConductorTwin:
         task.callback_after_seconds = 0
         task.start_time = task.start_time or now
         return task.run()
+
+    @_operation(Operation.GET_TASK)
+    def get_task(self, task_id: str) -> TaskRun:
+        for workflow in self._workflows.values():
+            for task in workflow.tasks:
+                if task.task_id == task_id:
+                    return task.run()
+        raise ConductorNotFound(Operation.GET_TASK, 404, f"No such task found by id: {task_id}")
 
     @_operation(Operation.UPDATE_TASK)
     def update_task(

@@ -65,6 +65,7 @@ def take_backup(
             raise RetryableError(
                 f"cannot archive {config.source} into {name}: {exc.strerror or exc}{where}"
             ) from None
+        budget.confirm()
         size = output.publish()
     return Taken(name, size)
 

@@ -32,15 +32,29 @@ class Budget:
     stopping: Callable[[], bool]
     timeout_seconds: float | None = None
     started: float = 0.0
+    # Asked once, before a finished backup is kept: False when its run was terminated
+    # meanwhile (Conductor then ignores the result, and the file would be orphaned).
+    still_wanted: Callable[[], bool] = lambda: True
 
     @classmethod
-    def start(cls, timeout_seconds: object, stopping: Callable[[], bool]) -> Budget:
+    def start(
+        cls,
+        timeout_seconds: object,
+        stopping: Callable[[], bool],
+        still_wanted: Callable[[], bool] = lambda: True,
+    ) -> Budget:
         seconds: float | None = None
         if isinstance(timeout_seconds, int | float) and not isinstance(timeout_seconds, bool):
             seconds = float(timeout_seconds) if timeout_seconds > 0 else None
         elif isinstance(timeout_seconds, str) and timeout_seconds.strip().isdigit():
             seconds = float(timeout_seconds) or None
-        return cls(stopping, seconds, time.monotonic())
+        return cls(stopping, seconds, time.monotonic(), still_wanted)
+
+    def confirm(self) -> None:
+        """Raise TerminalError when the finished backup is no longer wanted: it is not kept."""
+        self.check()
+        if not self.still_wanted():
+            raise TerminalError("the run was terminated while the backup was taken; not kept")
 
     def check(self) -> None:
         """Raise Stopping or RetryableError when the backup must stop now."""

@@ -89,6 +89,7 @@ def take_backup(
                     config.secrets(),
                 )
             )
+        budget.confirm()
         size = output.publish()
     return Taken(name, size)
 

@@ -22,10 +22,12 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
+from backtor.conductor.http import ConductorClient
 from backtor.conductor.names import BACKUP, REMOVE
-from backtor.conductor.payloads import TaskRun
+from backtor.conductor.payloads import TaskRun, TaskStatus
+from backtor.conductor.port import Conductor
 from backtor.conductor.results import TaskOutcome, completed, failed, handed_back, terminal
-from backtor.core.errors import SettingError
+from backtor.core.errors import BacktorError, SettingError
 from backtor.observability.logs import configure_logging
 from backtor.runtime.settings import Settings
 from backtor.storage import filesystem, postgres
@@ -97,7 +99,9 @@ def backup_task(settings: StorageWorkerSettings, task: TaskRun) -> TaskOutcome:
             return checked
         name, config = checked.name, checked.config
         try:
-            budget = Budget.start(checked.data.get("timeoutSeconds"), stopping)
+            budget = Budget.start(
+                checked.data.get("timeoutSeconds"), stopping, partial(_still_wanted, task.task_id)
+            )
             when = _scheduled_at(task)
             task_id = task.task_id
             taken: Taken
@@ -158,6 +162,25 @@ def _failure(
     details = mask("".join(traceback.format_exception(exc)), secrets)
     log.error("%s failed unexpectedly:\n%s", action, details, extra=context)
     return failed(f"unexpected {type(exc).__name__}: {reason}")
+
+
+_conductor: Conductor | None = None
+
+
+def _still_wanted(task_id: str) -> bool:
+    """Whether Conductor still waits for this task (its run was not terminated meanwhile).
+
+    When Conductor cannot say, the backup is kept: a record may then be missing, which
+    operators see, rather than a good backup lost.
+    """
+    global _conductor
+    if _conductor is None:
+        _conductor = ConductorClient(Settings.from_env().conductor_api_url, timeout=5.0)
+    try:
+        return _conductor.get_task(task_id).status is not TaskStatus.CANCELED
+    except BacktorError as exc:
+        log.warning("cannot ask Conductor about task %s (%s); keeping the backup", task_id, exc)
+        return True
 
 
 def _scheduled_at(task: TaskRun) -> datetime:

@@ -41,6 +41,7 @@ CALLS: dict[Operation, Callable[[Any], object]] = {
     Operation.RESUME_WORKFLOW: lambda c: c.resume_workflow(c.workflow_id),
     Operation.POLL_TASK: lambda c: c.poll_task("ct", "w"),
     Operation.UPDATE_TASK: lambda c: c.update_task(c.task, "COMPLETED", {}),
+    Operation.GET_TASK: lambda c: c.get_task(c.task.task_id),
 }
 # What a server does that the twin's fault kind stands for (None: nobody listens).
 SERVER_FOR = {

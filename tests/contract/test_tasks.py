@@ -330,3 +330,20 @@ def test_a_task_held_by_a_worker_that_died_stays_and_another_may_report_it(
         TaskStatus.COMPLETED,
         {"v": "repaired"},
     )
+
+
+def test_get_task_shows_a_task_canceled_with_its_workflow(backend: Backend) -> None:
+    """A storage worker asks this before it keeps a backup: a terminated run wants none."""
+    flow = register_flow(backend)
+    workflow_id = flow.start(backend, x=1)
+    held = backend.poll(flow.tasks[0], "storage")
+    shown = backend.queue.get_task(held.task_id)
+    assert (shown.task_id, shown.status, shown.workflow_id) == (
+        held.task_id,
+        IN_PROGRESS,
+        workflow_id,
+    )
+    backend.conductor.terminate_workflow(workflow_id, "an operator changed their mind")
+    assert backend.queue.get_task(held.task_id).status is TaskStatus.CANCELED
+    with pytest.raises(ConductorNotFound):
+        backend.queue.get_task("no-such-task-id")

@@ -188,3 +188,21 @@ def test_pg_dump_gets_the_password_through_its_environment_only() -> None:
     assert postgres.pg_dump_environment(bare, {"PGCONNECT_TIMEOUT": "3"}) == {
         "PGCONNECT_TIMEOUT": "3"
     }
+
+
+def test_a_backup_whose_run_was_terminated_meanwhile_is_not_kept(root: Path) -> None:
+    """Defect 9: Conductor ignores the result of a canceled task, so the file would be
+    orphaned; the worker asks before it keeps the file, and keeps nothing."""
+    roots = AllowedRoots.from_paths([str(root)])
+    asked: list[bool] = []
+
+    def terminated() -> bool:
+        asked.append(True)
+        return False
+
+    with pytest.raises(TerminalError, match="terminated"):
+        filesystem.take_backup(
+            config(root), roots, "docs", WHEN, TASK_ID, Budget.start(None, never, terminated)
+        )
+    assert asked == [True]
+    assert os.listdir(root / "store") == []
