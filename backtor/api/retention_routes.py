@@ -1,7 +1,8 @@
 """Retention as an operator sees it: today's plan, a candidate policy's plan, and pins.
 
 Nothing here removes a backup: removals start only in retention runs (backtor.scheduling.recording),
-under the per-run cap. Plans are read from one query, so every decision has its row.
+under the per-run cap. Plans read only the COMPLETED candidates; the rows shown come a page
+at a time.
 """
 
 from __future__ import annotations
@@ -10,10 +11,20 @@ from collections.abc import Sequence
 from typing import Annotated
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Body, Path
+from fastapi import APIRouter, Body, Path, Request, Response
 from sqlalchemy.orm import Session
 
-from backtor.api.common import ERROR_RESPONSES, only_query
+from backtor.api.common import (
+    DEFAULT_PAGE_SIZE,
+    ERROR_RESPONSES,
+    PAGE_QUERY,
+    PAGED_RESPONSES,
+    PageAfter,
+    PageLimit,
+    link_next,
+    only_query,
+    parse_backup_cursor,
+)
 from backtor.api.context import SessionDep
 from backtor.api.schemas import (
     PREVIEW_EXAMPLES,
@@ -26,12 +37,12 @@ from backtor.api.schemas import (
     RetentionPreviewOut,
 )
 from backtor.core.policy import RetentionPolicy
-from backtor.core.retention import BackupRecord, RetentionPlan, plan_retention
+from backtor.core.retention import COMPLETED, RetentionPlan, plan_retention
 from backtor.core.specs import MAX_INT32, parse_retention, validate_timezone
 from backtor.db import repository
-from backtor.db.models import Backup, BackupSpec
+from backtor.db.models import Backup, BackupSpec, BackupStatus
 from backtor.scheduling.pins import BackupNotFound, set_pinned
-from backtor.scheduling.recording import policy_of
+from backtor.scheduling.recording import completed_records, policy_of
 
 router = APIRouter(tags=["retention"])
 
@@ -39,31 +50,29 @@ CandidateBody = Annotated[PolicyCandidateIn, Body(openapi_examples=PREVIEW_EXAMP
 BackupId = Annotated[str, Path(alias="id", description="The backup's id, as in /materialized")]
 
 
-def _plan(backups: Sequence[Backup], policy: RetentionPolicy, timezone: str) -> RetentionPlan:
-    records = [BackupRecord(str(b.id), b.scheduled_at, b.status, b.pinned) for b in backups]
-    return plan_retention(records, policy, ZoneInfo(timezone))
-
-
 def _view(
     spec: BackupSpec,
-    backups: Sequence[Backup],
+    page: Sequence[Backup],
     plan: RetentionPlan,
+    ignored: int,
     policy: RetentionPolicy,
     timezone: str,
 ) -> RetentionPlanOut:
-    rows = {str(b.id): b for b in backups}
+    """One page of the plan: `page` rows (any status) with their decisions; the summary is
+    the whole plan's. The plan holds the COMPLETED candidates only; another row is `ignore`,
+    as the plan over every row said (so is a row whose status changed between the reads)."""
     planned = []
-    for decision in plan.decisions:
-        row = rows[decision.id]
+    for row in page:
+        decision = plan.by_id.get(str(row.id)) if row.status == COMPLETED else None
         planned.append(
             PlannedBackup(
                 id=row.id,
                 dataId=row.data_id,
                 status=row.status,
                 scheduledTime=row.scheduled_at,
-                tags=[tier.value for tier in decision.tags],
-                action=decision.action,
-                reasons=list(decision.reasons),
+                tags=[tier.value for tier in decision.tags] if decision else [],
+                action=decision.action if decision else "ignore",
+                reasons=list(decision.reasons) if decision else [],
                 pinned=row.pinned,
             )
         )
@@ -71,51 +80,88 @@ def _view(
         name=spec.name,
         timezone=timezone,
         policy=PolicyFields(**policy.to_fields()),
-        summary=PlanSummary(
-            keep=len(plan.keep_ids), remove=len(plan.remove_ids), ignore=len(plan.ignore_ids)
-        ),
+        summary=PlanSummary(keep=len(plan.keep_ids), remove=len(plan.remove_ids), ignore=ignored),
         backups=planned,
     )
+
+
+def _page(
+    request: Request,
+    response: Response,
+    session: Session,
+    spec: BackupSpec,
+    limit: int,
+    after: int | None,
+) -> list[Backup]:
+    """One page of the spec's backups (every status), newest first, as /materialized pages."""
+    rows = repository.list_backups(session, spec.id, after=after, limit=limit + 1)
+    if len(rows) > limit:
+        rows = rows[:limit]
+        link_next(request, response, str(rows[-1].id))
+    return rows
 
 
 @router.get(
     "/backup/{name}/retention",
     response_model=RetentionPlanOut,
-    responses=ERROR_RESPONSES,
-    dependencies=[only_query()],
+    responses=PAGED_RESPONSES,
+    dependencies=[only_query(*PAGE_QUERY)],
 )
-def get_retention(name: str, session: SessionDep) -> RetentionPlanOut:
+def get_retention(
+    name: str,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    limit: PageLimit = DEFAULT_PAGE_SIZE,
+    after: PageAfter = None,
+) -> RetentionPlanOut:
     """Today's plan for the spec's recorded backups, newest first; nothing is removed.
 
-    The plan ignores the per-run cap: `remove` may list more than one run starts.
+    The plan ignores the per-run cap: `remove` may list more than one run starts. `backups`
+    comes a page at a time (`after`: the last id seen); `summary` is the whole plan's.
     """
+    cursor = parse_backup_cursor(after)
     spec = repository.require_spec(session, name)
-    backups = repository.list_backups(session, spec.id)
     policy = policy_of(spec)
-    return _view(spec, backups, _plan(backups, policy, spec.timezone), policy, spec.timezone)
+    plan = plan_retention(completed_records(session, spec.id), policy, ZoneInfo(spec.timezone))
+    page = _page(request, response, session, spec, limit, cursor)
+    ignored = repository.count_backups_other_than(session, spec.id, BackupStatus.COMPLETED)
+    return _view(spec, page, plan, ignored, policy, spec.timezone)
 
 
 @router.post(
     "/backup/{name}/retention/preview",
     response_model=RetentionPreviewOut,
-    responses=ERROR_RESPONSES,
-    dependencies=[only_query()],
+    responses=PAGED_RESPONSES,
+    dependencies=[only_query(*PAGE_QUERY)],
 )
-def preview_retention(name: str, body: CandidateBody, session: SessionDep) -> RetentionPreviewOut:
+def preview_retention(
+    name: str,
+    body: CandidateBody,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    limit: PageLimit = DEFAULT_PAGE_SIZE,
+    after: PageAfter = None,
+) -> RetentionPreviewOut:
     """The plan a candidate policy would give, next to today's; nothing changes.
 
     Retention fields left out take their defaults, as in POST /backup; `timezone` left
-    out is the spec's own.
+    out is the spec's own. `backups` is paged as in GET .../retention; the summary and
+    both difference lists are the whole plans'.
     """
     if body.timezone is not None:  # checked in POST /backup's order: zone, then retention
         validate_timezone(body.timezone)
     policy = parse_retention(body.retention())
+    cursor = parse_backup_cursor(after)
     spec = repository.require_spec(session, name)
     timezone = spec.timezone if body.timezone is None else body.timezone
-    backups = repository.list_backups(session, spec.id)
-    today = _plan(backups, policy_of(spec), spec.timezone)
-    candidate = _plan(backups, policy, timezone)
-    view = _view(spec, backups, candidate, policy, timezone)
+    records = completed_records(session, spec.id)  # both plans over the same candidates
+    today = plan_retention(records, policy_of(spec), ZoneInfo(spec.timezone))
+    candidate = plan_retention(records, policy, ZoneInfo(timezone))
+    page = _page(request, response, session, spec, limit, cursor)
+    ignored = repository.count_backups_other_than(session, spec.id, BackupStatus.COMPLETED)
+    view = _view(spec, page, candidate, ignored, policy, timezone)
     removes = candidate.remove_ids & today.keep_ids
     keeps = candidate.keep_ids & today.remove_ids
     return RetentionPreviewOut(

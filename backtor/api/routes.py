@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Annotated, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, Body, Query, Response, status
+from fastapi import APIRouter, Body, Query, Request, Response, status
 from sqlalchemy.orm import Session
 
-from backtor.api.common import ERROR_RESPONSES, only_query
+from backtor.api.common import (
+    DEFAULT_PAGE_SIZE,
+    ERROR_RESPONSES,
+    PAGE_QUERY,
+    PAGED_RESPONSES,
+    PageAfter,
+    PageLimit,
+    link_next,
+    only_query,
+    parse_backup_cursor,
+)
 from backtor.api.context import ServicesDep, SessionDep
 from backtor.api.errors import StartRefused
 from backtor.api.schemas import (
@@ -23,11 +34,16 @@ from backtor.api.schemas import (
 from backtor.conductor.names import CREATE_BACKUP
 from backtor.core.errors import ConductorUnavailable, Conflict, InvalidField
 from backtor.core.policy import Tier
-from backtor.core.specs import normalise_spec
+from backtor.core.specs import NAME_PATTERN, normalise_spec
 from backtor.db import repository
 from backtor.db.models import BackupStatus, FireStatus
 from backtor.runtime.services import Services
-from backtor.scheduling.fires import add_manual_fire, claim_pending, give_up_fire, start_fires
+from backtor.scheduling.fires import (
+    add_manual_fire,
+    claim_pending,
+    give_up_fire,
+    start_manual_fire,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +56,28 @@ SpecBody = Annotated[SpecIn, Body(openapi_examples=SPEC_EXAMPLES)]
 @router.get(
     "/backup",
     response_model=list[SpecOut],
-    responses=ERROR_RESPONSES,
-    dependencies=[only_query("enabled")],
+    responses=PAGED_RESPONSES,
+    dependencies=[only_query("enabled", *PAGE_QUERY)],
 )
 def list_specs(
+    request: Request,
+    response: Response,
     session: SessionDep,
     enabled: Annotated[
         Literal["0", "1"] | None, Query(description="1: only enabled specs; 0: only disabled")
     ] = None,
+    limit: PageLimit = DEFAULT_PAGE_SIZE,
+    after: PageAfter = None,
 ) -> list[SpecOut]:
-    """All backup specs, ordered by name."""
+    """Backup specs ordered by name, a page at a time (`after`: the last name seen)."""
+    if after is not None and not re.fullmatch(NAME_PATTERN, after, re.ASCII):
+        raise InvalidField("after", "after must be a spec name (the last of the previous page)")
     flag = None if enabled is None else enabled == "1"
-    return [SpecOut.of(spec) for spec in repository.list_specs(session, enabled=flag)]
+    specs = repository.list_specs(session, enabled=flag, after=after, limit=limit + 1)
+    if len(specs) > limit:
+        specs = specs[:limit]
+        link_next(request, response, specs[-1].name)
+    return [SpecOut.of(spec) for spec in specs]
 
 
 @router.post(
@@ -202,23 +228,33 @@ def _parse_tag(value: str | None) -> str | None:
 @router.get(
     "/backup/{name}/materialized",
     response_model=list[BackupOut],
-    responses=ERROR_RESPONSES,
-    dependencies=[only_query("status", "tag")],
+    responses=PAGED_RESPONSES,
+    dependencies=[only_query("status", "tag", *PAGE_QUERY)],
 )
 def list_backups(
     name: str,
+    request: Request,
+    response: Response,
     session: SessionDep,
     status_filter: Annotated[
         list[str] | None,
         Query(alias="status", description="Only these statuses (repeat for several)"),
     ] = None,
     tag: Annotated[str | None, Query(description="Only backups with this retention tag")] = None,
+    limit: PageLimit = DEFAULT_PAGE_SIZE,
+    after: PageAfter = None,
 ) -> list[BackupOut]:
-    """The backups taken for this spec, newest first."""
+    """The backups taken for this spec, newest first, a page at a time (`after`: an id)."""
     statuses = _parse_statuses(status_filter or [])
     tier = _parse_tag(tag)
+    cursor = parse_backup_cursor(after)
     spec = repository.require_spec(session, name)
-    backups = repository.list_backups(session, spec.id, statuses=statuses, tag=tier)
+    backups = repository.list_backups(
+        session, spec.id, statuses=statuses, tag=tier, after=cursor, limit=limit + 1
+    )
+    if len(backups) > limit:
+        backups = backups[:limit]
+        link_next(request, response, str(backups[-1].id))
     return [BackupOut.of(backup) for backup in backups]
 
 
@@ -236,6 +272,9 @@ def trigger_backup(name: str, session: SessionDep, services: ServicesDep) -> Tri
     unclaimed: the pass cannot take it between this request's commit and its start (the
     claim then found nothing, and the request failed with a 500). Only a request that dies
     before its start leaves the fire to the scheduler, once the claim lapses (30 s).
+
+    A start whose answer is lost is looked up in Conductor before the request answers
+    (start_manual_fire): a run it created is reported (202), not left untracked behind a 503.
     """
     spec = repository.require_spec(session, name)
     if spec.deleting:
@@ -243,8 +282,13 @@ def trigger_backup(name: str, session: SessionDep, services: ServicesDep) -> Tri
     now = services.clock()
     fire_id = add_manual_fire(session, spec, now)
     jobs = claim_pending(session, now, fire_ids=[fire_id])
+    if not jobs:  # a scheduler pass holds a live claim on a fire of this spec
+        session.rollback()
+        raise Conflict(f"a {CREATE_BACKUP} workflow is being started for {name!r}; try again")
     session.commit()  # no transaction stays open across calls to Conductor
-    (outcome,) = start_fires(services, jobs)
+    (job,) = jobs
+    start = start_manual_fire(services, job)
+    outcome = start.outcome
     if outcome.status is FireStatus.STARTED:
         assert outcome.workflow_id is not None
         log.info("backup spec %s: manual %s %s started", name, CREATE_BACKUP, outcome.workflow_id)
@@ -252,6 +296,14 @@ def trigger_backup(name: str, session: SessionDep, services: ServicesDep) -> Tri
     if outcome.status is FireStatus.SKIPPED:
         running = f": {outcome.workflow_id}" if outcome.workflow_id else ""
         raise Conflict(f"a {CREATE_BACKUP} workflow is already running for {name!r}{running}")
+    if start.unconfirmed:
+        # The start's answer was lost and Conductor cannot say whether it happened: closing
+        # the fire could leave a run untracked, so the scheduler settles it (adopts or starts).
+        raise ConductorUnavailable(
+            "Conductor did not answer the start and cannot be asked whether it happened: the "
+            "backup may have started. Its fire is left pending: the scheduler adopts the "
+            "backup if it started, or starts it, once Conductor answers"
+        )
     # Not started: the fire is closed, so that no later tick starts a backup nobody waits for.
     give_up_fire(session, fire_id, services.clock())
     if outcome.refused:

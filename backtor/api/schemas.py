@@ -14,7 +14,7 @@ from fastapi.openapi.models import Example
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StrictInt, StrictStr
 from pydantic.json_schema import WithJsonSchema
 
-from backtor.core.specs import SpecDraft
+from backtor.core.specs import MIN_MISFIRE_GRACE_SECONDS, SpecDraft
 from backtor.db.models import Backup, BackupSpec
 from backtor.db.repository import retention_fields
 
@@ -87,7 +87,11 @@ class SpecIn(BaseModel):
         default=None, description="Timeout of one backup, > 0 (default: none)."
     )
     misfireGraceSeconds: StrictInt | None = Field(
-        default=None, description="How late a missed fire may still run, >= 0 (default 3600)."
+        default=None,
+        description=(
+            f"How late a missed fire may still run, >= {MIN_MISFIRE_GRACE_SECONDS} (a scheduler "
+            "pass may start that late; default 3600)."
+        ),
     )
     retentionMinutely: StrictStr | None = _retention("minutely", "second")
     retentionHourly: StrictStr | None = _retention("hourly", "minute")

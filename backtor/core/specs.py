@@ -28,6 +28,11 @@ MAX_DATE_CHARS = 64
 MAX_WORKER_CONFIG_CHARS = 65_536  # it travels in every workflow's input
 DEFAULT_TIMEZONE = "UTC"
 DEFAULT_MISFIRE_GRACE_SECONDS = 3600
+# A pass runs some time after a due time: up to one tick interval (the tick holds its task
+# <= 3 s and calls back after <= 15 s today, <= ~5 s once shortened for failover) plus the
+# pass itself. A grace below that loses fires (0: every fire). 10 s is twice the shortened
+# interval; docs/scheduling.md, "Grace rules".
+MIN_MISFIRE_GRACE_SECONDS = 10
 RETENTION_FIELDS: tuple[str, ...] = tuple(FIELD_BY_TIER.values())
 
 
@@ -168,7 +173,12 @@ def normalise_spec(draft: SpecDraft) -> SpecValues:
         _check_int("timeoutSeconds", timeout, 1, "greater than 0")
     grace = draft.misfire_grace_seconds
     grace = DEFAULT_MISFIRE_GRACE_SECONDS if grace is None else grace
-    _check_int("misfireGraceSeconds", grace, 0, "of 0 or more")
+    _check_int(
+        "misfireGraceSeconds",
+        grace,
+        MIN_MISFIRE_GRACE_SECONDS,
+        f"of at least {MIN_MISFIRE_GRACE_SECONDS} (a scheduler pass may start that late)",
+    )
     worker_config = draft.worker_config
     if worker_config is not None:
         _check_worker_config(worker_config)

@@ -6,16 +6,33 @@ work), except where a commit is part of the contract, which the docstring then s
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import and_, delete, func, literal, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from backtor.core.errors import Conflict, NotFound
+from backtor.core.cron import CronSchedule
+from backtor.core.errors import Conflict, InvalidField, NotFound
+from backtor.core.schedule import Timing, decide
 from backtor.core.specs import SpecValues, compute_next_fire_at
-from backtor.db.models import UNREMOVED_STATUSES, Backup, BackupSpec, BackupStatus, Fire, FireStatus
+from backtor.db import counters
+from backtor.db.models import (
+    UNREMOVED_STATUSES,
+    Backup,
+    BackupSpec,
+    BackupStatus,
+    Fire,
+    FireStatus,
+    SkipReason,
+)
+
+log = logging.getLogger(__name__)
 
 
 class SpecExists(Conflict):
@@ -44,12 +61,38 @@ _RETENTION_COLUMNS = {
 }
 
 
-def list_specs(session: Session, *, enabled: bool | None = None) -> list[BackupSpec]:
-    """Specs ordered by name, by code point on every backend (collations differ)."""
-    query = select(BackupSpec)
+class CursorNotFound(InvalidField):
+    """A page cursor (`after`) that names no row of the listing."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("after", message)
+
+
+def _by_code_point(session: Session, column: Any) -> Any:
+    """`column` compared by code point: PostgreSQL's "C" collation; SQLite's BINARY is."""
+    return column.collate("C") if session.get_bind().dialect.name == "postgresql" else column
+
+
+def list_specs(
+    session: Session,
+    *,
+    enabled: bool | None = None,
+    after: str | None = None,
+    limit: int | None = None,
+) -> list[BackupSpec]:
+    """Specs ordered by name, by code point on every backend (collations differ).
+
+    `after` (a name, present or not) and `limit` page the list in SQL.
+    """
+    name = _by_code_point(session, BackupSpec.name)
+    query = select(BackupSpec).order_by(name)
     if enabled is not None:
         query = query.where(BackupSpec.enabled == enabled)
-    return sorted(session.scalars(query), key=lambda spec: spec.name)
+    if after is not None:
+        query = query.where(name > after)
+    if limit is not None:
+        query = query.limit(limit)
+    return list(session.scalars(query))
 
 
 def get_spec(session: Session, name: str, *, for_update: bool = False) -> BackupSpec | None:
@@ -68,6 +111,7 @@ def require_spec(session: Session, name: str, *, for_update: bool = False) -> Ba
 
 
 def _apply(spec: BackupSpec, values: SpecValues, now: datetime) -> None:
+    """Store the user's fields, with the first fire after `now` under them."""
     spec.name = values.name
     spec.enabled = values.enabled
     spec.from_date = values.from_date
@@ -116,9 +160,115 @@ def create_spec(session: Session, values: SpecValues, now: datetime) -> BackupSp
 
 
 def replace_spec(session: Session, spec: BackupSpec, values: SpecValues, now: datetime) -> None:
-    """Full replacement of the user's fields; runtime state (running id, skips) is kept."""
+    """Full replacement of the user's fields; runtime state (running id, skips) is kept.
+
+    A fire already due is never lost to a PUT (docs/scheduling.md, "Grace rules"): a PUT
+    that leaves the schedule as it was keeps next_fire_at, due or not; one that changes it
+    first settles the due fire under the old schedule, as the pass would have, then
+    the new schedule applies from `now`. The caller holds the spec's row lock.
+    """
+    unchanged = _schedule_of(spec) == _schedule_of_values(values, deleting=spec.deleting)
+    due = spec.next_fire_at
+    if not unchanged and due is not None and due <= now and spec.enabled and not spec.deleting:
+        _settle_due_fire(session, spec, due, now)
     _apply(spec, values, now)
+    if unchanged:
+        spec.next_fire_at = due
     session.flush()
+
+
+def _schedule_of(spec: BackupSpec) -> tuple[Any, ...]:
+    """What decides a spec's fire times, as stored."""
+    return (
+        spec.cron_string,
+        spec.timezone,
+        spec.from_date,
+        spec.to_date,
+        spec.misfire_grace_seconds,
+        spec.enabled and not spec.deleting,
+    )
+
+
+def _schedule_of_values(values: SpecValues, *, deleting: bool) -> tuple[Any, ...]:
+    return (
+        values.cron_string,
+        values.timezone,
+        values.from_date,
+        values.to_date,
+        values.misfire_grace_seconds,
+        values.enabled and not deleting,
+    )
+
+
+def _settle_due_fire(session: Session, spec: BackupSpec, due: datetime, now: datetime) -> None:
+    """Write the fire rows the pass would write now for a spec due at `due`, old schedule.
+
+    The same decision as backtor.scheduling.fires.schedule_due_fires (core.schedule.decide):
+    the latest fire time within the grace becomes a PENDING fire, which the next pass
+    starts, and those passed over are SKIPPED (misfire). A stored schedule that no longer
+    evaluates gets its due time SKIPPED (invalid_schedule). Never silent: each due time
+    gets a row.
+    """
+    rows: list[dict[str, Any]] = []
+    try:
+        timing = Timing(
+            CronSchedule(spec.cron_string),
+            ZoneInfo(spec.timezone),
+            spec.from_date,
+            spec.to_date,
+            timedelta(seconds=spec.misfire_grace_seconds),
+        )
+        decision = decide(timing, due, now)
+    except (ValueError, KeyError, LookupError):
+        rows.append(_fire_row(spec.id, due, now, SkipReason.INVALID_SCHEDULE))
+        spec.last_skip_at, spec.last_skip_reason = now, SkipReason.INVALID_SCHEDULE.value
+        counters.increment(session, counters.SKIPPED, spec.name, SkipReason.INVALID_SCHEDULE.value)
+        counters.increment(session, counters.WARN, spec.name, "error")
+        _insert_fires(session, rows)
+        return
+    if decision.fire is not None:
+        rows.append(_fire_row(spec.id, decision.fire, now, None))
+    missed = [*decision.missed, *([decision.expired] if decision.expired else [])]
+    rows.extend(_fire_row(spec.id, moment, now, SkipReason.MISFIRE) for moment in missed)
+    passed_over = len(missed) + decision.more_missed
+    if passed_over:
+        spec.last_skip_at, spec.last_skip_reason = now, SkipReason.MISFIRE.value
+        counters.increment(session, counters.SKIPPED, spec.name, "misfire", passed_over)
+        counters.increment(session, counters.WARN, spec.name, "warning", passed_over)
+    log.info(
+        "spec %s: its schedule changed while a fire was due (%s): %s, %d passed over (misfire)",
+        spec.name,
+        due.isoformat(),
+        f"{decision.fire.isoformat()} left to the next pass" if decision.fire else "none starts",
+        passed_over,
+        extra={"backup": spec.name},
+    )
+    _insert_fires(session, rows)
+
+
+def _fire_row(
+    spec_id: int, moment: datetime, now: datetime, skipped: SkipReason | None
+) -> dict[str, Any]:
+    status = FireStatus.PENDING if skipped is None else FireStatus.SKIPPED
+    return {
+        "spec_id": spec_id,
+        "scheduled_at": moment,
+        "status": status.value,
+        "skip_reason": None if skipped is None else skipped.value,
+        "created_at": now,
+        "manual": False,
+        "attempts": 0,
+    }
+
+
+def _insert_fires(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Insert fires; a (spec, time) already written (a manual fire at that instant) stays."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(Fire).on_conflict_do_nothing(index_elements=["spec_id", "scheduled_at"])
+    session.execute(statement, rows)
 
 
 def delete_spec(session: Session, spec_id: int) -> None:
@@ -154,9 +304,29 @@ def list_backups(
     *,
     statuses: Collection[BackupStatus] = (),
     tag: str | None = None,
+    after: int | None = None,
+    limit: int | None = None,
 ) -> list[Backup]:
-    """A spec's backups, newest first; `statuses` (any of) and `tag` narrow the list."""
+    """A spec's backups, newest first; `statuses` (any of) and `tag` narrow the list.
+
+    Newest first is by scheduled time, then by id (the greater is the newer), as the
+    retention plan orders them. `after` (the id of one of the spec's backups, matching the
+    filters or not) starts the list after that backup; CursorNotFound when it is not the
+    spec's. Rows are only deleted with their spec, so a cursor stays valid.
+    """
     query = select(Backup).where(Backup.spec_id == spec_id)
+    if after is not None:
+        moment = session.scalar(
+            select(Backup.scheduled_at).where(Backup.id == after, Backup.spec_id == spec_id)
+        )
+        if moment is None:
+            raise CursorNotFound(f"after: {after} is not the id of one of the spec's backups")
+        query = query.where(
+            or_(
+                Backup.scheduled_at < moment,
+                and_(Backup.scheduled_at == moment, Backup.id < after),
+            )
+        )
     if statuses:
         query = query.where(Backup.status.in_(sorted(statuses)))
     if tag is not None:
@@ -164,7 +334,21 @@ def list_backups(
         wrapped = literal(",") + Backup.tags + literal(",")
         query = query.where(wrapped.contains(f",{tag},", autoescape=True))
     query = query.order_by(Backup.scheduled_at.desc(), Backup.id.desc())
+    if limit is not None:
+        query = query.limit(limit)
     return list(session.scalars(query))
+
+
+def count_backups_other_than(session: Session, spec_id: int, status: BackupStatus) -> int:
+    """How many of the spec's backups have another status (the plan's "ignore" count)."""
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(Backup)
+            .where(Backup.spec_id == spec_id, Backup.status != status.value)
+        )
+        or 0
+    )
 
 
 def mark_purging(session: Session, spec: BackupSpec, now: datetime) -> None:

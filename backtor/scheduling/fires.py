@@ -12,8 +12,9 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from dataclasses import replace as dataclass_replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import and_, or_, select, update
@@ -21,7 +22,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from backtor.conductor.names import CREATE_BACKUP
-from backtor.conductor.payloads import WorkflowRun
+from backtor.conductor.payloads import ConductorBadAnswer, WorkflowRun
+from backtor.conductor.port import Conductor
 from backtor.conductor.registration import DEFINITIONS
 from backtor.core.cron import CronSchedule
 from backtor.core.errors import ConductorNotFound, ConductorRefused, ConductorUnavailable
@@ -550,3 +552,89 @@ def _count_outcomes(
         else:  # still PENDING: Conductor unreachable or refusing; tried again later
             counters.increment(session, counters.TRIGGER, name, "error")
             counters.increment(session, counters.WARN, name, "error")
+
+
+# -- a manual trigger's start ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ManualStart:
+    """A manual fire's start. `unconfirmed`: the start's answer was lost and Conductor could
+    not be asked whether it happened, so the fire stays PENDING for the scheduler."""
+
+    outcome: FireOutcome
+    unconfirmed: bool = False
+
+
+def start_manual_fire(services: Services, job: FireJob) -> ManualStart:
+    """start_fires for one claimed manual fire, never losing track of a start that happened.
+
+    A start whose answer is lost (timeout, garbled 2xx) may have created the workflow. The
+    trigger cannot wait for the scheduler's retry (it must answer now), so it asks Conductor
+    at once for the spec's create_backup runs carrying this fire's id: found, the fire is
+    STARTED with it; not found, nothing started; the question failing too, `unconfirmed`.
+    """
+    checked = _LostStartLookup(services.conductor, job.fire_id)
+    (outcome,) = start_fires(dataclass_replace(services, conductor=cast(Conductor, checked)), [job])
+    unconfirmed = checked.unconfirmed and outcome.status is FireStatus.PENDING
+    return ManualStart(outcome, unconfirmed)
+
+
+class _LostStartLookup:
+    """A Conductor whose start_workflow, when the answer is lost, looks for the run it made."""
+
+    def __init__(self, conductor: Conductor, fire_id: int) -> None:
+        self._conductor = conductor
+        self._fire_id = fire_id
+        self.unconfirmed = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conductor, name)
+
+    def start_workflow(
+        self,
+        name: str,
+        *,
+        input: Mapping[str, Any],
+        correlation_id: str,
+        version: int | None = None,
+    ) -> str:
+        try:
+            return self._conductor.start_workflow(
+                name, input=input, correlation_id=correlation_id, version=version
+            )
+        except (ConductorUnavailable, ConductorBadAnswer) as lost:
+            found = self._lookup(name, correlation_id)
+            if found is None:
+                raise
+            log.warning(
+                "spec %s: the answer to starting %s was lost (%s); Conductor shows %s for fire %s",
+                correlation_id,
+                name,
+                lost,
+                found,
+                self._fire_id,
+                extra={"backup": correlation_id, "workflow_id": found},
+            )
+            return found
+
+    def _lookup(self, name: str, correlation_id: str) -> str | None:
+        try:
+            runs = self._conductor.workflows_by_correlation(
+                name, [correlation_id], include_closed=True
+            )
+        except (ConductorUnavailable, ConductorRefused) as exc:
+            self.unconfirmed = True
+            log.warning(
+                "spec %s: cannot tell whether fire %s started %s: %s",
+                correlation_id,
+                self._fire_id,
+                name,
+                exc,
+                extra={"backup": correlation_id},
+            )
+            return None
+        for run in runs.get(correlation_id, []):
+            if run.fire_id == self._fire_id:
+                return run.workflow_id
+        return None

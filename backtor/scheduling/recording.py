@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from backtor.core.policy import RetentionPolicy
-from backtor.core.retention import BackupRecord, RetentionPlan, plan_retention
+from backtor.core.retention import COMPLETED, BackupRecord, RetentionPlan, plan_retention
 from backtor.db import counters
 from backtor.db.models import Backup, BackupSpec, BackupStatus
 from backtor.db.repository import retention_fields
@@ -136,19 +136,27 @@ def record_failed(
     )
 
 
+def completed_records(session: Session, spec_id: int) -> list[BackupRecord]:
+    """The spec's retention candidates: its COMPLETED backups, read in SQL (the index on
+    (spec_id, status)). The plan ignores every other status (docs/retention.md, step 1), so
+    the REMOVED history, which grows without bound, is never read."""
+    rows = session.execute(
+        select(Backup.id, Backup.scheduled_at, Backup.pinned).where(
+            Backup.spec_id == spec_id, Backup.status == BackupStatus.COMPLETED.value
+        )
+    ).all()
+    return [BackupRecord(str(row.id), row.scheduled_at, COMPLETED, row.pinned) for row in rows]
+
+
 def plan_for(
     session: Session, spec: BackupSpec, policy: RetentionPolicy | None = None
 ) -> RetentionPlan:
-    """The retention plan over the spec's recorded backups (nothing changes)."""
-    rows = session.execute(
-        select(Backup.id, Backup.scheduled_at, Backup.status, Backup.pinned).where(
-            Backup.spec_id == spec.id
-        )
-    ).all()
-    records = [
-        BackupRecord(id=str(row.id), time=row.scheduled_at, status=row.status, pinned=row.pinned)
-        for row in rows
-    ]
+    """The retention plan over the spec's COMPLETED backups (nothing changes).
+
+    One decision per candidate, none for other statuses: the plan would only have marked
+    them "ignore", and its keep/remove decisions do not depend on them.
+    """
+    records = completed_records(session, spec.id)
     return plan_retention(records, policy or policy_of(spec), ZoneInfo(spec.timezone))
 
 
@@ -156,7 +164,8 @@ def store_tags(session: Session, spec: BackupSpec, plan: RetentionPlan) -> int:
     """Store the plan's tags on the spec's COMPLETED backups; returns how many rows changed.
 
     Only rows whose tags differ are written, so refreshing an unchanged plan is cheap.
-    Other statuses keep the tags they had when they left COMPLETED.
+    Other statuses keep the tags they had when they left COMPLETED: only COMPLETED rows are
+    read and written (a row that left COMPLETED since the plan was made is left alone).
     """
     current = {
         row.id: row.tags

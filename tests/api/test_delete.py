@@ -17,14 +17,18 @@ pytestmark = pytest.mark.integration
 
 
 def _backup_count(session: Session) -> int:
-    return int(session.scalar(select(func.count()).select_from(Backup)) or 0)
+    count = int(session.scalar(select(func.count()).select_from(Backup)) or 0)
+    session.rollback()  # SQLite: every transaction holds the write lock (BEGIN IMMEDIATE)
+    return count
 
 
 def _states(session: Session, *backup_ids: int) -> list[tuple[str, str | None]]:
     """(status, removeWorkflowId) of each backup, read afresh."""
     session.expire_all()
     rows = [session.get(Backup, backup_id) for backup_id in backup_ids]
-    return [(row.status, row.remove_workflow_id) for row in rows if row is not None]
+    states = [(row.status, row.remove_workflow_id) for row in rows if row is not None]
+    session.rollback()  # SQLite: every transaction holds the write lock (BEGIN IMMEDIATE)
+    return states
 
 
 def test_a_spec_without_backups_is_deleted_at_once(client: TestClient) -> None:

@@ -7,8 +7,11 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from backtor.core.policy import DEFAULT_POLICY
+from backtor.db.models import BackupSpec, Fire
 
 pytestmark = pytest.mark.integration
 
@@ -330,3 +333,44 @@ def test_a_duplicate_that_slips_past_the_lookup_is_still_409(
     assert again.json() == {"message": "backup spec 'db1' already exists", "field": "name"}
     monkeypatch.undo()
     assert client.get("/backup/db1").json()["retentionDaily"] == "5@L"
+
+
+def _make_due(session: Session, name: str, due: datetime) -> None:
+    """As if the scheduler's pass were late: the spec's fire time has come, no fire written."""
+    session.execute(update(BackupSpec).where(BackupSpec.name == name).values(next_fire_at=due))
+    session.commit()
+
+
+def _fires(session: Session) -> list[tuple[datetime, str, str | None]]:
+    session.expire_all()
+    rows = session.execute(
+        select(Fire.scheduled_at, Fire.status, Fire.skip_reason).order_by(Fire.scheduled_at)
+    )
+    fires = [(row.scheduled_at, row.status, row.skip_reason) for row in rows]
+    session.rollback()  # SQLite: every transaction holds the write lock (BEGIN IMMEDIATE)
+    return fires
+
+
+def test_a_put_keeps_or_settles_a_due_fire(client: TestClient, session: Session) -> None:
+    """Defect 2 on both databases (tests/scheduling has the passes in simulated time)."""
+    spec = {"name": "db1", "backupCronString": "0 * * * * *", "misfireGraceSeconds": 3600}
+    assert client.post("/backup", json=spec).status_code == 201
+    due = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=2)
+    _make_due(session, "db1", due)
+
+    unchanged = client.put("/backup/db1", json={**spec, "workerConfig": "new"})
+    assert unchanged.status_code == 200
+    assert unchanged.json()["nextFireTime"] == _iso(due)  # kept for the next pass
+    assert _fires(session) == []
+
+    changed = client.put("/backup/db1", json={**spec, "backupCronString": "0 0 * * * *"})
+    assert changed.status_code == 200
+    assert _parse(changed.json()["nextFireTime"]) > datetime.now(UTC)
+    fires = _fires(session)
+    # The due minute, the one after it, and (when the PUT came a minute later) a third:
+    # the latest is left to the pass, the earlier ones were passed over.
+    assert fires[0][0] == due
+    assert [status for _, status, _ in fires[:-1]] == ["SKIPPED"] * (len(fires) - 1)
+    assert {reason for _, _, reason in fires[:-1]} <= {"misfire"}
+    assert fires[-1][1:] == ("PENDING", None)
+    assert len(fires) in (3, 4)

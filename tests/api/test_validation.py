@@ -60,6 +60,9 @@ BAD_FIELDS: list[tuple[str, dict[str, Any], str]] = [
     ("timeoutSeconds-huge", {"timeoutSeconds": 2**31}, "timeoutSeconds"),
     ("timeoutSeconds-enormous", {"timeoutSeconds": 10**30}, "timeoutSeconds"),
     ("misfire-negative", {"misfireGraceSeconds": -1}, "misfireGraceSeconds"),
+    # Below the minimum (10 s): a pass runs some time after the due time, so the fire is lost.
+    ("misfire-zero", {"misfireGraceSeconds": 0}, "misfireGraceSeconds"),
+    ("misfire-below-minimum", {"misfireGraceSeconds": 9}, "misfireGraceSeconds"),
     ("misfire-huge", {"misfireGraceSeconds": 2**31}, "misfireGraceSeconds"),
     ("misfire-string", {"misfireGraceSeconds": "60"}, "misfireGraceSeconds"),
     ("retention-words", {"retentionDaily": "seven"}, "retentionDaily"),
@@ -139,6 +142,17 @@ def test_bad_name_is_refused_and_nothing_stored(client: TestClient, name: Any) -
 def test_missing_name_is_refused(client: TestClient) -> None:
     _assert_error(client.post("/backup", json={"retentionDaily": "3"}), "name")
     assert client.get("/backup").json() == []
+
+
+def test_the_smallest_misfire_grace_is_accepted(client: TestClient) -> None:
+    answer = client.post("/backup", json={"name": "db1", "misfireGraceSeconds": 10})
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["misfireGraceSeconds"] == 10
+    refused = client.put("/backup/db1", json={"misfireGraceSeconds": 0})
+    assert refused.status_code == 422
+    assert refused.json()["field"] == "misfireGraceSeconds"
+    assert "at least 10" in refused.json()["message"]
+    assert client.get("/backup/db1").json()["misfireGraceSeconds"] == 10
 
 
 def test_longest_name_is_accepted(client: TestClient) -> None:
