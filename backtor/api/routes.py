@@ -42,6 +42,7 @@ from backtor.scheduling.fires import (
     add_manual_fire,
     claim_pending,
     give_up_fire,
+    settle_due_fire,
     start_manual_fire,
 )
 
@@ -109,7 +110,10 @@ def _replace(session: Session, services: Services, name: str, body: SpecIn) -> S
     spec = repository.require_spec(session, name, for_update=True)
     if spec.deleting:
         raise Conflict(f"backup spec {name!r} is being purged and cannot change", "name")
-    repository.replace_spec(session, spec, values, services.clock())
+    now = services.clock()
+    if repository.changes_schedule(spec, values):
+        settle_due_fire(session, spec, now)
+    repository.replace_spec(session, spec, values, now)
     session.commit()
     return SpecOut.of(spec)
 

@@ -8,20 +8,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import and_, delete, func, literal, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from backtor.core.cron import CronSchedule
 from backtor.core.errors import Conflict, InvalidField, NotFound
-from backtor.core.schedule import Timing, decide
 from backtor.core.specs import SpecValues, compute_next_fire_at
-from backtor.db import counters
 from backtor.db.models import (
     UNREMOVED_STATUSES,
     Backup,
@@ -29,7 +24,6 @@ from backtor.db.models import (
     BackupStatus,
     Fire,
     FireStatus,
-    SkipReason,
 )
 
 log = logging.getLogger(__name__)
@@ -163,18 +157,21 @@ def replace_spec(session: Session, spec: BackupSpec, values: SpecValues, now: da
     """Full replacement of the user's fields; runtime state (running id, skips) is kept.
 
     A fire already due is never lost to a PUT (docs/scheduling.md, "Grace rules"): a PUT
-    that leaves the schedule as it was keeps next_fire_at, due or not; one that changes it
-    first settles the due fire under the old schedule, as the pass would have, then
-    the new schedule applies from `now`. The caller holds the spec's row lock.
+    that leaves the schedule as it was keeps next_fire_at, due or not; before one that
+    changes it, the caller settles the due fire under the old schedule
+    (backtor.scheduling.fires.settle_due_fire), then the new schedule applies from `now`.
     """
-    unchanged = _schedule_of(spec) == _schedule_of_values(values, deleting=spec.deleting)
+    unchanged = not changes_schedule(spec, values)
     due = spec.next_fire_at
-    if not unchanged and due is not None and due <= now and spec.enabled and not spec.deleting:
-        _settle_due_fire(session, spec, due, now)
     _apply(spec, values, now)
     if unchanged:
         spec.next_fire_at = due
     session.flush()
+
+
+def changes_schedule(spec: BackupSpec, values: SpecValues) -> bool:
+    """Whether `values` would change what decides the spec's fire times."""
+    return _schedule_of(spec) != _schedule_of_values(values, deleting=spec.deleting)
 
 
 def _schedule_of(spec: BackupSpec) -> tuple[Any, ...]:
@@ -198,77 +195,6 @@ def _schedule_of_values(values: SpecValues, *, deleting: bool) -> tuple[Any, ...
         values.misfire_grace_seconds,
         values.enabled and not deleting,
     )
-
-
-def _settle_due_fire(session: Session, spec: BackupSpec, due: datetime, now: datetime) -> None:
-    """Write the fire rows the pass would write now for a spec due at `due`, old schedule.
-
-    The same decision as backtor.scheduling.fires.schedule_due_fires (core.schedule.decide):
-    the latest fire time within the grace becomes a PENDING fire, which the next pass
-    starts, and those passed over are SKIPPED (misfire). A stored schedule that no longer
-    evaluates gets its due time SKIPPED (invalid_schedule). Never silent: each due time
-    gets a row.
-    """
-    rows: list[dict[str, Any]] = []
-    try:
-        timing = Timing(
-            CronSchedule(spec.cron_string),
-            ZoneInfo(spec.timezone),
-            spec.from_date,
-            spec.to_date,
-            timedelta(seconds=spec.misfire_grace_seconds),
-        )
-        decision = decide(timing, due, now)
-    except (ValueError, KeyError, LookupError):
-        rows.append(_fire_row(spec.id, due, now, SkipReason.INVALID_SCHEDULE))
-        spec.last_skip_at, spec.last_skip_reason = now, SkipReason.INVALID_SCHEDULE.value
-        counters.increment(session, counters.SKIPPED, spec.name, SkipReason.INVALID_SCHEDULE.value)
-        counters.increment(session, counters.WARN, spec.name, "error")
-        _insert_fires(session, rows)
-        return
-    if decision.fire is not None:
-        rows.append(_fire_row(spec.id, decision.fire, now, None))
-    missed = [*decision.missed, *([decision.expired] if decision.expired else [])]
-    rows.extend(_fire_row(spec.id, moment, now, SkipReason.MISFIRE) for moment in missed)
-    passed_over = len(missed) + decision.more_missed
-    if passed_over:
-        spec.last_skip_at, spec.last_skip_reason = now, SkipReason.MISFIRE.value
-        counters.increment(session, counters.SKIPPED, spec.name, "misfire", passed_over)
-        counters.increment(session, counters.WARN, spec.name, "warning", passed_over)
-    log.info(
-        "spec %s: its schedule changed while a fire was due (%s): %s, %d passed over (misfire)",
-        spec.name,
-        due.isoformat(),
-        f"{decision.fire.isoformat()} left to the next pass" if decision.fire else "none starts",
-        passed_over,
-        extra={"backup": spec.name},
-    )
-    _insert_fires(session, rows)
-
-
-def _fire_row(
-    spec_id: int, moment: datetime, now: datetime, skipped: SkipReason | None
-) -> dict[str, Any]:
-    status = FireStatus.PENDING if skipped is None else FireStatus.SKIPPED
-    return {
-        "spec_id": spec_id,
-        "scheduled_at": moment,
-        "status": status.value,
-        "skip_reason": None if skipped is None else skipped.value,
-        "created_at": now,
-        "manual": False,
-        "attempts": 0,
-    }
-
-
-def _insert_fires(session: Session, rows: list[dict[str, Any]]) -> None:
-    """Insert fires; a (spec, time) already written (a manual fire at that instant) stays."""
-    if not rows:
-        return
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(Fire).on_conflict_do_nothing(index_elements=["spec_id", "scheduled_at"])
-    session.execute(statement, rows)
 
 
 def delete_spec(session: Session, spec_id: int) -> None:

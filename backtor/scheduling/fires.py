@@ -76,42 +76,64 @@ def schedule_due_fires(session: Session, now: datetime, limit: int = 10_000) -> 
         .limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
-    pending: list[dict[str, Any]] = []
-    skipped: list[dict[str, Any]] = []
     # Specs that share a schedule and a due time share a decision: compute it once a pass.
     decisions: dict[tuple[Timing, datetime], Decision] = {}
-    for spec in specs:
-        assert spec.next_fire_at is not None
-        try:
-            key = (timing_of(spec), spec.next_fire_at)
-            decision = decisions.get(key)
-            if decision is None:
-                decision = decisions[key] = decide(key[0], key[1], now)
-        except (ValueError, KeyError, LookupError) as exc:
-            # A stored cron or zone that no longer parses (a library or tzdata upgrade):
-            # this spec is skipped, visibly; every other spec is scheduled as usual.
-            skipped.append(_unschedulable(session, spec, now, exc))
-            continue
-        if decision.fire is not None:
-            pending.append(_fire_row(spec.id, decision.fire, FireStatus.PENDING, None, now))
-        missed = [*decision.missed, *([decision.expired] if decision.expired else [])]
-        for moment in missed:
-            skipped.append(_fire_row(spec.id, moment, FireStatus.SKIPPED, SkipReason.MISFIRE, now))
-        if missed or decision.more_missed:
-            spec.last_skip_at = now
-            spec.last_skip_reason = SkipReason.MISFIRE.value
-            passed_over = len(missed) + decision.more_missed
-            counters.increment(session, counters.SKIPPED, spec.name, "misfire", passed_over)
-            counters.increment(session, counters.WARN, spec.name, "warning", passed_over)
-            log.warning(
-                "spec %s: %d fire time(s) passed over (misfire)",
-                spec.name,
-                passed_over,
-                extra={"backup": spec.name},
-            )
-        spec.next_fire_at = decision.next_fire_at
-    _insert_fires(session, pending + skipped)
-    return DueReport(pending=len(pending), skipped=len(skipped))
+    rows = [row for spec in specs for row in _due_fire_rows(session, spec, now, decisions)]
+    _insert_fires(session, rows)
+    pending = sum(1 for row in rows if row["status"] == FireStatus.PENDING.value)
+    return DueReport(pending=pending, skipped=len(rows) - pending)
+
+
+def settle_due_fire(session: Session, spec: BackupSpec, now: datetime) -> None:
+    """Decide a due fire now, as the pass would, before the spec's schedule changes.
+
+    A PUT that changes the schedule calls this first (the caller holds the spec's row lock):
+    the latest fire time within the grace becomes PENDING for the next pass, those passed
+    over are SKIPPED; no due fire is lost to the change (docs/scheduling.md, "Grace rules").
+    """
+    due = spec.next_fire_at
+    if due is None or due > now or not spec.enabled or spec.deleting:
+        return
+    _insert_fires(session, _due_fire_rows(session, spec, now, {}))
+
+
+def _due_fire_rows(
+    session: Session,
+    spec: BackupSpec,
+    now: datetime,
+    decisions: dict[tuple[Timing, datetime], Decision],
+) -> list[dict[str, Any]]:
+    """The fire rows of one due spec, which is moved on to its next fire time."""
+    assert spec.next_fire_at is not None
+    try:
+        key = (timing_of(spec), spec.next_fire_at)
+        decision = decisions.get(key)
+        if decision is None:
+            decision = decisions[key] = decide(key[0], key[1], now)
+    except (ValueError, KeyError, LookupError) as exc:
+        # A stored cron or zone that no longer parses (a library or tzdata upgrade): this
+        # spec is skipped, visibly; every other spec is scheduled as usual.
+        return [_unschedulable(session, spec, now, exc)]
+    rows = []
+    if decision.fire is not None:
+        rows.append(_fire_row(spec.id, decision.fire, FireStatus.PENDING, None, now))
+    missed = [*decision.missed, *([decision.expired] if decision.expired else [])]
+    for moment in missed:
+        rows.append(_fire_row(spec.id, moment, FireStatus.SKIPPED, SkipReason.MISFIRE, now))
+    if missed or decision.more_missed:
+        spec.last_skip_at = now
+        spec.last_skip_reason = SkipReason.MISFIRE.value
+        passed_over = len(missed) + decision.more_missed
+        counters.increment(session, counters.SKIPPED, spec.name, "misfire", passed_over)
+        counters.increment(session, counters.WARN, spec.name, "warning", passed_over)
+        log.warning(
+            "spec %s: %d fire time(s) passed over (misfire)",
+            spec.name,
+            passed_over,
+            extra={"backup": spec.name},
+        )
+    spec.next_fire_at = decision.next_fire_at
+    return rows
 
 
 def _unschedulable(
