@@ -6,6 +6,9 @@ Where they come from, first match wins:
   conductoross/conductor and postgres;
 - otherwise the project's own scripts: scripts/conductor starts the OSS boot jar on
   a free port in a throwaway directory, scripts/postgres makes sure the local server runs.
+  The server's persistence is SQLite, or PostgreSQL with `--conductor-backend postgres`
+  (or BACKTOR_TEST_CONDUCTOR_BACKEND=postgres): database, queues and index in a fresh
+  database of the local PostgreSQL, as clusters run Conductor.
 Each test database is a fresh, uniquely named one, so a DATABASE_URL never has its own
 data touched.
 
@@ -35,6 +38,34 @@ from tests.support.net import free_port, wait_until_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 CONDUCTOR_IMAGE = os.environ.get("BACKTOR_TEST_CONDUCTOR_IMAGE", "conductoross/conductor:latest")
+CONDUCTOR_BACKENDS = ("sqlite", "postgres")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--conductor-backend",
+        choices=CONDUCTOR_BACKENDS,
+        default=None,
+        help="persistence of the Conductor servers the tests start (scripts/conductor "
+        "--backend): sqlite (default) or postgres; default $BACKTOR_TEST_CONDUCTOR_BACKEND",
+    )
+
+
+def conductor_backend(config: pytest.Config) -> str:
+    """The Conductor backend of this session: the option, else the variable, else sqlite."""
+    chosen = config.getoption("--conductor-backend", None) or os.environ.get(
+        "BACKTOR_TEST_CONDUCTOR_BACKEND", "sqlite"
+    )
+    if chosen not in CONDUCTOR_BACKENDS:
+        raise pytest.UsageError(
+            f"BACKTOR_TEST_CONDUCTOR_BACKEND={chosen!r}: must be one of "
+            + ", ".join(CONDUCTOR_BACKENDS)
+        )
+    return str(chosen)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"conductor backend: {conductor_backend(config)}"
 
 
 # -- which tests need a server ---------------------------------------------------------------
@@ -69,6 +100,9 @@ def needs_server(item: pytest.Item) -> bool:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # Tests that start a Conductor of their own (a restart, ...) run scripts/conductor, which
+    # reads CONDUCTOR_BACKEND: they get the session's backend too.
+    os.environ["CONDUCTOR_BACKEND"] = conductor_backend(config)
     config.addinivalue_line(
         "markers",
         "needs_server: reaches a real Conductor or PostgreSQL (added at collection; "
@@ -116,7 +150,7 @@ def _docker_wanted() -> bool:
 
 
 @pytest.fixture(scope="session")
-def conductor_url() -> Iterator[str]:
+def conductor_url(pytestconfig: pytest.Config) -> Iterator[str]:
     """Base URL of Conductor's REST API, ending in /api."""
     given = os.environ.get("CONDUCTOR_API_URL")
     if given:
@@ -134,11 +168,16 @@ def conductor_url() -> Iterator[str]:
     workdir = Path(tempfile.mkdtemp(prefix="backtor-conductor-"))
     port = free_port()
     script = str(ROOT / "scripts" / "conductor")
-    subprocess.run([script, "start", "--port", str(port), "--dir", str(workdir)], check=True)
+    backend = conductor_backend(pytestconfig)
+    subprocess.run(
+        [script, "start", "--port", str(port), "--dir", str(workdir), "--backend", backend],
+        check=True,
+    )
     try:
         yield f"http://127.0.0.1:{port}/api"
     finally:
-        subprocess.run([script, "stop", "--dir", str(workdir)], check=False)
+        # --drop: the PostgreSQL backend's database goes with the directory.
+        subprocess.run([script, "stop", "--dir", str(workdir), "--drop"], check=False)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -3,6 +3,10 @@
 The SDK's generated clients stay in the workers (TaskHandler); the control plane uses plain
 HTTP so that each call is one request, errors map to Backtor's Conductor errors, and every
 execution is parsed once into `WorkflowRun`/`TaskRun` (backtor.conductor.payloads).
+
+A secured Conductor: the client sends the credentials of `auth` (backtor.conductor.auth), by
+default those of the process's settings; a 401 is answered with one fresh token and one
+retry, then ConductorAuthRejected.
 """
 
 from __future__ import annotations
@@ -18,6 +22,15 @@ from urllib.parse import quote
 import requests
 from requests.adapters import HTTPAdapter
 
+from backtor.conductor.auth import (
+    FROM_ENVIRONMENT,
+    TOKEN_HEADER,
+    AuthChoice,
+    TokenSource,
+    rejection,
+    resolve,
+    scrub,
+)
 from backtor.conductor.payloads import (
     ConductorBadAnswer,
     TaskRun,
@@ -25,7 +38,12 @@ from backtor.conductor.payloads import (
     parse_task,
     parse_workflow,
 )
-from backtor.core.errors import ConductorNotFound, ConductorRefused, ConductorUnavailable
+from backtor.core.errors import (
+    BacktorError,
+    ConductorNotFound,
+    ConductorRefused,
+    ConductorUnavailable,
+)
 from backtor.observability import telemetry
 
 log = logging.getLogger(__name__)
@@ -47,7 +65,11 @@ class ConductorClient:
         timeout: float = 10.0,
         auth_token: str | None = None,
         pool_size: int = 16,
+        auth: AuthChoice = FROM_ENVIRONMENT,
     ) -> None:
+        """`auth`: Conductor's credentials (default: the environment's, as Settings reads
+        them; None: none). `auth_token`: a fixed X-Authorization token, for callers that
+        manage tokens themselves."""
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self._session = requests.Session()
@@ -56,7 +78,18 @@ class ConductorClient:
         self._session.mount("https://", adapter)
         self._session.headers["Accept"] = "application/json"
         if auth_token:
-            self._session.headers["X-Authorization"] = auth_token
+            self._session.headers[TOKEN_HEADER] = auth_token
+        self._auth = resolve(auth)
+        self._tokens: TokenSource | None = None
+        if self._auth is not None:
+            self._session.headers.update(self._auth.static_headers())
+            if self._auth.uses_token:
+                self._tokens = TokenSource(
+                    self.base_url, self._auth, self._session, timeout=timeout
+                )
+
+    def __repr__(self) -> str:
+        return f"ConductorClient({self.base_url!r}, auth={self._auth!r})"
 
     def close(self) -> None:
         self._session.close()
@@ -66,9 +99,10 @@ class ConductorClient:
     def is_healthy(self) -> bool:
         root = self.base_url.removesuffix("/api")
         try:
-            answer = self._session.get(f"{root}/health", timeout=self.timeout)
+            headers = self._tokens.headers() if self._tokens is not None else None
+            answer = self._session.get(f"{root}/health", timeout=self.timeout, headers=headers)
             body = answer.json() if answer.ok else None
-        except (requests.RequestException, ValueError):
+        except (requests.RequestException, ValueError, BacktorError):
             return False
         return isinstance(body, dict) and bool(body.get("healthy", False))
 
@@ -236,14 +270,15 @@ class ConductorClient:
         expect_json: bool = True,
     ) -> Any:
         with _observed(operation) as outcome:
-            try:
-                answer = self._session.request(
-                    method, self.base_url + path, params=params, json=json, timeout=self.timeout
-                )
-            except requests.RequestException as exc:
-                outcome["status"] = "unavailable"
-                raise ConductorUnavailable(f"Conductor {operation}: {exc}") from exc
-            outcome["status"] = str(answer.status_code)
+            answer = self._send(method, path, operation, outcome, params=params, json=json)
+            if answer.status_code == 401 and self._tokens is not None:
+                # Revoked or expired early: one fresh token, one retry (a 401 did nothing).
+                self._tokens.refused(str(answer.request.headers.get(TOKEN_HEADER, "")))
+                answer = self._send(method, path, operation, outcome, params=params, json=json)
+            if answer.status_code == 401:
+                where = f"{method} {self.base_url}{path}"
+                said = scrub(_message(answer), self._auth)[:200]
+                raise rejection(self._auth, operation, 401, where, said)
             if answer.status_code in _UNAVAILABLE_STATUSES:
                 raise ConductorUnavailable(
                     f"Conductor {operation}: HTTP {answer.status_code} {answer.text[:200]}"
@@ -258,6 +293,33 @@ class ConductorClient:
                 return answer.json() if answer.content else None
             except ValueError:
                 raise ConductorBadAnswer(operation, f"not JSON: {answer.text[:100]!r}") from None
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        operation: str,
+        outcome: dict[str, str],
+        *,
+        params: Mapping[str, Any] | None,
+        json: Any,
+    ) -> requests.Response:
+        """One request, with a current token when Conductor takes a key and secret."""
+        headers = self._tokens.headers() if self._tokens is not None else None
+        try:
+            answer = self._session.request(
+                method,
+                self.base_url + path,
+                params=params,
+                json=json,
+                timeout=self.timeout,
+                headers=headers,
+            )
+        except requests.RequestException as exc:
+            outcome["status"] = "unavailable"
+            raise ConductorUnavailable(f"Conductor {operation}: {exc}") from exc
+        outcome["status"] = str(answer.status_code)
+        return answer
 
 
 @contextmanager

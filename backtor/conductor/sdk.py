@@ -12,11 +12,20 @@ from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
 
+from conductor.client.configuration.configuration import Configuration
 from conductor.client.http.models.task import Task
 from conductor.client.http.models.task_result import TaskResult
 from conductor.client.http.models.task_result_status import TaskResultStatus
 from conductor.client.worker.worker import Worker
 
+from backtor.conductor.auth import (
+    DEFAULT_REFRESH_MINUTES,
+    FROM_ENVIRONMENT,
+    AuthChoice,
+    ConductorAuth,
+    resolve,
+    verify,
+)
 from backtor.conductor.payloads import TaskRun, TaskStatus, from_epoch_ms
 from backtor.conductor.results import TaskOutcome
 
@@ -73,6 +82,56 @@ class SdkTask:
         return task_result(task, self.handler(task_run(task)))
 
 
+class BacktorConfiguration(Configuration):  # type: ignore[misc]
+    """conductor-python's Configuration that also carries static headers, in every process.
+
+    Pickled into each spawned runner; unpickling installs the headers there before the
+    runner builds its ApiClient.
+    """
+
+    def __init__(self, *, static_headers: dict[str, str], **options: Any) -> None:
+        self.static_headers = dict(static_headers)
+        super().__init__(**options)
+        if self.static_headers:
+            _install_static_headers()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.static_headers:
+            _install_static_headers()
+
+    def __repr__(self) -> str:
+        return f"BacktorConfiguration({self.host!r})"
+
+
+def _install_static_headers() -> None:
+    """Make conductor-python's ApiClient add its configuration's `static_headers`.
+
+    The SDK has no setting for extra headers (its TaskRunner builds the ApiClient), so its
+    default headers are extended where they are made, before the client's first request
+    (the token exchange). Only a BacktorConfiguration has `static_headers`; any other
+    ApiClient is left as it was. Idempotent, once per process.
+    """
+    from conductor.client.http.api_client import ApiClient
+
+    if getattr(ApiClient, "_backtor_static_headers", False):
+        return
+    made = "_ApiClient__get_default_headers"
+    original = getattr(ApiClient, made, None)
+    if original is None:  # a conductor-python that builds its headers elsewhere
+        raise RuntimeError(
+            "conductor-python's ApiClient changed: cannot send CONDUCTOR_AUTH_HEADER"
+        )
+
+    def default_headers(self: Any, header_name: Any, header_value: Any) -> dict[str, Any]:
+        headers: dict[str, Any] = original(self, header_name, header_value)
+        headers.update(getattr(self.configuration, "static_headers", None) or {})
+        return headers
+
+    setattr(ApiClient, made, default_headers)
+    ApiClient._backtor_static_headers = True
+
+
 class StoppableWorker(Worker):  # type: ignore[misc]
     """A Worker that stops polling once its runner process is told to stop.
 
@@ -116,14 +175,53 @@ class StoppableWorker(Worker):  # type: ignore[misc]
         self._paused_by_config = value
 
 
-def task_handler(conductor_api_url: str, workers: list[StoppableWorker]) -> Any:
-    """conductor-python's TaskHandler for these workers: one runner process each."""
+def task_handler(
+    conductor_api_url: str,
+    workers: list[StoppableWorker],
+    *,
+    auth: AuthChoice = FROM_ENVIRONMENT,
+) -> Any:
+    """conductor-python's TaskHandler for these workers: one runner process each.
+
+    `auth`: Conductor's credentials (default: the environment's, as Settings reads them).
+    They are checked here, once: a refused key, secret or header stops the process now with
+    ConductorAuthRejected, where the SDK alone would log and back off for ever.
+    """
+    credentials = resolve(auth)
+    if workers:
+        probe = f"/metadata/taskdefs/{workers[0].get_task_definition_name()}"
+        verify(conductor_api_url, credentials, probe)
     # Imported here: importing the automator switches multiprocessing to "spawn".
     from conductor.client.automator.task_handler import TaskHandler
-    from conductor.client.configuration.configuration import Configuration
 
     return TaskHandler(
         workers=workers,
-        configuration=Configuration(server_api_url=conductor_api_url),
+        configuration=configuration(conductor_api_url, credentials),
         scan_for_annotated_workers=False,
     )
+
+
+def configuration(conductor_api_url: str, auth: ConductorAuth | None) -> Any:
+    """conductor-python's Configuration with Backtor's credentials, nothing from elsewhere.
+
+    The SDK exchanges the key and secret at `/token` itself (AuthenticationSettings), sends
+    the token as X-Authorization, fetches a new one every `refresh_minutes` and after a
+    401 or 403 whose body says EXPIRED_TOKEN or INVALID_TOKEN (Orkes' answers). A static
+    header rides on every request of the SDK's ApiClient (`_install_static_headers`).
+    """
+    from conductor.client.configuration.settings.authentication_settings import (
+        AuthenticationSettings,
+    )
+
+    settings = None
+    if auth is not None and auth.key_id is not None and auth.key_secret is not None:
+        settings = AuthenticationSettings(key_id=auth.key_id, key_secret=auth.key_secret)
+    config = BacktorConfiguration(
+        server_api_url=conductor_api_url,
+        authentication_settings=settings,
+        auth_token_ttl_min=auth.refresh_minutes if auth is not None else DEFAULT_REFRESH_MINUTES,
+        static_headers=auth.static_headers() if auth is not None else {},
+    )
+    # Without settings the SDK reads CONDUCTOR_AUTH_KEY/SECRET itself: Backtor's word holds.
+    config.authentication_settings = settings
+    return config

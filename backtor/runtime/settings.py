@@ -10,10 +10,11 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backtor.conductor.auth import DEFAULT_REFRESH_MINUTES, ConductorAuth, header_parts
 from backtor.core.errors import SettingError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -35,7 +36,7 @@ class Settings:
     data_dir: Path
     log_level: str
     log_format: str
-    api_token: str | None
+    api_token: str | None = field(repr=False)
     max_removals_per_run: int
     removal_retry_seconds: float
     api_host: str = "0.0.0.0"
@@ -44,20 +45,88 @@ class Settings:
     worker_health_host: str = "0.0.0.0"
     worker_health_port: int = 6001
     storage_roots: tuple[str, ...] = ()
+    # Conductor's credentials (secrets: kept out of the repr); `conductor_auth` combines them.
+    conductor_auth_key: str | None = None
+    conductor_auth_secret: str | None = field(default=None, repr=False)
+    conductor_auth_header: tuple[str, str] | None = field(default=None, repr=False)
+    conductor_auth_refresh_minutes: float = DEFAULT_REFRESH_MINUTES
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read every variable of `VARIABLES`; SettingError names the first bad one."""
-        source = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for variable in VARIABLES:
-            # Unset and empty are the same: `FOO=` in a compose file means "the default".
-            text = source.get(variable.name) or variable.default
-            values[variable.field] = None if text is None else variable.parse(variable.name, text)
+        values = _read(VARIABLES, os.environ if env is None else env)
+        _check_conductor_auth(values)
         if values["database_url"] is None:
             values["database_url"] = f"sqlite:///{values['data_dir'] / 'backtor.db'}"
         values["database_url"] = normalize_database_url(values["database_url"])
         return cls(**values)
+
+    @property
+    def conductor_auth(self) -> ConductorAuth | None:
+        """The credentials every Conductor call of this process sends, or None (open)."""
+        return _conductor_auth(
+            self.conductor_auth_key,
+            self.conductor_auth_secret,
+            self.conductor_auth_header,
+            self.conductor_auth_refresh_minutes,
+        )
+
+
+def conductor_auth_from_env(env: Mapping[str, str] | None = None) -> ConductorAuth | None:
+    """Only the CONDUCTOR_AUTH_* variables, read and checked as `Settings.from_env` does.
+
+    The default of every Conductor client and worker configuration
+    (backtor.conductor.auth.resolve), so that one set of settings reaches every call.
+    """
+    values = _read(AUTH_VARIABLES, os.environ if env is None else env)
+    _check_conductor_auth(values)
+    return _conductor_auth(
+        values["conductor_auth_key"],
+        values["conductor_auth_secret"],
+        values["conductor_auth_header"],
+        values["conductor_auth_refresh_minutes"],
+    )
+
+
+def _read(variables: tuple[Variable, ...], source: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for variable in variables:
+        # Unset and empty are the same: `FOO=` in a compose file means "the default".
+        text = source.get(variable.name) or variable.default
+        values[variable.field] = None if text is None else variable.parse(variable.name, text)
+    return values
+
+
+def _check_conductor_auth(values: Mapping[str, Any]) -> None:
+    key, secret = values["conductor_auth_key"], values["conductor_auth_secret"]
+    if key is not None and secret is None:
+        raise SettingError("CONDUCTOR_AUTH_SECRET", "", "must be set when CONDUCTOR_AUTH_KEY is")
+    if secret is not None and key is None:
+        raise SettingError("CONDUCTOR_AUTH_KEY", "", "must be set when CONDUCTOR_AUTH_SECRET is")
+    header = values["conductor_auth_header"]
+    if key is not None and header is not None and header[0].lower() == "x-authorization":
+        raise SettingError(
+            "CONDUCTOR_AUTH_HEADER",
+            f"{header[0]}: ***",
+            "X-Authorization carries the token of CONDUCTOR_AUTH_KEY; name another header",
+        )
+
+
+def _conductor_auth(
+    key: str | None,
+    secret: str | None,
+    header: tuple[str, str] | None,
+    refresh_minutes: float,
+) -> ConductorAuth | None:
+    if key is None and header is None:
+        return None
+    return ConductorAuth(
+        key_id=key,
+        key_secret=secret,
+        header_name=None if header is None else header[0],
+        header_value=None if header is None else header[1],
+        refresh_minutes=refresh_minutes,
+    )
 
 
 def normalize_database_url(url: str) -> str:
@@ -104,6 +173,38 @@ def _hide_password(text: str) -> str:
     """The value with any password replaced: an error message must not carry it."""
     text = re.sub(r":[^:/@\s]*@", ":***@", text)
     return re.sub(r"(password\s*=\s*)\S+", r"\1***", text, flags=re.IGNORECASE)
+
+
+def _secret(_variable: str, text: str) -> str:
+    return text
+
+
+def _header(variable: str, text: str) -> tuple[str, str]:
+    parts = header_parts(text)
+    if parts is None:
+        # The value is a secret: only a header name (the text before a colon) is shown, or
+        # the whole text when nothing follows its colon.
+        name, colon, value = text.partition(":")
+        if not colon or not name.isprintable():
+            shown = "***"
+        elif value.strip():
+            shown = f"{name.strip()}: ***"
+        else:
+            shown = text
+        raise SettingError(
+            variable, shown, "must be one HTTP header, 'Name: value', e.g. 'X-Api-Key: ...'"
+        )
+    return parts
+
+
+def _positive_minutes(variable: str, text: str) -> float:
+    try:
+        minutes = float(text.strip())
+    except ValueError:
+        minutes = math.nan
+    if not (math.isfinite(minutes) and minutes > 0):
+        raise SettingError(variable, text, "must be a number of minutes above 0")
+    return minutes
 
 
 def _port(first: int, why: str) -> Callable[[str, str], int]:
@@ -190,4 +291,14 @@ VARIABLES: tuple[Variable, ...] = (
         _port(0, "must be a port number, 1 to 65535, or 0 for no probes"),
     ),
     Variable("BACKTOR_STORAGE_ROOTS", "storage_roots", "", _paths),
+    Variable("CONDUCTOR_AUTH_KEY", "conductor_auth_key", None, _text),
+    Variable("CONDUCTOR_AUTH_SECRET", "conductor_auth_secret", None, _secret),
+    Variable("CONDUCTOR_AUTH_HEADER", "conductor_auth_header", None, _header),
+    Variable(
+        "CONDUCTOR_AUTH_REFRESH_MINUTES",
+        "conductor_auth_refresh_minutes",
+        "45",
+        _positive_minutes,
+    ),
 )
+AUTH_VARIABLES = tuple(v for v in VARIABLES if v.name.startswith("CONDUCTOR_AUTH_"))
