@@ -305,9 +305,6 @@ def start_fires(services: Services, jobs: Sequence[FireJob]) -> list[FireOutcome
     """
     if not jobs:
         return []
-    outcomes = _passed_over(jobs, services.clock())
-    passed = {outcome.fire_id for outcome in outcomes}
-    jobs = [job for job in jobs if job.fire_id not in passed]
     conductor = services.conductor
     names = sorted({job.spec_name for job in jobs})
     try:
@@ -329,11 +326,13 @@ def start_fires(services: Services, jobs: Sequence[FireJob]) -> list[FireOutcome
             if dead_run(services, run)
         }
     except (ConductorUnavailable, ConductorRefused) as exc:
-        failed = [*outcomes, *(_unavailable(job, str(exc)) for job in jobs)]
+        failed = [_unavailable(job, str(exc)) for job in jobs]
         _record_outcomes(services, failed)
         return failed
 
-    to_start: list[FireJob] = []
+    # A fire an earlier attempt did start is adopted first: whatever else holds, it ran.
+    outcomes: list[FireOutcome] = []
+    fresh: list[FireJob] = []
     busy: set[str] = set()
     for job in jobs:
         candidates = [*open_by_name.get(job.spec_name, []), *seen_by_name.get(job.spec_name, [])]
@@ -341,7 +340,16 @@ def start_fires(services: Services, jobs: Sequence[FireJob]) -> list[FireOutcome
         if earlier is not None:
             outcomes.append(_started(job, earlier))
             busy.add(job.spec_name)
-        elif job.spec_name in busy or any(
+        else:
+            fresh.append(job)
+    passed_over = _passed_over(fresh, services.clock())
+    outcomes.extend(passed_over)
+    passed = {outcome.fire_id for outcome in passed_over}
+    jobs = [job for job in fresh if job.fire_id not in passed]
+
+    to_start: list[FireJob] = []
+    for job in jobs:
+        if job.spec_name in busy or any(
             w.status.is_open and w.workflow_id not in dead
             for w in open_by_name.get(job.spec_name, [])
         ):

@@ -441,3 +441,32 @@ def test_a_backup_nobody_polls_is_terminated_after_its_timeout_and_grace(core: C
     run_tick(core.services)  # follows the terminated run
     assert [row.outcome for row in fires_of(core, "unpolled")] == ["TERMINATED"]
     assert records(core, "unpolled") == [("TIMED_OUT", None)]
+
+
+def test_a_fire_an_earlier_attempt_started_is_adopted_before_any_newer_fire_wins(
+    core: Core,
+) -> None:
+    """Seen in the chaos test on PostgreSQL: a worker died after its start and before its
+    commit; the fire was then closed as superseded (misfire) by a newer due fire, while its
+    workflow ran on, unfollowed."""
+    core.add_spec("adopt", cron="*/10 * * * * *")
+    core.advance_to(core.due("adopt"), plus=0.2)
+    with core.services.db.begin() as session:
+        schedule_due_fires(session, core.now())
+    with core.services.db.begin() as session:
+        (job,) = claim_pending(session, core.now())
+    started = core.twin.start_workflow(  # the dead worker's start, never recorded
+        CREATE_BACKUP,
+        input={"backupName": "adopt", "fireId": job.fire_id},
+        correlation_id="adopt",
+        version=1,
+    )
+
+    core.advance(35.0)  # the claim lapses; newer fire times are due
+    run_tick(core.services)
+
+    rows = {row.id: row for row in fires_of(core, "adopt")}
+    assert rows[job.fire_id].status == "STARTED"
+    with core.services.db() as session:
+        assert session.scalar(select(Fire.workflow_id).where(Fire.id == job.fire_id)) == started
+    assert len(core.twin.workflows(CREATE_BACKUP)) == 1
