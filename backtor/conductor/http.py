@@ -57,6 +57,12 @@ _UNAVAILABLE_STATUSES = frozenset({429, 502, 503, 504})
 _WORKFLOW_ID = re.compile(r"[\w.:-]{1,200}")
 
 
+# A start gives up sooner than other calls: the scheduler starts a fire only while its
+# claim has more than this left (backtor.scheduling.fires.START_MARGIN), so a start that
+# times out has landed, or never will, before another attempt may look for it.
+START_TIMEOUT_SECONDS = 5.0
+
+
 class ConductorClient:
     def __init__(
         self,
@@ -312,7 +318,11 @@ class ConductorClient:
                 self.base_url + path,
                 params=params,
                 json=json,
-                timeout=self.timeout,
+                timeout=(
+                    min(self.timeout, START_TIMEOUT_SECONDS)
+                    if operation == "start_workflow"
+                    else self.timeout
+                ),
                 headers=headers,
             )
         except requests.RequestException as exc:

@@ -35,10 +35,13 @@ from backtor.scheduling.stalls import dead_run
 
 log = logging.getLogger(__name__)
 
-CLAIM = timedelta(seconds=30)
+# Short, so that a claim left by a pass that died holds its spec only until the failover
+# is done (the watchdog's STALL) anyway.
+CLAIM = timedelta(seconds=12)
 # A start begins only this long before its claim lapses at the latest: more than the
-# client's timeout, so the start has landed in Conductor before the claim can be retaken.
-START_MARGIN = timedelta(seconds=15)
+# client's start timeout (backtor.conductor.http.START_TIMEOUT_SECONDS), so the start has
+# landed in Conductor, or never will, before the claim can be retaken and looked for.
+START_MARGIN = timedelta(seconds=6)
 START_CONCURRENCY = 8
 # A spec whose stored schedule cannot be evaluated is looked at again this much later.
 UNSCHEDULABLE_RETRY = timedelta(minutes=5)

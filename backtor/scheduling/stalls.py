@@ -23,11 +23,12 @@ from backtor.scheduling.handlers import record_backup, record_removed_backup
 log = logging.getLogger(__name__)
 
 # Past its response timeout by this much, a task's worker is taken for dead.
-STALL_MARGIN = timedelta(seconds=15)
-# A run younger than this cannot hold a stalled own task yet: not worth a look inside.
-LOOK_AFTER = timedelta(seconds=30)
+STALL_MARGIN = timedelta(seconds=2)
+# A run younger than this cannot hold a stalled own task yet (its response timeout, 8 s,
+# plus the margin): not worth a look inside.
+LOOK_AFTER = timedelta(seconds=10)
 # The response timeout assumed when Conductor does not report one.
-DEFAULT_RESPONSE_TIMEOUT = timedelta(seconds=30)
+DEFAULT_RESPONSE_TIMEOUT = timedelta(seconds=8)
 REPAIR_WORKER_ID = "backtor-stall-repair"
 
 Handler = Callable[[Services, Mapping[str, Any], str], TaskOutcome]

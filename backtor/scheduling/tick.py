@@ -9,8 +9,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import exists, func, or_, select, update
+from sqlalchemy.orm import Session, aliased
 
 from backtor.core.errors import ConductorRefused, ConductorUnavailable
 from backtor.db.models import SCHEDULER_STATE_ID, BackupSpec, Fire, FireStatus, SchedulerState
@@ -135,11 +135,18 @@ def _next_due(session: Session, now: datetime) -> datetime | None:
             )
         ),
     ]
+    held = aliased(Fire)
     unclaimed = session.scalar(
         select(Fire.id)
         .where(
             Fire.status == FireStatus.PENDING.value,
             or_(Fire.claimed_until.is_(None), Fire.claimed_until < now),
+            # A fire whose spec has another fire under a live claim waits for that claim.
+            ~exists().where(
+                held.spec_id == Fire.spec_id,
+                held.status == FireStatus.PENDING.value,
+                held.claimed_until >= now,
+            ),
         )
         .limit(1)
     )

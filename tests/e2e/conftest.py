@@ -4,6 +4,7 @@ Backtor's API and worker processes, and the file storage worker."""
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,8 +12,11 @@ from typing import Any
 
 import pytest
 import requests
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import Session
 
 from backtor.db.migrate import upgrade_to_head
+from backtor.db.models import BackupSpec, Fire
 from tests.support import processes
 from tests.support.conductor import workflows
 from tests.support.storage import FileStorageWorker
@@ -68,8 +72,36 @@ class Stack:
     def removes(self, name: str) -> list[dict[str, Any]]:
         return workflows(self.conductor, "remove_backup", name)
 
+    def fires(self, name: str) -> list[Fire]:
+        """The spec's fire ledger, oldest first."""
+        engine = create_engine(self.database_url)
+        try:
+            with Session(engine) as session:
+                spec_id = session.scalar(select(BackupSpec.id).where(BackupSpec.name == name))
+                return list(
+                    session.scalars(
+                        select(Fire).where(Fire.spec_id == spec_id).order_by(Fire.scheduled_at)
+                    )
+                )
+        finally:
+            engine.dispose()
+
     def log_tail(self) -> str:
         return "\n".join(p.read_text()[-4000:] for p in sorted(self.logs.glob("*.log")))
+
+
+def assert_each_fire_started_once(stack: Stack, name: str) -> None:
+    """At most one create_backup per fire and per fire time, and the ledger agrees with
+    Conductor: each STARTED fire has exactly its workflow, and no workflow lacks its fire."""
+    runs = stack.creates(name)
+    per_fire = Counter(w["input"].get("fireId") for w in runs)
+    per_time = Counter(w["input"].get("scheduledTime") for w in runs)
+    assert runs, "no create_backup at all"
+    assert max(per_fire.values()) == 1, f"a fire started twice: {per_fire.most_common(3)}"
+    assert max(per_time.values()) == 1, f"a fire time started twice: {per_time.most_common(3)}"
+    started = {f.id: f.workflow_id for f in stack.fires(name) if f.status == "STARTED"}
+    assert set(per_fire) == set(started), "a workflow without its fire, or a fire without one"
+    assert set(started.values()) == {w["workflowId"] for w in runs}
 
 
 WRITABLE = {

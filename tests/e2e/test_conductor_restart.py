@@ -1,4 +1,5 @@
-"""Conductor restarted under Backtor: scheduling resumes by itself.
+"""Conductor restarted under Backtor: scheduling resumes by itself, and no fire (no fire
+time) gets a second create_backup across the outage.
 
 This test runs its own Conductor server (the session's one must not be restarted) and
 restarts it on the same SQLite state, as an operator's restart would.
@@ -15,7 +16,7 @@ import pytest
 
 from backtor.db.migrate import upgrade_to_head
 from tests.conftest import ROOT
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import Stack, assert_each_fire_started_once
 from tests.support import processes
 from tests.support.net import free_port
 from tests.support.storage import FileStorageWorker
@@ -37,8 +38,10 @@ class OwnConductor:
             [SCRIPT, "start", "--port", str(self.port), "--dir", str(self.directory)], check=True
         )
 
-    def stop(self) -> None:
-        subprocess.run([SCRIPT, "stop", "--dir", str(self.directory)], check=False)
+    def stop(self, *, drop: bool = False) -> None:
+        """Stop the server; `drop` also deletes its database (PostgreSQL backend)."""
+        extra = ["--drop"] if drop else []
+        subprocess.run([SCRIPT, "stop", "--dir", str(self.directory), *extra], check=False)
 
 
 @pytest.fixture
@@ -48,7 +51,7 @@ def own_conductor(tmp_path: Path) -> Iterator[OwnConductor]:
     try:
         yield server
     finally:
-        server.stop()
+        server.stop(drop=True)
 
 
 def test_scheduling_resumes_after_a_conductor_restart(
@@ -88,3 +91,6 @@ def test_scheduling_resumes_after_a_conductor_restart(
             timeout=30,
             what="the records and the stored files to agree",
         )
+        # At most once across the outage: a start whose answer the outage swallowed was
+        # adopted on retry, never started a second time.
+        assert_each_fire_started_once(stack, name)

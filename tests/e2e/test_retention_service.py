@@ -7,7 +7,6 @@ file in storage) while its siblings of the same minute go, and go too once unpin
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,6 +15,7 @@ import requests
 
 from tests.e2e.conftest import Stack
 from tests.support import processes
+from tests.support.scheduler import SchedulerWatch
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -35,19 +35,21 @@ def pin_early(stack: Stack, name: str) -> dict[str, Any]:
     Until the next backup is recorded it is the newest, which the plan always keeps; if a
     retention run wins the race anyway, the pin is refused (409) and the next one is tried.
     """
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def pin() -> dict[str, Any] | None:
         completed = stack.backups(name, status="COMPLETED")
-        if completed:
-            backup_id = completed[-1]["id"]
-            answer = requests.put(
-                f"{stack.api}/backup/{name}/materialized/{backup_id}/pin", timeout=10
-            )
-            if answer.status_code == 200:
-                return dict(answer.json())
-            assert answer.status_code == 409, answer.text
-        time.sleep(0.1)
-    raise AssertionError(f"no backup could be pinned:\n{stack.log_tail()}")
+        if not completed:
+            return None
+        backup_id = completed[-1]["id"]
+        answer = requests.put(f"{stack.api}/backup/{name}/materialized/{backup_id}/pin", timeout=10)
+        if answer.status_code == 200:
+            return dict(answer.json())
+        assert answer.status_code == 409, answer.text
+        return None
+
+    pinned = wait_until(pin, timeout=60, interval=0.1, what="a backup pinned")
+    assert pinned is not None
+    return pinned
 
 
 def settle(stack: Stack, name: str) -> list[dict[str, Any]]:
@@ -59,8 +61,21 @@ def settle(stack: Stack, name: str) -> list[dict[str, Any]]:
         pending = [b for b in backups if b["status"] in ("RUNNING", "REMOVING")]
         return None if busy or pending else backups
 
-    settled_backups: list[dict[str, Any]] = wait_until(settled, timeout=60, what=f"{name} idle")
+    settled_backups = wait_until(settled, timeout=60, what=f"{name} idle")
+    assert settled_backups is not None
     return settled_backups
+
+
+def removed_siblings(stack: Stack, name: str, pinned: dict[str, Any]) -> list[dict[str, Any]]:
+    """REMOVED backups of the pinned backup's minute (the spec's zone is UTC)."""
+    minute = pinned["scheduledTime"][:16]
+    return [
+        b
+        for b in stack.backups(name)
+        if b["scheduledTime"][:16] == minute
+        and b["id"] != pinned["id"]
+        and b["status"] == "REMOVED"
+    ]
 
 
 def status_of(stack: Stack, name: str, backup_id: int) -> str:
@@ -79,7 +94,13 @@ def test_a_pinned_backup_outlives_retention_until_unpinned(stack: Stack) -> None
         pinned = pin_early(stack, name)
         assert pinned["pinned"] is True
         assert pinned["status"] == "COMPLETED"
-        time.sleep(15)
+        # Retention runs go by (each backup is one) until three same-minute siblings of the
+        # pinned backup are removed around it.
+        wait_until(
+            lambda: len(removed_siblings(stack, name, pinned)) >= 3,
+            timeout=60,
+            what="three siblings of the pinned backup removed",
+        )
         stack.update(name, enabled=0)
         backups = settle(stack, name)
 
@@ -109,8 +130,10 @@ def test_a_pinned_backup_outlives_retention_until_unpinned(stack: Stack) -> None
         )
         assert answer.status_code == 200, answer.text
         assert (answer.json()["pinned"], answer.json()["status"]) == (False, "COMPLETED")
-        # Unpinning starts no removal: with the spec disabled no retention run comes.
-        time.sleep(3)
+        # Unpinning starts no removal: with the spec disabled no retention run comes, however
+        # many scheduler passes go by (two whole holds of the tick, each one pass or more).
+        with SchedulerWatch(stack.database_url, stack.conductor) as watch:
+            watch.wait_for_holds(2, timeout=30)
         assert status_of(stack, name, pinned["id"]) == "COMPLETED"
         assert pinned["dataId"] in stack.storage.files()
 

@@ -7,14 +7,17 @@ import random
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import requests
-from sqlalchemy import create_engine, select
-from sqlalchemy.orm import Session
 
-from backtor.db.models import BackupSpec, Fire
-from tests.e2e.conftest import Stack
+from backtor.conductor.names import APPLY_RETENTION
+from backtor.conductor.registration import DEFINITIONS
+from backtor.db.models import Fire
+from backtor.scheduling.fires import CLAIM
+from backtor.scheduling.stalls import STALL_MARGIN
+from tests.e2e.conftest import Stack, assert_each_fire_started_once
 from tests.support import processes
 from tests.support.conductor import workflow, workflows
 from tests.support.waiting import wait_until
@@ -23,17 +26,7 @@ pytestmark = pytest.mark.integration
 
 
 def fires(stack: Stack, name: str) -> list[Fire]:
-    engine = create_engine(stack.database_url)
-    try:
-        with Session(engine) as session:
-            spec_id = session.scalar(select(BackupSpec.id).where(BackupSpec.name == name))
-            return list(
-                session.scalars(
-                    select(Fire).where(Fire.spec_id == spec_id).order_by(Fire.scheduled_at)
-                )
-            )
-    finally:
-        engine.dispose()
+    return stack.fires(name)
 
 
 def quiesce(stack: Stack, name: str, timeout: float = 60) -> None:
@@ -93,46 +86,97 @@ def test_a_backup_slower_than_the_period_skips_fires(stack: Stack) -> None:
 
 
 def _assert_exactly_once(stack: Stack, name: str) -> None:
-    ledger = fires(stack, name)
-    started = {f.id: f for f in ledger if f.status == "STARTED"}
-    runs = stack.creates(name)
-    per_fire = Counter(w["input"].get("fireId") for w in runs)
-    assert set(per_fire) == set(started), "a workflow without its fire, or a fire without one"
-    assert max(per_fire.values()) == 1, f"a fire started twice: {per_fire.most_common(3)}"
-    assert {started[f].workflow_id for f in started} == {w["workflowId"] for w in runs}
+    assert_each_fire_started_once(stack, name)
     # None lost: every second from the first fire to the last is in the ledger.
-    times = sorted(f.scheduled_at for f in ledger)
+    times = sorted(f.scheduled_at for f in fires(stack, name))
     expected = int((times[-1] - times[0]).total_seconds()) + 1
     assert len(times) == expected, f"{expected - len(times)} fire times missing from the ledger"
     assert len(set(times)) == len(times)
 
 
+def started_fires(stack: Stack, name: str) -> list[Fire]:
+    return [f for f in fires(stack, name) if f.status == "STARTED"]
+
+
 def test_three_workers_fire_each_second_exactly_once(stack: Stack) -> None:
     with processes.workers(stack.env, stack.logs, count=3):
         name = stack.create("once", backupCronString="* * * * * *")
-        time.sleep(60)
+        wait_until(
+            lambda: len(started_fires(stack, name)) >= 40, timeout=120, what="40 started fires"
+        )
         quiesce(stack, name)
     _assert_exactly_once(stack, name)
-    assert len([f for f in fires(stack, name) if f.status == "STARTED"]) >= 40
+    assert len(started_fires(stack, name)) >= 40
 
 
-def test_workers_killed_at_random_still_fire_exactly_once(stack: Stack) -> None:
+# The 15 s failover goal is for the tick (tests/e2e/test_failover.py). A replica killed at
+# random may also hold a fire claim, or Backtor's own apply_retention of the spec's running
+# backup; by the product's own rules those hold the spec for up to the claim, or the task's
+# response timeout plus the stall repair's margin. Beyond that bound (plus the next due time
+# and a pass), a kill that is not followed by a started backup means scheduling stopped.
+# (Both are defects against the 15 s goal, reported with test_failover.py; when they are
+# fixed this bound shrinks with the constants.)
+RECOVERY_BOUND_S = (
+    max(
+        15.0,
+        CLAIM.total_seconds(),
+        DEFINITIONS.task_defs[APPLY_RETENTION]["responseTimeoutSeconds"]
+        + STALL_MARGIN.total_seconds(),
+    )
+    + 5.0
+)
+# Share of the ledger's fires that must have started. Kills come every 2-8 s and each one
+# of the tick's holder costs ~11 s of misfires even at the 15 s goal, so about half the fires
+# are lost at best (26 % started with the defects above); a scheduler that stopped at the
+# first kill (8 s in) would start well under 10 %.
+MIN_STARTED_SHARE = 0.15
+
+
+def test_workers_killed_at_random_still_fire_exactly_once(
+    stack: Stack, record_property: Any
+) -> None:
     rng = random.Random(1234)
+    kill_times: list[datetime] = []
     with processes.workers(stack.env, stack.logs, count=3) as running:
         name = stack.create("killed", backupCronString="* * * * * *")
+        wait_until(lambda: started_fires(stack, name), timeout=60, what="a first backup")
         deadline = time.monotonic() + 60
-        kills = 0
         while time.monotonic() < deadline:
-            time.sleep(rng.uniform(2, 8))
+            time.sleep(rng.uniform(2, 8))  # the chaos schedule itself: kills at random moments
             victim = rng.randrange(len(running))
+            kill_times.append(datetime.now(UTC))
             processes.kill_group(running[victim])
-            kills += 1
             running[victim] = processes.start(
-                ["worker"], stack.env, stack.logs / f"worker-restarted-{kills}.log"
+                ["worker"], stack.env, stack.logs / f"worker-restarted-{len(kill_times)}.log"
             )
+        # Backups are still being taken after the last kill.
+        wait_until(
+            lambda: [f for f in started_fires(stack, name) if f.scheduled_at > kill_times[-1]],
+            timeout=RECOVERY_BOUND_S,
+            what="a backup started after the last kill",
+        )
         quiesce(stack, name, timeout=120)
-    assert kills >= 5
+    assert len(kill_times) >= 5
     _assert_exactly_once(stack, name)
+    ledger = fires(stack, name)
+    started = [f.scheduled_at for f in ledger if f.status == "STARTED"]
+    # Per kill: how long until a fire due after it started (None: none did).
+    recovered = [
+        min(((t - k).total_seconds() for t in started if t > k), default=None) for k in kill_times
+    ]
+    share = len(started) / len(ledger)
+    record_property("kill_to_next_started_fire_s", recovered)
+    record_property("started_share", round(share, 3))
+    stuck = [
+        (k.isoformat(), gap)
+        for k, gap in zip(kill_times, recovered, strict=True)
+        if gap is None or gap > RECOVERY_BOUND_S
+    ]
+    assert not stuck, f"no backup started within {RECOVERY_BOUND_S:.0f} s of these kills: {stuck}"
+    assert share >= MIN_STARTED_SHARE, (
+        f"only {len(started)} of {len(ledger)} fires started ({share:.0%}): "
+        f"{Counter(f.skip_reason for f in ledger if f.status == 'SKIPPED')}"
+    )
 
 
 def test_terminated_tick_is_replaced_and_scheduling_resumes(stack: Stack) -> None:

@@ -373,7 +373,7 @@ def test_a_dead_workers_apply_retention_does_not_stall_the_spec(core: Core) -> N
     assert run_tick(core.services).started == 1
     workflow_id = take_backup_then_lose_the_recording_worker(core, "stall")
 
-    core.advance(50.0)  # past apply_retention's response timeout (30 s) and the margin
+    core.advance(21.0)  # past apply_retention's response timeout (8 s) and the margin
     report = run_tick(core.services)
 
     assert records(core, "stall") == [("COMPLETED", "stall-data-1")]
@@ -388,11 +388,11 @@ def test_a_dead_workers_apply_retention_is_repaired_without_a_new_fire(core: Cor
     assert run_tick(core.services).started == 1
     workflow_id = take_backup_then_lose_the_recording_worker(core, "quiet")
 
-    core.advance(20.0)
+    core.advance(6.0)
     run_tick(core.services)
     assert records(core, "quiet") == []  # not before the response timeout has passed
 
-    core.advance(30.0)
+    core.advance(6.0)
     run_tick(core.services)  # looks inside, records and completes the task
     run_tick(core.services)  # follows the completed run
     assert records(core, "quiet") == [("COMPLETED", "quiet-data-1")]

@@ -95,3 +95,65 @@ def workers(
     finally:
         for process in processes:
             stop(process)
+
+
+class Replica:
+    """One `backtor worker` replica with its own probe port: the unit an operator deploys.
+
+    Its task runners are child processes in its process group (the worker is started in a
+    new session), so `owns(pid)` tells which replica a runner belongs to; they poll Conductor
+    under the worker id `name` (conductor-python's CONDUCTOR_WORKER_ALL_WORKER_ID), so a
+    task's `workerId` in Conductor names the replica that polled it.
+    """
+
+    def __init__(self, env: Mapping[str, str], log_dir: Path, name: str) -> None:
+        self.name = name
+        self.port = free_port()
+        self.log = log_dir / f"{name}.log"
+        self.process = start(
+            ["worker"],
+            {
+                **env,
+                "BACKTOR_WORKER_HEALTH_HOST": "127.0.0.1",
+                "BACKTOR_WORKER_HEALTH_PORT": str(self.port),
+                "CONDUCTOR_WORKER_ALL_WORKER_ID": name,
+            },
+            self.log,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def ready(self) -> bool:
+        """The worker's own readiness probe: registered, runners alive, watchdog running."""
+        try:
+            return requests.get(f"http://127.0.0.1:{self.port}/ready", timeout=2).ok
+        except requests.RequestException:
+            return False
+
+    def owns(self, pid: int) -> bool:
+        try:
+            return self.alive() and os.getpgid(pid) == self.process.pid
+        except ProcessLookupError:
+            return False
+
+    def kill(self) -> None:
+        kill_group(self.process)
+
+    def stop(self) -> None:
+        stop(self.process)
+
+
+@contextmanager
+def replicas(env: Mapping[str, str], log_dir: Path) -> Iterator[list[Replica]]:
+    """A growing list of replicas (append `Replica(...)`s); all stopped at the end."""
+    started: list[Replica] = []
+    try:
+        yield started
+    finally:
+        for replica in started:
+            replica.stop()
