@@ -9,12 +9,13 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import exists, func, or_, select, update
+from sqlalchemy import exists, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from backtor.core.errors import ConductorRefused, ConductorUnavailable
 from backtor.db.models import SCHEDULER_STATE_ID, BackupSpec, Fire, FireStatus, SchedulerState
 from backtor.runtime.services import Services
+from backtor.scheduling import leases
 from backtor.scheduling.fires import claim_pending, schedule_due_fires, start_fires
 from backtor.scheduling.outcomes import reconcile_fires
 from backtor.scheduling.removals import advance_purges, reconcile_removals, start_pending_removals
@@ -86,30 +87,19 @@ def run_tick(services: Services, holder: str = PROCESS_HOLDER) -> TickReport:
 
 def _take_pass(services: Services, holder: str, now: datetime) -> bool:
     """Take or renew the pass lease; also the heartbeat the watchdog's stall rule reads."""
-    with services.db.begin() as session:
-        taken = session.execute(
-            update(SchedulerState)
-            .where(
-                SchedulerState.id == SCHEDULER_STATE_ID,
-                or_(
-                    SchedulerState.pass_holder == holder,
-                    SchedulerState.pass_until.is_(None),
-                    SchedulerState.pass_until < now,
-                ),
-            )
-            .values(pass_holder=holder, pass_until=now + PASS_LEASE, last_tick_at=now)
-            .returning(SchedulerState.id)
-        ).first()
-    return taken is not None
+    return leases.take(
+        services,
+        SchedulerState.pass_holder,
+        SchedulerState.pass_until,
+        holder,
+        now,
+        PASS_LEASE,
+        last_tick_at=now,
+    )
 
 
 def _release_pass(services: Services, holder: str) -> None:
-    with services.db.begin() as session:
-        session.execute(
-            update(SchedulerState)
-            .where(SchedulerState.id == SCHEDULER_STATE_ID, SchedulerState.pass_holder == holder)
-            .values(pass_until=None)
-        )
+    leases.release(services, SchedulerState.pass_holder, SchedulerState.pass_until, holder)
 
 
 def _advance_purges(services: Services) -> None:

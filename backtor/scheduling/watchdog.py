@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import or_, update
+from sqlalchemy import update
 
 from backtor.conductor.names import TICK, TICK_CORRELATION_ID
 from backtor.conductor.registration import DEFINITIONS
 from backtor.db.models import SCHEDULER_STATE_ID, SchedulerState
 from backtor.runtime.services import Services
+from backtor.scheduling import leases
 
 log = logging.getLogger(__name__)
 
@@ -42,21 +43,9 @@ def stalled(last_tick_at: datetime | None, tick_started_at: datetime | None, now
 
 
 def take_lease(services: Services, holder: str, now: datetime) -> bool:
-    with services.db.begin() as session:
-        taken = session.execute(
-            update(SchedulerState)
-            .where(
-                SchedulerState.id == SCHEDULER_STATE_ID,
-                or_(
-                    SchedulerState.lease_holder == holder,
-                    SchedulerState.lease_until.is_(None),
-                    SchedulerState.lease_until < now,
-                ),
-            )
-            .values(lease_holder=holder, lease_until=now + LEASE)
-            .returning(SchedulerState.id)
-        ).first()
-    return taken is not None
+    return leases.take(
+        services, SchedulerState.lease_holder, SchedulerState.lease_until, holder, now, LEASE
+    )
 
 
 def ensure_tick(services: Services, holder: str) -> str | None:
