@@ -221,6 +221,7 @@ def test_a_purge_is_started_by_the_schedulers_removal_pass(
         row = session.get(Backup, running)
         assert row is not None
         assert (row.status, row.remove_workflow_id) == ("RUNNING", None)
+        session.rollback()  # no transaction of the test's stays open across the API's calls
 
         listed = client.get(f"/backup/{unique_name}/materialized", params={"status": "REMOVING"})
         assert sorted(b["removeWorkflowId"] for b in listed.json()) == sorted(started[:2])
@@ -231,6 +232,7 @@ def test_a_purge_is_started_by_the_schedulers_removal_pass(
         session.expire_all()
         again = [session.get(Backup, i) for i, *_ in expected]
         assert [b.remove_workflow_id for b in again if b is not None] == started
+        session.rollback()
         assert len(_running(registered_conductor, "remove_backup", unique_name)) == 3
     finally:
         _terminate(registered_conductor, started)

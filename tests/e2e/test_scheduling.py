@@ -167,10 +167,15 @@ def test_workers_killed_at_random_still_fire_exactly_once(
     share = len(started) / len(ledger)
     record_property("kill_to_next_started_fire_s", recovered)
     record_property("started_share", round(share, 3))
+    # A kill followed by another kill before its bound ran out hands the check to that one:
+    # two failovers in a row take two failovers' time.
     stuck = [
         (k.isoformat(), gap)
-        for k, gap in zip(kill_times, recovered, strict=True)
-        if gap is None or gap > RECOVERY_BOUND_S
+        for i, (k, gap) in enumerate(zip(kill_times, recovered, strict=True))
+        if (gap is None or gap > RECOVERY_BOUND_S)
+        and not any(
+            0 < (later - k).total_seconds() < RECOVERY_BOUND_S for later in kill_times[i + 1 :]
+        )
     ]
     assert not stuck, f"no backup started within {RECOVERY_BOUND_S:.0f} s of these kills: {stuck}"
     assert share >= MIN_STARTED_SHARE, (

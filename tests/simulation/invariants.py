@@ -1,0 +1,417 @@
+"""What must hold once a scenario has settled, each check a function with a plain message.
+
+Ground truth comes from outside Backtor's database where it can: Conductor's executions
+(the twin's history) say what ran and what data a `backup` task handed over; the storage
+model says what data still exists. The database is then judged against them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import select
+
+from backtor.conductor.names import BACKUP, CREATE_BACKUP, REMOVE_BACKUP
+from backtor.conductor.payloads import TaskStatus, WorkflowRun, WorkflowStatus
+from backtor.core.cron import CronSchedule, next_fire
+from backtor.core.schedule import MAX_LISTED_MISSES, Timing, first_fire
+from backtor.db.models import Backup, BackupSpec, BackupStatus, Fire, FireStatus, SkipReason
+from backtor.scheduling.recording import plan_for
+from tests.simulation.world import Segment, SpecLife, World
+
+# Listed per check; more of one kind says nothing new.
+MAX_PER_CHECK = 5
+
+
+@dataclass(frozen=True)
+class FireRow:
+    id: int
+    spec_id: int
+    scheduled_at: datetime
+    manual: bool
+    status: str
+    skip_reason: str | None
+    workflow_id: str | None
+
+
+@dataclass(frozen=True)
+class BackupRow:
+    id: int
+    spec_id: int
+    status: str
+    data_id: str | None
+    pinned: bool
+    create_workflow_id: str | None
+
+
+@dataclass
+class Snapshot:
+    """Everything the checks read, taken once after settling."""
+
+    world: World
+    workflows: list[WorkflowRun]
+    specs: dict[str, BackupSpec]
+    fires: list[FireRow]
+    backups: list[BackupRow]
+    keep: dict[str, set[int]]
+
+    @classmethod
+    def take(cls, world: World) -> Snapshot:
+        with world.db.maker() as session:
+            specs = {s.name: s for s in session.scalars(select(BackupSpec))}
+            fires = [
+                FireRow(*row)
+                for row in session.execute(
+                    select(
+                        Fire.id,
+                        Fire.spec_id,
+                        Fire.scheduled_at,
+                        Fire.manual,
+                        Fire.status,
+                        Fire.skip_reason,
+                        Fire.workflow_id,
+                    ).order_by(Fire.id)
+                )
+            ]
+            backups = [
+                BackupRow(*row)
+                for row in session.execute(
+                    select(
+                        Backup.id,
+                        Backup.spec_id,
+                        Backup.status,
+                        Backup.data_id,
+                        Backup.pinned,
+                        Backup.create_workflow_id,
+                    ).order_by(Backup.id)
+                )
+            ]
+            keep = {
+                name: {int(i) for i in plan_for(session, spec).keep_ids}
+                for name, spec in specs.items()
+            }
+        return cls(world, world.twin.workflows(), specs, fires, backups, keep)
+
+    def runs(self, name: str) -> list[WorkflowRun]:
+        return [w for w in self.workflows if w.name == name]
+
+
+Check = Callable[[Snapshot], list[str]]
+
+
+def _limit(found: list[str]) -> list[str]:
+    if len(found) > MAX_PER_CHECK:
+        return [*found[:MAX_PER_CHECK], f"... and {len(found) - MAX_PER_CHECK} more"]
+    return found
+
+
+def one_start_per_fire(snap: Snapshot) -> list[str]:
+    """1. Each fire, and each (spec, scheduled time), started at most one create_backup."""
+    found: list[str] = []
+    runs = snap.runs(CREATE_BACKUP)
+    # Keyed with the spec's name too: SQLite reuses the ids of deleted rows.
+    by_fire: defaultdict[tuple[object, object], list[str]] = defaultdict(list)
+    by_time: defaultdict[tuple[object, object], list[str]] = defaultdict(list)
+    for run in runs:
+        by_fire[(run.input.get("backupName"), run.input.get("fireId"))].append(run.workflow_id)
+        if not run.input.get("manual"):
+            key = (run.input.get("backupName"), run.input.get("scheduledTime"))
+            by_time[key].append(run.workflow_id)
+    for (name, fire_id), ids in by_fire.items():
+        if len(ids) > 1:
+            found.append(
+                f"[1 one start per fire] {name}: fire {fire_id} started {len(ids)} "
+                f"create_backup workflows: {ids}"
+            )
+    for (name, moment), ids in by_time.items():
+        if len(ids) > 1:
+            found.append(
+                f"[1 one start per fire] {name} at {moment} started {len(ids)} create_backup "
+                f"workflows (by backupName and scheduledTime): {ids}"
+            )
+    fire_of = {run.workflow_id: run.input.get("fireId") for run in runs}
+    for row in snap.fires:
+        ran_for = fire_of.get(row.workflow_id or "")
+        if row.status == FireStatus.STARTED.value and ran_for != row.id:
+            found.append(
+                f"[1 one start per fire] fire {row.id} is STARTED with workflow "
+                f"{row.workflow_id}, which Conductor ran for fire {ran_for}"
+            )
+    # The ledger knows every run: a create_backup of a live spec is its fire's STARTED run.
+    spec_ids = {spec.id: name for name, spec in snap.specs.items()}
+    fires: dict[tuple[object, object], FireRow] = {
+        (spec_ids.get(f.spec_id), f.id): f for f in snap.fires
+    }
+    for run in runs:
+        name = str(run.input.get("backupName"))
+        if name not in snap.specs:
+            continue
+        fire = fires.get((name, run.input.get("fireId")))
+        if fire is None or fire.status != FireStatus.STARTED.value:
+            state = "has no row" if fire is None else f"is {fire.status} ({fire.skip_reason})"
+            found.append(
+                f"[1 one start per fire] {name}: create_backup {run.workflow_id} ran for fire "
+                f"{run.input.get('fireId')} (scheduled {run.input.get('scheduledTime')}), "
+                f"but that fire {state}: the ledger lost the run"
+            )
+        elif fire.workflow_id != run.workflow_id:
+            found.append(
+                f"[1 one start per fire] {name}: fire {fire.id} records workflow "
+                f"{fire.workflow_id}, but Conductor ran {run.workflow_id} for it"
+            )
+    return _limit(found)
+
+
+def expected_fires(segment: Segment, until: datetime) -> list[datetime]:
+    """The fire times of one stretch of a spec's life: after its start, up to `until`."""
+    if not segment.active:
+        return []
+    timing = Timing(
+        CronSchedule(segment.cron),
+        ZoneInfo(segment.timezone),
+        segment.from_date,
+        segment.to_date,
+    )
+    moments: list[datetime] = []
+    moment = first_fire(timing, segment.start)
+    while moment is not None and moment <= until:
+        if segment.to_date is not None and moment >= segment.to_date:
+            break
+        moments.append(moment)
+        moment = next_fire(timing.schedule, moment, timing.tz)
+    return moments
+
+
+def _segments(life: SpecLife, end: datetime) -> Iterable[tuple[Segment, datetime]]:
+    for index, segment in enumerate(life.segments):
+        following = life.segments[index + 1].start if index + 1 < len(life.segments) else end
+        yield segment, min(following, end)
+
+
+def no_fire_vanishes(snap: Snapshot) -> list[str]:
+    """2. Every due fire time of a live spec has a fire row, STARTED or SKIPPED with a reason."""
+    found: list[str] = []
+    end = snap.world.end
+    if end is None:
+        return ["[2 nothing vanishes] the scenario never stopped its schedules (no settle)"]
+    for name, life in snap.world.lives.items():
+        spec = snap.specs.get(name)
+        if spec is None:
+            continue  # deleted: its fire rows went with it
+        rows = {f.scheduled_at: f for f in snap.fires if f.spec_id == spec.id and not f.manual}
+        expected: dict[datetime, Segment] = {}
+        for segment, until in _segments(life, end):
+            for moment in expected_fires(segment, until):
+                expected.setdefault(moment, segment)
+        # Documented: of the fire times one late pass passes over, the first 100 are listed
+        # (SKIPPED misfire) and the rest only counted. A gap right after 100 listed is that.
+        listed = 0
+        for moment, segment in sorted(expected.items()):
+            row = rows.get(moment)
+            where = (
+                f"cron {segment.cron!r} in {segment.timezone}, schedule set at "
+                f"{segment.start.isoformat()}"
+            )
+            if row is not None and row.skip_reason == SkipReason.MISFIRE.value:
+                listed += 1
+            elif row is not None:
+                listed = 0
+            if row is None and listed >= MAX_LISTED_MISSES:
+                continue
+            if row is None:
+                manual = [
+                    f.id for f in snap.fires if f.spec_id == spec.id and f.scheduled_at == moment
+                ]
+                extra = f" (a manual fire {manual} holds that time)" if manual else ""
+                found.append(
+                    f"[2 nothing vanishes] {name}: fire time {moment.isoformat()} was due but "
+                    f"has no fire row{extra} ({where})"
+                )
+            elif row.status == FireStatus.PENDING.value:
+                found.append(
+                    f"[2 nothing vanishes] {name}: fire {row.id} at {moment.isoformat()} is "
+                    "still PENDING after settling"
+                )
+            elif row.status == FireStatus.SKIPPED.value and not row.skip_reason:
+                found.append(f"[2 nothing vanishes] {name}: fire {row.id} SKIPPED without a reason")
+        for moment, row in sorted(rows.items()):
+            if moment not in expected:
+                found.append(
+                    f"[2 nothing vanishes] {name}: fire {row.id} at {moment.isoformat()} "
+                    f"({row.status}) is not a fire time of any schedule the spec had"
+                )
+    for fire in snap.fires:
+        if fire.manual and fire.status == FireStatus.PENDING.value:
+            found.append(f"[2 nothing vanishes] manual fire {fire.id} still PENDING after settling")
+    return _limit(found)
+
+
+def produced_data(snap: Snapshot) -> dict[str, tuple[str, str]]:
+    """dataId -> (spec name, workflow id), from every `backup` task Conductor saw complete."""
+    produced: dict[str, tuple[str, str]] = {}
+    for run in snap.runs(CREATE_BACKUP):
+        for task in run.tasks:
+            if task.task_type == BACKUP and task.status is TaskStatus.COMPLETED:
+                data_id = task.output.get("dataId")
+                if data_id:
+                    produced[str(data_id)] = (str(run.input.get("backupName")), run.workflow_id)
+    return produced
+
+
+def nothing_orphaned(snap: Snapshot) -> list[str]:
+    """3. Data a `backup` task handed over is recorded COMPLETED while it exists, and REMOVED
+    (by a completed remove_backup) once it is gone; no record claims data that is gone."""
+    found: list[str] = []
+    storage = snap.world.storage
+    produced = produced_data(snap)
+    rows = {b.data_id: b for b in snap.backups if b.data_id is not None}
+    completed_removals = {
+        run.input.get("backupId")
+        for run in snap.runs(REMOVE_BACKUP)
+        if run.status is WorkflowStatus.COMPLETED
+    }
+    for data_id, (name, workflow_id) in sorted(produced.items()):
+        row = rows.get(data_id)
+        exists = data_id in storage
+        if name not in snap.specs:
+            continue  # a deleted spec: judged by check 6
+        if row is None:
+            state = "still stored" if exists else "gone from storage"
+            found.append(
+                f"[3 nothing orphaned] {name}: dataId {data_id} (create_backup {workflow_id}) "
+                f"has no backup record; the data is {state}"
+            )
+        elif row.status == BackupStatus.COMPLETED.value and not exists:
+            found.append(
+                f"[3 nothing orphaned] {name}: backup {row.id} is COMPLETED but its data "
+                f"{data_id} was removed from storage"
+            )
+        elif row.status == BackupStatus.REMOVED.value and exists:
+            found.append(
+                f"[3 nothing orphaned] {name}: backup {row.id} is REMOVED but its data "
+                f"{data_id} is still stored"
+            )
+        elif row.status == BackupStatus.REMOVED.value and row.id not in completed_removals:
+            found.append(
+                f"[3 nothing orphaned] {name}: backup {row.id} is REMOVED without a completed "
+                "remove_backup"
+            )
+        elif row.status not in (BackupStatus.COMPLETED.value, BackupStatus.REMOVED.value):
+            found.append(
+                f"[3 nothing orphaned] {name}: backup {row.id} of dataId {data_id} is "
+                f"{row.status} after settling"
+            )
+    for row in snap.backups:
+        if row.data_id is not None and row.data_id not in produced:
+            found.append(
+                f"[3 nothing orphaned] backup {row.id} records dataId {row.data_id}, which no "
+                "completed backup task produced"
+            )
+    return _limit(found)
+
+
+def removals_once(snap: Snapshot) -> list[str]:
+    """4. No backup was removed by two completed remove_backups, or by two at once."""
+    found: list[str] = []
+    by_backup: defaultdict[tuple[str, object], list[WorkflowRun]] = defaultdict(list)
+    for run in snap.runs(REMOVE_BACKUP):
+        key = (str(run.input.get("backupName")), run.input.get("backupId"))
+        by_backup[key].append(run)
+    for (name, backup_id), runs in sorted(by_backup.items(), key=lambda item: str(item[0])):
+        done = [r.workflow_id for r in runs if r.status is WorkflowStatus.COMPLETED]
+        if len(done) > 1:
+            found.append(
+                f"[4 removals once] {name}: backup {backup_id}: {len(done)} remove_backup "
+                f"workflows COMPLETED: {done}"
+            )
+        spans = sorted(
+            (r.start_time or datetime.min, r.end_time or datetime.max, r.workflow_id) for r in runs
+        )
+        for (_, first_end, first), (second_start, _, second) in itertools.pairwise(spans):
+            if second_start < first_end:
+                found.append(
+                    f"[4 removals once] {name}: backup {backup_id}: remove_backup {first} and "
+                    f"{second} were open at the same time"
+                )
+    return _limit(found)
+
+
+def retention_applied(snap: Snapshot) -> list[str]:
+    """5. Each live spec's COMPLETED set is its plan's keep set, unless the cap held the rest;
+    a pinned backup of a spec not being purged is never removed."""
+    found: list[str] = []
+    world = snap.world
+    cap = world.settings.max_removals_per_run
+    for name, spec in snap.specs.items():
+        rows = [b for b in snap.backups if b.spec_id == spec.id]
+        completed = {b.id for b in rows if b.status == BackupStatus.COMPLETED.value}
+        keep = snap.keep[name]
+        lagging = completed - keep
+        if keep - completed:
+            found.append(
+                f"[5 retention] {name}: the plan keeps {sorted(keep - completed)}, "
+                "which are not COMPLETED"
+            )
+        if lagging:
+            marked = sum(
+                1
+                for b in rows
+                if world.round_before.get(b.id) == BackupStatus.COMPLETED.value
+                and b.status != BackupStatus.COMPLETED.value
+            )
+            if marked < cap:
+                found.append(
+                    f"[5 retention] {name}: COMPLETED {sorted(completed)} but the plan keeps "
+                    f"{sorted(keep)}; the last retention run marked {marked} < cap {cap}, so "
+                    f"{sorted(lagging)} should be removed"
+                )
+        if not spec.deleting:
+            for b in rows:
+                if b.pinned and b.status in (
+                    BackupStatus.REMOVING.value,
+                    BackupStatus.REMOVED.value,
+                ):
+                    found.append(f"[5 retention] {name}: pinned backup {b.id} is {b.status}")
+    return _limit(found)
+
+
+def purge_complete(snap: Snapshot) -> list[str]:
+    """6. A purged spec disappears and leaves no data behind."""
+    found: list[str] = []
+    for name, life in snap.world.lives.items():
+        if life.purge_requested_at is None and life.deleted_at is None:
+            continue
+        if name in snap.specs:
+            found.append(f"[6 purge] {name}: deleted or purged, but the spec row remains")
+        left = sorted(d for d, owner in snap.world.storage.items() if owner == name)
+        produced = {d for d, (owner, _) in produced_data(snap).items() if owner == name}
+        left = [d for d in left if d in produced]
+        if left:
+            found.append(f"[6 purge] {name}: purged, but its data {left} is still stored")
+    return _limit(found)
+
+
+CHECKS: tuple[Check, ...] = (
+    one_start_per_fire,
+    no_fire_vanishes,
+    nothing_orphaned,
+    removals_once,
+    retention_applied,
+    purge_complete,
+)
+
+
+def check_all(world: World) -> list[str]:
+    snap = Snapshot.take(world)
+    world.stats["workflows.create_backup"] = len(snap.runs(CREATE_BACKUP))
+    world.stats["workflows.remove_backup"] = len(snap.runs(REMOVE_BACKUP))
+    world.stats["faults"] = len(world.twin.faults.fired)
+    found: list[str] = []
+    for check in CHECKS:
+        found.extend(check(snap))
+    return found

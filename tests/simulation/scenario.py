@@ -1,0 +1,261 @@
+"""A seed becomes a scenario: specs, actors, faults and crash rates, all from random.Random(seed).
+
+Everything the world does later is drawn from a second generator seeded from the same seed,
+so a seed replays exactly. Scenarios are small on purpose: the CI run needs thousands.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+from backtor.conductor.twin import FaultKind
+from backtor.core.specs import SpecDraft
+
+# Zones and the years they changed clocks in (São Paulo stopped in 2019).
+ZONES: tuple[tuple[str, int], ...] = (
+    ("Europe/Berlin", 2030),
+    ("America/Sao_Paulo", 2018),
+    ("America/New_York", 2030),
+    ("Australia/Sydney", 2030),
+)
+API_ACTIONS: tuple[str, ...] = (
+    "put_same",
+    "put_change",
+    "pin",
+    "unpin",
+    "trigger",
+    "purge",
+    "operator_retry",
+)
+
+
+@dataclass(frozen=True)
+class SpecSetup:
+    """A spec the API creates `created_ms` after the start."""
+
+    draft: SpecDraft
+    created_ms: int
+
+
+@dataclass(frozen=True)
+class Scenario:
+    seed: int
+    start: datetime
+    zone: str
+    horizon_ms: int
+    specs: tuple[SpecSetup, ...]
+    replicas: int
+    backtor_workers: int
+    interleave: bool
+    fault_rate: float
+    fault_kinds: tuple[FaultKind, ...]
+    outages: tuple[tuple[int, int], ...]  # (start ms, length ms): Conductor unreachable
+    crash_rate: float
+    storage_fail: float
+    storage_hang: float
+    remove_fail: float
+    api_gap_ms: int
+    api_weights: tuple[int, ...] = field(default=(2, 2, 3, 2, 3, 0, 1))
+    purge_at_ms: int | None = None
+    max_removals: int = 20
+    removal_retry_seconds: float = 30.0
+    replica_stall: float = 0.0  # probability that a replica stalls (GC pause) before a pass
+    duplicate_gap_ms: int = 0  # mean time between extra deliveries of the tick (0: none)
+    api_clients: int = 1
+
+    def describe(self) -> str:
+        """One line for a failure report."""
+        specs = "; ".join(
+            f"{s.draft.name} cron={s.draft.backup_cron_string!r} tz={s.draft.timezone} "
+            f"grace={s.draft.misfire_grace_seconds} timeout={s.draft.timeout_seconds} "
+            f"at+{s.created_ms}ms"
+            for s in self.specs
+        )
+        return (
+            f"seed={self.seed} start={self.start.isoformat()} horizon={self.horizon_ms}ms "
+            f"replicas={self.replicas} interleave={self.interleave} faults={self.fault_rate}"
+            f"{[k.value for k in self.fault_kinds]} outages={list(self.outages)} "
+            f"crash={self.crash_rate} storage(fail={self.storage_fail},hang={self.storage_hang},"
+            f"rmfail={self.remove_fail}) purge_at={self.purge_at_ms} "
+            f"cap={self.max_removals} api_clients={self.api_clients} | {specs}"
+        )
+
+
+@lru_cache(maxsize=64)
+def transitions(zone: str, year: int) -> tuple[datetime, ...]:
+    """The instants (UTC, whole seconds) at which `zone` changed its offset in `year`."""
+    tz = ZoneInfo(zone)
+    found: list[datetime] = []
+    day = datetime(year, 1, 1, tzinfo=UTC)
+    before = day.astimezone(tz).utcoffset()
+    while day.year == year:
+        after_day = day + timedelta(days=1)
+        after = after_day.astimezone(tz).utcoffset()
+        if after != before:
+            low, high = day, after_day  # offset(low) == before, offset(high) == after
+            while high - low > timedelta(seconds=1):
+                middle = low + (high - low) / 2
+                if middle.astimezone(tz).utcoffset() == before:
+                    low = middle
+                else:
+                    high = middle
+            found.append(high.replace(microsecond=0))
+        day, before = after_day, after
+    return tuple(found)
+
+
+def _other_cron(rng: random.Random, period: int, local_hour: int, minute_level: bool) -> str:
+    """A second spec's cron: mostly aligned with the busy one (a pass serves both)."""
+    second = rng.randrange(60)
+    kinds = ("aligned", "offset", "twice", "minute", "dst_hour", "every_second")
+    weights = (0, 0, 0, 3, 2, 0) if minute_level else (5, 2, 1, 2, 1, 1)
+    kind = rng.choices(kinds, weights=weights)[0]
+    if kind == "aligned":
+        return f"*/{period * rng.choice((1, 2, 3))} * * * * *"
+    if kind == "offset":
+        return f"{rng.randrange(1, period)}/{period} * * * * *"
+    if kind == "twice":
+        first, other = sorted(rng.sample(range(60), 2))
+        return f"{first},{other} * * * * *"
+    if kind == "minute":
+        return f"{second} * * * * *"
+    if kind == "dst_hour":
+        return f"{second} * {local_hour} * * *"  # every minute of the hour of a DST change
+    return "*/1 * * * * *"
+
+
+def _retention(rng: random.Random) -> dict[str, str | None]:
+    """Small policies: most backups of a short scenario are removed, so removals run."""
+    return {
+        "retentionMinutely": rng.choice(("0", "1", "1", "2", "2", "3", "2@30", "3@L", "4@0")),
+        "retentionHourly": rng.choice((None, "0", "0", "1", "2@15")),
+        "retentionDaily": rng.choice((None, "0", "1")),
+        "retentionWeekly": rng.choice((None, "0")),
+        "retentionMonthly": rng.choice((None, "0")),
+        "retentionYearly": rng.choice((None, "0")),
+    }
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class _Timing:
+    timezone: str
+    cron: str | None  # None: derived from the retention policy (every minute or coarser)
+
+
+def _timings(
+    rng: random.Random, zone: str, start: datetime, near_change: bool, period: int
+) -> list[_Timing]:
+    """The busy spec (every `period` s), then 0-2 others.
+
+    Near a DST change only minute-level crons go in the changing zone: backtor's
+    latest_fire_at_or_before walks an hour of fire times within a day of a change (60-100 ms
+    a call for a per-second cron; reported), which would make those scenarios far slower.
+    """
+    busy_zone = "UTC" if near_change or rng.random() < 0.4 else zone
+    offset = rng.randrange(period)
+    timings = [_Timing(busy_zone, f"{offset}/{period} * * * * *")]
+    for _ in range(rng.choice((0, 1, 1, 2))):
+        timezone = zone if rng.random() < (0.6 if near_change else 0.5) else "UTC"
+        minute_level = near_change and timezone != "UTC"
+        if rng.random() < 0.08:
+            timings.append(_Timing(timezone, None))
+            continue
+        local_hour = start.astimezone(ZoneInfo(timezone)).hour
+        timings.append(_Timing(timezone, _other_cron(rng, period, local_hour, minute_level)))
+    return timings
+
+
+def spec_draft(
+    rng: random.Random, name: str, timing: _Timing, start: datetime, horizon_ms: int
+) -> SpecDraft:
+    """One spec's fields, drawn as a user would send them (validated later by normalise_spec)."""
+    from_date = to_date = None
+    if rng.random() < 0.07:
+        from_date = _iso(start + timedelta(milliseconds=rng.randrange(horizon_ms // 2)))
+    if rng.random() < 0.07:
+        to_date = _iso(start + timedelta(milliseconds=rng.randrange(horizon_ms // 3, horizon_ms)))
+        if from_date is not None and to_date <= from_date:
+            to_date = None
+    return SpecDraft(
+        name=name,
+        enabled=rng.random() < 0.97,
+        from_date=from_date,
+        to_date=to_date,
+        backup_cron_string=timing.cron,
+        timezone=timing.timezone,
+        worker_config='{"kind": "sim"}',
+        timeout_seconds=None if rng.random() < 0.7 else rng.randrange(3, 30),
+        misfire_grace_seconds=rng.choice((10, 15, 30, 60, 3600)),
+        retention=_retention(rng),
+    )
+
+
+def generate(seed: int) -> Scenario:
+    rng = random.Random(seed)
+    zone, year = rng.choice(ZONES)
+    near_change = rng.random() < 0.3
+    # The busy spec fires every `period` s, 6 to 16 times: scenarios stay small, so that
+    # thousands run in CI, and busy, so that each pass has work.
+    period = rng.choice((2, 3, 4, 5))
+    horizon_ms = period * 1000 * rng.randrange(6, 17)
+    if near_change:  # the change falls inside the scenario
+        change = rng.choice(transitions(zone, year))
+        start = change - timedelta(milliseconds=rng.randrange(0, horizon_ms))
+    else:  # two days away from any change in these zones
+        start = datetime(year, 6, 15, 12, tzinfo=UTC) + timedelta(seconds=rng.randrange(86_400))
+    start = start.replace(microsecond=rng.randrange(1000) * 1000)
+    timings = _timings(rng, zone, start, near_change, period)
+    specs = tuple(
+        SpecSetup(
+            spec_draft(rng, f"s{i}", timing, start, horizon_ms),
+            0 if i == 0 or rng.random() < 0.7 else rng.randrange(horizon_ms // 2),
+        )
+        for i, timing in enumerate(timings)
+    )
+    kinds = tuple(
+        k
+        for k in (
+            FaultKind.UNAVAILABLE,
+            FaultKind.THROTTLED,
+            FaultKind.SERVER_ERROR,
+            FaultKind.LOST_ANSWER,
+            FaultKind.BAD_ANSWER,
+        )
+        if rng.random() < 0.5
+    ) or (FaultKind.LOST_ANSWER,)
+    outages = tuple(
+        (rng.randrange(horizon_ms), rng.randrange(3_000, 40_000))
+        for _ in range(rng.choice((0, 0, 0, 1, 2)))
+    )
+    return Scenario(
+        seed=seed,
+        start=start,
+        zone=zone,
+        horizon_ms=horizon_ms,
+        specs=specs,
+        replicas=rng.choice((2, 2, 3)),
+        backtor_workers=rng.choice((1, 2)),
+        interleave=rng.random() < 0.75,
+        fault_rate=rng.choice((0.0, 0.0, 0.02, 0.05, 0.1, 0.2)),
+        fault_kinds=kinds,
+        outages=outages,
+        crash_rate=rng.choice((0.0, 0.05, 0.1, 0.2)),
+        storage_fail=rng.choice((0.0, 0.1, 0.3)),
+        storage_hang=rng.choice((0.0, 0.05, 0.15)),
+        remove_fail=rng.choice((0.0, 0.1, 0.3)),
+        api_gap_ms=horizon_ms // rng.choice((3, 5, 8)),
+        purge_at_ms=rng.randrange(horizon_ms) if rng.random() < 0.3 else None,
+        max_removals=rng.choice((1, 2, 3, 20)),
+        removal_retry_seconds=rng.choice((1.0, 2.0, 5.0)),
+        replica_stall=rng.choice((0.0, 0.0, 0.05)),
+        duplicate_gap_ms=rng.choice((0, 0, 15_000)),
+        api_clients=rng.choice((1, 1, 2)),
+    )

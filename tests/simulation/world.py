@@ -1,0 +1,1206 @@
+"""The simulated world: one clock, one SQLite database, the Conductor twin, and the actors.
+
+Time is discrete: an agenda of (moment, order, actor) where each actor is a generator that
+yields the moment it wants to run again. The tick hands scheduler passes to replicas (and
+now and then to two at once), a storage worker and Backtor workers poll the twin's queues,
+API clients change specs, chaos cuts Conductor off, Conductor's sweeper times abandoned
+tasks out. Backtor code runs either inline or, in interleaved scenarios, in a fiber that
+pauses at each Conductor call and each transaction, so passes of two replicas, a retention
+run and API requests overlap as they would in production. Nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import itertools
+import random
+import traceback
+import uuid
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import partial
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, TypeVar, cast
+
+from sqlalchemy import create_engine, event, func, insert, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+import backtor.conductor.twin as twin_module
+import backtor.scheduling.fires as fires_module
+import backtor.scheduling.removals as removals_module
+from backtor.conductor.names import APPLY_RETENTION, BACKUP, RECORD_REMOVAL, REMOVE
+from backtor.conductor.payloads import TaskRun, TaskStatus, WorkflowStatus
+from backtor.conductor.port import Conductor
+from backtor.conductor.registration import register_definitions
+from backtor.conductor.results import TaskOutcome
+from backtor.conductor.twin import ConductorTwin, FaultKind, Faults
+from backtor.core.errors import BacktorError, ConductorRefused, ConductorUnavailable
+from backtor.core.specs import SpecDraft
+from backtor.db.models import (
+    Backup,
+    BackupSpec,
+    BackupStatus,
+    Base,
+    Fire,
+    FireStatus,
+    SchedulerState,
+)
+from backtor.runtime.services import Services
+from backtor.runtime.settings import Settings
+from backtor.scheduling.handlers import record_backup, record_removed_backup
+from backtor.scheduling.recording import plan_for
+from backtor.scheduling.tick import TickReport, run_tick
+from backtor.workers.tasks import MAX_CALLBACK_SECONDS
+from tests.simulation import api
+from tests.simulation.fibers import Acting, Crash, Fiber, FiberPool, acting, set_acting
+from tests.simulation.scenario import API_ACTIONS, Scenario
+
+T = TypeVar("T")
+Actor = Generator[int, None, None]
+CONDUCTOR_ERRORS = (ConductorUnavailable, ConductorRefused)
+STORAGE = "storage"
+# Crash points are drawn among the first this many step boundaries of an action.
+CRASH_SPAN = 24
+SETTLE_STEPS = 600
+SETTLE_HORIZON = timedelta(hours=8)
+SETTLE_ROUNDS = 4
+# A pass still running this long after the tick was handed out has lost the tick: the
+# tick task's response timeout (10 s) and the watchdog's stall rule (10 s, checked every 2 s).
+FAILOVER_MS = 12_000
+# The settle loop's longest step while nothing changes, at first (a tick's longest callback)
+# and at most (eight times longer at each idle step).
+SETTLE_IDLE = timedelta(seconds=15)
+SETTLE_IDLE_MAX = timedelta(hours=1)
+
+
+class SimClock:
+    """Simulated time in whole milliseconds since the scenario's start."""
+
+    def __init__(self, start: datetime) -> None:
+        self.start = start
+        self.now_ms = 0
+        self._now = start
+
+    def __call__(self) -> datetime:
+        return self._now
+
+    def set(self, ms: int) -> None:
+        if ms > self.now_ms:
+            self.now_ms = ms
+            self._now = self.start + timedelta(milliseconds=ms)
+
+
+class Database:
+    """One in-memory SQLite database per process, emptied between scenarios.
+
+    The schema is made once (create_all plus the scheduler_state row migration 0002
+    inserts); rows are deleted between scenarios, so ids restart at 1 and a seed replays
+    the same in a fresh process. One connection (StaticPool) serves every session: the
+    fibers never pause inside a write transaction, so sessions never mix writes.
+    """
+
+    def __init__(self) -> None:
+        self.engine: Engine = create_engine(
+            "sqlite://",
+            poolclass=StaticPool,
+            connect_args={"check_same_thread": False},
+            hide_parameters=True,
+        )
+        event.listen(self.engine, "connect", _sqlite_pragmas)
+        Base.metadata.create_all(self.engine)
+        self.maker = sessionmaker(bind=self.engine, expire_on_commit=False)
+        with self.engine.connect() as connection:
+            self._raw: Any = connection.connection.driver_connection
+        self._tables = list(reversed(Base.metadata.sorted_tables))
+
+    def reset(self) -> None:
+        with self.engine.begin() as connection:
+            for table in self._tables:
+                connection.execute(table.delete())
+            connection.execute(insert(SchedulerState).values(id=1))
+
+    def in_write(self) -> bool:
+        """True while some session holds uncommitted writes on the shared connection."""
+        return bool(self._raw.in_transaction)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.close()
+
+
+class SerialExecutor:
+    """Stands in for ThreadPoolExecutor in the scheduling modules: starts run in call order.
+
+    Real threads would draw faults and create workflows in a racy order, and would run
+    outside the fiber that owns the step boundaries.
+    """
+
+    def __init__(self, max_workers: int | None = None) -> None:
+        del max_workers
+
+    def __enter__(self) -> SerialExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def map(self, fn: Callable[..., T], *iterables: Any) -> list[T]:
+        return [fn(*args) for args in zip(*iterables, strict=True)]
+
+
+@contextmanager
+def deterministic() -> Iterator[None]:
+    """Serial starts and counted workflow ids while a scenario runs (restored after).
+
+    Set by name: the scheduling modules and the twin have no hook for either (yet).
+    """
+    counter = itertools.count(1)
+    ids = SimpleNamespace(uuid4=lambda: uuid.UUID(int=next(counter)))
+    patches: list[tuple[object, str, object]] = [
+        (fires_module, "ThreadPoolExecutor", SerialExecutor),
+        (removals_module, "ThreadPoolExecutor", SerialExecutor),
+        (twin_module, "uuid", ids),
+    ]
+    saved = [(module, name, getattr(module, name)) for module, name, _ in patches]
+    for module, name, value in patches:
+        setattr(module, name, value)
+    try:
+        yield
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)
+
+
+@dataclass
+class Segment:
+    """A stretch of a spec's life with one schedule; `active` = enabled and not purging."""
+
+    start: datetime
+    cron: str
+    timezone: str
+    from_date: datetime | None
+    to_date: datetime | None
+    active: bool
+
+
+@dataclass
+class SpecLife:
+    """A spec's schedules over time, as observed in its row after each API request."""
+
+    name: str
+    segments: list[Segment] = field(default_factory=list)
+    deleted_at: datetime | None = None
+    purge_requested_at: datetime | None = None
+    seen: tuple[object, ...] = ()
+
+
+@dataclass
+class StorageJob:
+    task: TaskRun
+    plan: str  # complete | fail | terminal | hang
+    done: bool = False
+    outcome: TaskOutcome | None = None
+
+
+class SteppedSession(Session):
+    """A request's session: each explicit commit is a step boundary (crash before or after)."""
+
+    def commit(self) -> None:
+        world: World = self.info["world"]
+        world.boundary("db.commit", pause=False)  # a crash here rolls back
+        super().commit()
+        world.boundary("db.commit", after=True)  # a crash here keeps the commit
+
+
+class SteppedDb:
+    """A process's sessionmaker: each transaction is a step boundary (pause, crash)."""
+
+    def __init__(self, world: World) -> None:
+        self._world = world
+        self._maker = world.db.maker
+        self._requests = sessionmaker(
+            bind=world.db.engine,
+            class_=SteppedSession,
+            expire_on_commit=False,
+            info={"world": world},
+        )
+
+    def __call__(self, **kwargs: Any) -> Session:
+        session = self._requests(**kwargs)
+        act = acting()
+        if act is not None:
+            act.sessions.append(session)
+        return session
+
+    @contextmanager
+    def begin(self) -> Iterator[Session]:
+        self._world.boundary("db.begin")
+        act = acting()
+        if act is not None:
+            act.depth += 1
+        try:
+            with self._maker.begin() as session:
+                yield session
+                self._world.boundary("db.commit", pause=False)  # a crash here rolls back
+        finally:
+            if act is not None:
+                act.depth -= 1
+        self._world.boundary("db.commit", after=True)  # a crash here keeps the commit
+
+
+# Conductor calls that change something: each goes into the trace.
+_TRACED = frozenset({"start_workflow", "terminate_workflow", "update_task", "retry_workflow"})
+
+
+def _who() -> str:
+    act = acting()
+    return act.name if act is not None else "harness"
+
+
+class SteppedConductor:
+    """The twin as one process sees it: each call is a step boundary before and after."""
+
+    def __init__(self, world: World) -> None:
+        self._world = world
+        self._twin = world.twin
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self._twin, name)
+        if not callable(target):
+            return target
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self._world.boundary(f"conductor.{name}")
+            try:
+                result = target(*args, **kwargs)
+            except CONDUCTOR_ERRORS as error:
+                if name in _TRACED:
+                    self._world.note(_who(), f"{name} {args[:1]} failed: {error}")
+                raise
+            if name in _TRACED:
+                self._world.note(_who(), f"{name} {args[:1]} -> {result}")
+            self._world.boundary(f"conductor.{name}", after=True)
+            return result
+
+        return call
+
+
+class World:
+    """One scenario's world; `run()` plays it, then settles it for the invariants."""
+
+    def __init__(self, scenario: Scenario, db: Database, pool: FiberPool) -> None:
+        self.scenario = scenario
+        self._streams: dict[str, random.Random] = {}
+        self.clock = SimClock(scenario.start)
+        self.db = db
+        self.pool = pool
+        self.twin = ConductorTwin(clock=self.clock, seed=scenario.seed)
+        register_definitions(self.twin)
+        self.settings = Settings(
+            conductor_api_url="http://twin.invalid/api",
+            database_url="sqlite://",
+            data_dir=Path("/nonexistent"),
+            log_level="WARNING",
+            log_format="text",
+            api_token=None,
+            max_removals_per_run=scenario.max_removals,
+            removal_retry_seconds=scenario.removal_retry_seconds,
+        )
+        self.interleave = scenario.interleave
+        self.crashes_on = scenario.crash_rate > 0
+        self.settling = False
+        self.agenda: list[tuple[int, int, Actor]] = []
+        self._order = itertools.count()
+        self.in_flight: set[Fiber] = set()
+        self.trace: list[tuple[int, str, str]] = []
+        self.failures: list[str] = []
+        self.stats: dict[str, int] = {}
+        self.lives: dict[str, SpecLife] = {}
+        self.storage: dict[str, str] = {}  # dataId -> spec name, for data that exists
+        self.data_counter = itertools.count(1)
+        self.storage_jobs: dict[str, StorageJob] = {}
+        self.held: set[str] = set()  # task ids a live worker holds
+        self.unreported: dict[str, tuple[TaskRun, TaskOutcome]] = {}
+        self.sweep_extra: dict[str, int] = {}
+        self.outages = 0
+        self.end: datetime | None = None  # when the schedules were stopped (settle)
+        self.drafts = {setup.draft.name: setup.draft for setup in scenario.specs}
+        self.replica_busy: set[str] = set()
+        # Backup statuses before the last settle round: what its retention runs marked.
+        self.round_before: dict[int, str] = {}
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    @property
+    def now_ms(self) -> int:
+        return self.clock.now_ms
+
+    def note(self, who: str, what: str) -> None:
+        self.trace.append((self.clock.now_ms, who, what))
+
+    def count(self, key: str, by: int = 1) -> None:
+        self.stats[key] = self.stats.get(key, 0) + by
+
+    def fail(self, message: str) -> None:
+        self.failures.append(message)
+        self.note("harness", f"FAILURE {message}")
+
+    def services(self, name: str) -> Services:
+        del name
+        return Services(
+            settings=self.settings,
+            engine=self.db.engine,
+            db=cast(sessionmaker[Session], SteppedDb(self)),
+            conductor=cast(Conductor, SteppedConductor(self)),
+            clock=self.clock,
+        )
+
+    def spawn(self, actor: Actor, at_ms: int) -> None:
+        heapq.heappush(self.agenda, (at_ms, next(self._order), actor))
+
+    def rng(self, stream: str) -> random.Random:
+        """One generator per concern, so that turning one off (say crashes, while
+        minimising a failure) leaves every other draw of the run as it was."""
+        found = self._streams.get(stream)
+        if found is None:
+            found = self._streams[stream] = random.Random(f"{self.scenario.seed}:{stream}")
+        return found
+
+    def later(self, stream: str, low: int, high: int) -> int:
+        return self.clock.now_ms + self.rng(stream).randrange(low, high)
+
+    def boundary(self, kind: str, *, after: bool = False, pause: bool = True) -> None:
+        """A step boundary of the acting process: maybe it dies here, maybe it is overtaken.
+
+        Only boundaries outside a transaction pause: the fibers share one connection.
+        """
+        act = acting()
+        if act is None:
+            return
+        act.steps += 1
+        if act.crash_at == act.steps and self.crashes_on:
+            act.crashed_at = f"{'after' if after else 'before'} {kind}"
+            raise Crash(f"{act.name} crashed {act.crashed_at}")
+        if after or not pause:
+            return
+        if act.in_transaction() or self.db.in_write():
+            # On PostgreSQL a lock held across a Conductor call; on SQLite (BEGIN IMMEDIATE)
+            # the database's write lock, or a second transaction waiting on the first.
+            self.fail(f"{act.name}: {kind} while a transaction of its own is open")
+            return
+        if act.fiber is not None:
+            act.fiber.pause(self.clock.now_ms + self._latency())
+
+    def _latency(self) -> int:
+        rng = self.rng("latency")
+        roll = rng.random()
+        if roll < self.scenario.replica_stall * 0.2:
+            return rng.randrange(20_000, 60_000)  # a stop-the-world pause mid-action
+        if roll < 0.1:
+            return rng.randrange(300, 3_000)
+        return rng.randrange(0, 120)
+
+    def crash_plan(self) -> int | None:
+        rng = self.rng("crash")
+        if self.crashes_on and rng.random() < self.scenario.crash_rate:
+            return rng.randrange(1, CRASH_SPAN + 1)
+        return None
+
+    def call(
+        self, name: str, fn: Callable[[], T], crash_at: int | None = None
+    ) -> Generator[int, None, T]:
+        """Run Backtor code as process `name`: inline, or in a fiber the agenda interleaves."""
+        act = Acting(name, crash_at if self.crashes_on else None)
+        if not self.interleave:
+            set_acting(act)
+            try:
+                return fn()
+            finally:
+                set_acting(None)
+        fiber = self.pool.take()
+        act.fiber = fiber
+
+        def job() -> T:
+            set_acting(act)
+            return fn()
+
+        fiber.start(job)
+        self.in_flight.add(fiber)
+        try:
+            while True:
+                fiber.resume()
+                if fiber.done:
+                    break
+                yield fiber.wake_ms
+        finally:
+            if not fiber.done:
+                fiber.stop()
+            self.in_flight.discard(fiber)
+            self.pool.give_back(fiber)
+        if fiber.error is not None:
+            raise fiber.error
+        return cast(T, fiber.result)
+
+    def unexpected(self, who: str, error: BaseException) -> None:
+        lines = traceback.format_exception(type(error), error, error.__traceback__)
+        where = "".join(lines[-6:]).strip().replace("\n", " | ")
+        self.fail(f"unexpected exception in {who}: {type(error).__name__}: {error} [{where}]")
+
+    # -- the run --------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        scenario = self.scenario
+        for setup in scenario.specs:
+            self.spawn(self.create_actor(setup.draft), setup.created_ms)
+        self.spawn(self.tick_actor(), self.later("tick", 0, 2_000))
+        if scenario.duplicate_gap_ms:
+            self.spawn(self.duplicate_actor(), self.later("tick", 0, scenario.duplicate_gap_ms))
+        self.spawn(self.storage_actor(), self.later("storage", 0, 1_000))
+        for index in range(scenario.backtor_workers):
+            self.spawn(self.backtor_actor(f"worker-{index}"), self.later("workers", 0, 1_000))
+        self.spawn(self.sweeper_actor(), 5_000)
+        for client in range(scenario.api_clients):
+            name = f"api-{client}"
+            self.spawn(self.api_actor(name), self.later(name, 0, scenario.api_gap_ms))
+        for start, length in scenario.outages:
+            self.spawn(self.outage_actor(length), start)
+        if scenario.purge_at_ms is not None:
+            self.spawn(self.purge_actor(), scenario.purge_at_ms)
+        self.set_fault_rates(scenario.fault_rate)
+        self.run_agenda(scenario.horizon_ms)
+        self.settle()
+
+    def run_agenda(self, until_ms: int, stop: Callable[[], bool] | None = None) -> None:
+        while self.agenda and self.agenda[0][0] <= until_ms:
+            if stop is not None and stop():
+                return
+            at, _, actor = heapq.heappop(self.agenda)
+            self.clock.set(at)
+            try:
+                wake = next(actor)
+            except StopIteration:
+                continue
+            self.spawn(actor, max(wake, self.clock.now_ms))
+
+    def set_fault_rates(self, rate: float) -> None:
+        kinds = self.scenario.fault_kinds
+        for kind in kinds:
+            self.twin.faults.set_rate(None, kind, rate / len(kinds))
+        if self.outages > 0:
+            self.twin.faults.set_rate(None, FaultKind.UNAVAILABLE, 1.0)
+
+    @contextmanager
+    def no_faults(self) -> Iterator[None]:
+        """Conductor's own doings (its sweeper) and the settle phase are not faulted."""
+        saved = self.twin.faults
+        self.twin.faults = Faults()
+        try:
+            yield
+        finally:
+            self.twin.faults = saved
+
+    # -- API actions ----------------------------------------------------------------------------
+
+    def observe_specs(self) -> None:
+        """Note each spec's schedule as stored: a new stretch starts at each write of it."""
+        with self.db.maker() as session:
+            rows = list(session.scalars(select(BackupSpec)))
+        present = set()
+        for spec in rows:
+            present.add(spec.name)
+            life = self.lives.setdefault(spec.name, SpecLife(spec.name))
+            seen = (
+                spec.last_update,
+                spec.cron_string,
+                spec.timezone,
+                spec.from_date,
+                spec.to_date,
+                spec.enabled,
+                spec.deleting,
+            )
+            if seen != life.seen:
+                life.seen = seen
+                life.segments.append(
+                    Segment(
+                        start=spec.last_update,
+                        cron=spec.cron_string,
+                        timezone=spec.timezone,
+                        from_date=spec.from_date,
+                        to_date=spec.to_date,
+                        active=spec.enabled and not spec.deleting,
+                    )
+                )
+            if spec.deleting and life.purge_requested_at is None:
+                life.purge_requested_at = spec.last_update
+        for name, life in self.lives.items():
+            if name not in present and life.deleted_at is None:
+                life.deleted_at = self.clock()
+
+    def api_call(self, client: str, what: str, fn: Callable[[], str]) -> Generator[int, None, None]:
+        """One request: its answer or error goes to the trace; a crash is the API dying."""
+        try:
+            answer = yield from self.call(client, fn, self.crash_plan())
+            self.note(client, f"{what} -> {answer}")
+            self.count(f"api.{what.split()[0]}")
+        except Crash as crash:
+            self.note(client, f"{what} -> crashed: {crash}")
+            self.count("crash.api")
+        except BacktorError as error:  # the routes' 4xx/5xx answers
+            self.note(client, f"{what} -> {type(error).__name__}: {error}")
+        except Exception as error:
+            self.unexpected(f"{client} {what}", error)
+        finally:
+            self.observe_specs()
+
+    def create_actor(self, draft: SpecDraft) -> Actor:
+        fn = partial(api.create, self.services("api-create"), draft)
+        yield from self.api_call("api-create", f"create {draft.name}", fn)
+
+    def live_names(self) -> list[str]:
+        return [
+            name
+            for name, life in self.lives.items()
+            if life.deleted_at is None and life.purge_requested_at is None
+        ]
+
+    def api_actor(self, client: str) -> Actor:
+        """One API client: requests at random moments (two clients race each other)."""
+        scenario = self.scenario
+        rng = self.rng(client)
+        while True:
+            yield self.clock.now_ms + int(rng.expovariate(1.0 / scenario.api_gap_ms)) + 1
+            if self.settling or self.clock.now_ms > scenario.horizon_ms:
+                return
+            names = self.live_names()
+            if not names:
+                continue
+            action = rng.choices(API_ACTIONS, weights=scenario.api_weights)[0]
+            name = rng.choice(names)
+            services = self.services(client)
+            fn: Callable[[], str]
+            if action in ("put_same", "put_change"):
+                if action == "put_change":
+                    self.drafts[name] = self.changed(rng, self.drafts[name])
+                fn = partial(api.replace, services, self.drafts[name])
+                yield from self.api_call(client, f"{action} {name}", fn)
+            elif action in ("pin", "unpin"):
+                backup_id = self.some_backup(rng, name, action == "pin")
+                if backup_id is not None:
+                    fn = partial(api.pin, services, name, backup_id, action == "pin")
+                    yield from self.api_call(client, f"{action} {name}/{backup_id}", fn)
+            elif action == "trigger":
+                fn = partial(api.trigger, services, name)
+                yield from self.api_call(client, f"trigger {name}", fn)
+            elif action == "purge":
+                fn = partial(api.delete_purge, services, name)
+                yield from self.api_call(client, f"purge {name}", fn)
+            elif action == "operator_retry":
+                self.operator_retry(rng, name)
+
+    def changed(self, rng: random.Random, draft: SpecDraft) -> SpecDraft:
+        """A PUT that changes one thing: retention, grace, timeout, the schedule or enabled."""
+        what = rng.choice(("retention", "grace", "timeout", "cron", "enabled"))
+        if what == "retention":
+            retention = dict(draft.retention)
+            retention["retentionMinutely"] = rng.choice(("0", "1", "2", "3@L", "5"))
+            retention["retentionHourly"] = rng.choice((None, "0", "1"))
+            return dataclasses.replace(draft, retention=retention)
+        if what == "grace":
+            return dataclasses.replace(draft, misfire_grace_seconds=rng.choice((10, 20, 60, 3600)))
+        if what == "timeout":
+            return dataclasses.replace(draft, timeout_seconds=rng.choice((None, 5, 20)))
+        if what == "cron":
+            cron = rng.choice(("*/2 * * * * *", "*/5 * * * * *", "7 * * * * *", "0/3 * * * * *"))
+            return dataclasses.replace(draft, backup_cron_string=cron)
+        currently = draft.enabled is not False
+        return dataclasses.replace(draft, enabled=not currently)
+
+    def some_backup(self, rng: random.Random, name: str, completed_only: bool) -> int | None:
+        with self.db.maker() as session:
+            query = select(Backup.id).join(BackupSpec).where(BackupSpec.name == name)
+            if completed_only:
+                query = query.where(Backup.status == BackupStatus.COMPLETED.value)
+            else:
+                query = query.where(Backup.pinned.is_(True))
+            ids = list(session.scalars(query.order_by(Backup.id)))
+        return rng.choice(ids) if ids else None
+
+    def operator_retry(self, rng: random.Random, name: str) -> None:
+        """Someone retries a failed create_backup from Conductor's UI."""
+        runs = [
+            w
+            for w in self.twin.workflows("create_backup")
+            if w.input.get("backupName") == name
+            and w.status in (WorkflowStatus.FAILED, WorkflowStatus.TIMED_OUT)
+        ]
+        if not runs:
+            return
+        run = rng.choice(runs)
+        try:
+            self.twin.retry_workflow(run.workflow_id)
+            self.note("operator", f"retried {run.workflow_id} of {name}")
+            self.count("operator.retry")
+        except CONDUCTOR_ERRORS as error:
+            self.note("operator", f"retry {run.workflow_id} refused: {error}")
+
+    def purge_actor(self) -> Actor:
+        names = self.live_names()
+        if names and not self.settling:
+            name = self.rng("purge").choice(names)
+            fn = partial(api.delete_purge, self.services("api-purge"), name)
+            yield from self.api_call("api-purge", f"purge {name}", fn)
+
+    def outage_actor(self, length: int) -> Actor:
+        self.outages += 1
+        self.set_fault_rates(self.scenario.fault_rate)
+        self.note("chaos", f"Conductor unreachable for {length} ms")
+        yield self.clock.now_ms + length
+        self.outages -= 1
+        if not self.settling:
+            self.twin.faults.set_rate(None, FaultKind.UNAVAILABLE, 0.0)
+            self.set_fault_rates(self.scenario.fault_rate)
+
+    # -- replicas -------------------------------------------------------------------------------
+
+    def replica_pass(self, name: str) -> Generator[int, None, TickReport | None]:
+        """One scheduler pass by replica `name`; None when it died or the pass failed."""
+        services = self.services(name)
+        try:
+            report = yield from self.call(
+                name, partial(run_tick, services, holder=name), self.crash_plan()
+            )
+        except Crash as crash:
+            self.note(name, str(crash))
+            self.count("crash.replica")
+            return None
+        except CONDUCTOR_ERRORS as error:  # escaped the pass: the tick task fails
+            self.note(name, f"pass failed: {type(error).__name__}: {error}")
+            self.count("pass.escaped")
+            return None
+        except Exception as error:
+            self.unexpected(f"{name} pass", error)
+            return None
+        self.count("pass" if getattr(report, "ran", True) else "pass.lease_held")
+        return report
+
+    def pass_actor(self, name: str, box: dict[str, TickReport | None]) -> Actor:
+        """A pass of replica `name`; its report lands in `box`. A replica runs one at a time."""
+        self.replica_busy.add(name)
+        try:
+            box["report"] = yield from self.replica_pass(name)
+        finally:
+            self.replica_busy.discard(name)
+
+    def start_pass(self, name: str) -> dict[str, TickReport | None]:
+        """Run a pass now, up to its first pause; the agenda carries it on from there."""
+        box: dict[str, TickReport | None] = {}
+        actor = self.pass_actor(name, box)
+        with suppress(StopIteration):
+            self.spawn(actor, next(actor))
+        return box
+
+    def idle_replicas(self) -> list[str]:
+        return [
+            name
+            for name in (f"replica-{i}" for i in range(self.scenario.replicas))
+            if name not in self.replica_busy
+        ]
+
+    def tick_actor(self) -> Actor:
+        """The tick task: Conductor hands it to one replica at a time, at the time it asked.
+
+        A replica that dies holding it, or stalls past the task's response timeout, loses it:
+        the watchdog replaces the tick (STALL 10 s, checked every 2 s) and another replica
+        runs the next pass, while a stalled one may still wake up and finish its own.
+        """
+        rng = self.rng("tick")
+        while not self.settling:
+            idle = self.idle_replicas()
+            if not idle:
+                yield self.clock.now_ms + 1_000
+                continue
+            name = rng.choice(idle)
+            box = self.start_pass(name)
+            deadline = self.clock.now_ms + FAILOVER_MS
+            while "report" not in box and self.clock.now_ms < deadline:
+                yield self.clock.now_ms + 250
+            if "report" not in box:
+                self.note("tick", f"{name} holds the tick past its response timeout: failover")
+                self.count("tick.failover")
+                yield self.later("tick", 0, 2_000)
+            elif box["report"] is None:
+                yield self.later("tick", 10_000, 14_000)  # the holder died: failover
+            else:
+                yield self.next_pass_ms(box["report"])
+
+    def duplicate_actor(self) -> Actor:
+        """Now and then a second replica runs a pass beside the tick's holder (a redelivered
+        or hand-restarted tick): the pass lease must keep them apart."""
+        gap = self.scenario.duplicate_gap_ms
+        rng = self.rng("duplicates")
+        while not self.settling:
+            yield self.clock.now_ms + int(rng.expovariate(1.0 / gap)) + 1
+            idle = self.idle_replicas()
+            if idle and not self.settling:
+                self.start_pass(rng.choice(idle))
+
+    def next_pass_ms(self, report: TickReport) -> int:
+        """As schedule_passes asks Conductor: at the next due time (held and slept to, so a
+        few ms late), within the longest callback, after 1 s at least if Conductor is unwell."""
+        now = self.clock()
+        longest = float(MAX_CALLBACK_SECONDS)
+        wait = longest if report.next_due is None else (report.next_due - now).total_seconds()
+        if not report.healthy:
+            wait = max(wait, 1.0)
+        wait = min(max(wait, 0.0), longest)
+        return self.later("tick", int(wait * 1000) + 1, int(wait * 1000) + 250)
+
+    # -- workers --------------------------------------------------------------------------------
+
+    def poll(self, task_type: str, worker: str) -> TaskRun | None:
+        try:
+            task = self.twin.poll_task(task_type, worker)
+        except CONDUCTOR_ERRORS:
+            return None
+        if task is not None:
+            self.held.add(task.task_id)
+        return task
+
+    def report(
+        self, worker: str, task: TaskRun, outcome: TaskOutcome
+    ) -> Generator[int, None, None]:
+        """Report a task's outcome, retrying as the SDK does while Conductor cannot be reached."""
+        self.unreported[task.task_id] = (task, outcome)
+        for attempt in range(30):
+            try:
+                self.twin.update_task(
+                    task,
+                    outcome.status,
+                    dict(outcome.output),
+                    callback_after_seconds=outcome.callback_after_seconds,
+                    reason=outcome.reason,
+                    worker_id=worker,
+                )
+                break
+            except CONDUCTOR_ERRORS:
+                yield self.clock.now_ms + min(500 * 2**attempt, 5_000)
+        del self.unreported[task.task_id]
+        self.held.discard(task.task_id)
+
+    def storage_actor(self) -> Actor:
+        while not self.settling:
+            for task_type in (BACKUP, REMOVE):
+                for _ in range(4):
+                    task = self.poll(task_type, STORAGE)
+                    if task is None:
+                        break
+                    self.storage_take(task)
+            yield self.later("storage", 100, 1_000)
+
+    def storage_take(self, task: TaskRun) -> None:
+        scenario, rng = self.scenario, self.rng("storage")
+        if task.task_type == BACKUP:
+            roll = rng.random()
+            if roll < scenario.storage_hang:
+                plan, duration = "hang", rng.randrange(10_000, 60_000)
+            elif roll < scenario.storage_hang + scenario.storage_fail:
+                plan, duration = rng.choice(("fail", "fail", "terminal")), rng.randrange(50, 3_000)
+            else:
+                plan, duration = "complete", rng.randrange(50, 2_500)
+        else:
+            plan = "fail" if rng.random() < scenario.remove_fail else "complete"
+            duration = rng.randrange(20, 2_000)
+        job = StorageJob(task, plan)
+        self.storage_jobs[task.task_id] = job
+        self.spawn(self.storage_finish(job), self.clock.now_ms + duration)
+
+    def storage_do(self, job: StorageJob) -> TaskOutcome:
+        """The storage side effect happens here, whatever becomes of the report."""
+        task = job.task
+        job.done = True
+        if job.plan == "fail":
+            return TaskOutcome("FAILED", {"error": "disk full (simulated)"}, "disk full")
+        if job.plan == "terminal":
+            return TaskOutcome("FAILED_WITH_TERMINAL_ERROR", {"error": "bad config"}, "bad config")
+        if task.task_type == BACKUP:
+            data_id = f"{task.input.get('backupName')}/d{next(self.data_counter)}"
+            self.storage[data_id] = str(task.input.get("backupName"))
+            return TaskOutcome("COMPLETED", {"dataId": data_id, "dataSizeMB": 1.5})
+        self.storage.pop(str(task.input.get("dataId")), None)  # removing what is gone succeeds
+        return TaskOutcome("COMPLETED", {})
+
+    def storage_finish(self, job: StorageJob) -> Actor:
+        outcome = job.outcome = self.storage_do(job)
+        yield from self.report(STORAGE, job.task, outcome)
+        self.storage_jobs.pop(job.task.task_id, None)
+
+    def backtor_actor(self, name: str) -> Actor:
+        services = self.services(name)
+        handlers = ((APPLY_RETENTION, record_backup), (RECORD_REMOVAL, record_removed_backup))
+        while not self.settling:
+            for task_type, handler in handlers:
+                task = self.poll(task_type, name)
+                if task is None:
+                    continue
+                fn = partial(handler, services, task.input, task.workflow_id)
+                try:
+                    outcome = yield from self.call(f"{name} {task_type}", fn, self.crash_plan())
+                except Crash as crash:
+                    self.note(name, str(crash))
+                    self.count("crash.worker")
+                    self.held.discard(task.task_id)  # Conductor times it out, then retries
+                    yield self.later("workers", 500, 5_000)
+                    continue
+                except CONDUCTOR_ERRORS as error:  # the SDK reports FAILED; Conductor retries
+                    outcome = TaskOutcome("FAILED", {"error": str(error)}, str(error))
+                except Exception as error:
+                    self.unexpected(f"{name} {task_type}", error)
+                    outcome = TaskOutcome("FAILED", {"error": repr(error)}, repr(error))
+                self.count(f"task.{task_type}")
+                yield from self.report(name, task, outcome)
+            yield self.later("workers", 100, 1_000)
+
+    def sweeper_actor(self) -> Actor:
+        while not self.settling:
+            self.sweep()
+            yield self.clock.now_ms + 5_000
+
+    def sweep(self) -> None:
+        """Conductor's response timeout, which the twin leaves out: a task held by no live
+        worker (its worker died, or the poll's answer was lost) fails and is retried."""
+        now = self.clock()
+        for task in self.twin.pending_tasks():
+            if task.status is not TaskStatus.IN_PROGRESS or task.task_id in self.held:
+                continue
+            if now < self.swept_at(task):
+                continue
+            with self.no_faults():
+                self.twin.update_task(task, "FAILED", reason="response timed out (simulated)")
+            self.note("conductor", f"{task.task_type} {task.task_id} response timed out")
+            self.count("sweeper.timeout")
+
+    def swept_at(self, task: TaskRun) -> datetime:
+        """When Conductor's sweeper times an abandoned task out: its response timeout, plus
+        however long the sweeper takes to come by (minutes, seen on a real server)."""
+        extra = self.sweep_extra.get(task.task_id)
+        if extra is None:
+            extra = self.sweep_extra[task.task_id] = self.rng("sweeper").randrange(0, 300_000)
+        polled = task.update_time or task.scheduled_time or self.clock()
+        return polled + timedelta(seconds=task.response_timeout_seconds, milliseconds=extra)
+
+    def sweep_deadline(self) -> datetime | None:
+        moments = [
+            self.swept_at(task)
+            for task in self.twin.pending_tasks()
+            if task.status is TaskStatus.IN_PROGRESS and task.task_id not in self.held
+        ]
+        return min(moments, default=None)
+
+    # -- settling -------------------------------------------------------------------------------
+
+    def settle(self) -> None:
+        """Faults off, no crashes, no API: drive everything until nothing changes.
+
+        Schedules are stopped right after a pass (a PUT enabled=false at the same instant,
+        so no due fire time is left unwritten), then each live spec is backed up by hand
+        until its retention has caught up, so the final state can be judged.
+        """
+        self.settling = True
+        self.crashes_on = False
+        self.outages = 0
+        self.twin.faults.clear()
+        # Let in-flight Backtor code finish (actors take no new work now).
+        self.run_agenda(
+            self.clock.now_ms + 3_600_000, stop=lambda: not self.in_flight and not self._busy()
+        )
+        if self.in_flight:
+            self.fail("settle: Backtor code still in flight after an hour of simulated time")
+            return
+        for _, _, actor in self.agenda:
+            actor.close()
+        self.agenda.clear()
+        self.interleave = False
+        self.finish_storage_jobs()
+        for task, outcome in list(self.unreported.values()):
+            self.report_now("worker", task, outcome)
+        services = self.services("settle")
+        deadline = self.clock() + SETTLE_HORIZON
+        rounds = 0
+        self.end = None
+        idle = SETTLE_IDLE
+        before: tuple[object, ...] = ()
+        for step in range(SETTLE_STEPS):
+            report = run_tick(services, holder="settle")
+            self.count("settle.pass")
+            if self.end is None and getattr(report, "ran", True):
+                self.stop_schedules(services)
+            self.drain_workers(services)
+            if self.end is not None and self.quiet():
+                if rounds < SETTLE_ROUNDS and self.retention_lagging():
+                    self.retention_round(services)
+                    rounds += 1
+                    continue
+                self.stats["settle.steps"] = step
+                return
+            after = self.fingerprint()
+            idle = SETTLE_IDLE if after != before else min(8 * idle, SETTLE_IDLE_MAX)
+            before = after
+            upcoming = self.next_moment(report, idle)
+            if upcoming > deadline:
+                break
+            self.clock.set(max(self.clock.now_ms + 1, _ms(upcoming - self.clock.start)))
+        self.fail(f"did not settle: {self.unsettled()}")
+
+    def _busy(self) -> bool:
+        return bool(self.unreported)
+
+    def finish_storage_jobs(self) -> None:
+        """Held backup and remove tasks finish now (late, for a hung one)."""
+        for job in list(self.storage_jobs.values()):
+            outcome = job.outcome if job.done else self.storage_do(job)
+            assert outcome is not None
+            self.report_now(STORAGE, job.task, outcome)
+        self.storage_jobs.clear()
+
+    def report_now(self, worker: str, task: TaskRun, outcome: TaskOutcome) -> None:
+        with self.no_faults():
+            self.twin.update_task(
+                task,
+                outcome.status,
+                dict(outcome.output),
+                callback_after_seconds=outcome.callback_after_seconds,
+                reason=outcome.reason,
+                worker_id=worker,
+            )
+        self.unreported.pop(task.task_id, None)
+        self.held.discard(task.task_id)
+
+    def stop_schedules(self, services: Services) -> None:
+        """PUT enabled=false for every live spec, at the instant of the pass just run."""
+        self.end = self.clock()
+        drafts = {s.draft.name: s.draft for s in self.scenario.specs}
+        for name in self.live_names():
+            with self.db.maker() as session:
+                spec = session.scalar(select(BackupSpec).where(BackupSpec.name == name))
+                enabled = spec is not None and spec.enabled
+            if enabled:
+                draft = self._current_draft(name, drafts[name])
+                api.replace(services, dataclasses.replace(draft, enabled=False))
+        self.observe_specs()
+
+    def _current_draft(self, name: str, fallback: SpecDraft) -> SpecDraft:
+        """The spec as stored, as a draft (PUTs may have changed it)."""
+        with self.db.maker() as session:
+            spec = session.scalar(select(BackupSpec).where(BackupSpec.name == name))
+            assert spec is not None
+            return SpecDraft(
+                name=name,
+                enabled=spec.enabled,
+                from_date=_iso(spec.from_date),
+                to_date=_iso(spec.to_date),
+                backup_cron_string=None if spec.cron_derived else spec.cron_string,
+                timezone=spec.timezone,
+                worker_config=spec.worker_config,
+                timeout_seconds=spec.timeout_seconds,
+                misfire_grace_seconds=spec.misfire_grace_seconds,
+                retention=dict(fallback.retention)
+                | {
+                    "retentionMinutely": spec.retention_minutely,
+                    "retentionHourly": spec.retention_hourly,
+                    "retentionDaily": spec.retention_daily,
+                    "retentionWeekly": spec.retention_weekly,
+                    "retentionMonthly": spec.retention_monthly,
+                    "retentionYearly": spec.retention_yearly,
+                },
+            )
+
+    def drain_workers(self, services: Services) -> None:
+        """Every visible task is taken and finished at once; nothing fails any more."""
+        for _ in range(50):
+            progressed = False
+            for task_type in (BACKUP, REMOVE):
+                while (task := self.poll(task_type, STORAGE)) is not None:
+                    progressed = True
+                    job = StorageJob(task, "complete")
+                    self.report_now(STORAGE, task, self.storage_do(job))
+            for task_type, handler in (
+                (APPLY_RETENTION, record_backup),
+                (RECORD_REMOVAL, record_removed_backup),
+            ):
+                while (task := self.poll(task_type, "settle")) is not None:
+                    progressed = True
+                    try:
+                        outcome = handler(services, task.input, task.workflow_id)
+                    except Exception as error:
+                        self.unexpected(f"settle {task_type}", error)
+                        outcome = TaskOutcome("FAILED", {"error": repr(error)}, repr(error))
+                    self.report_now("settle", task, outcome)
+            self.sweep()
+            if not progressed:
+                return
+
+    def retention_round(self, services: Services) -> None:
+        """One manual backup per live spec: a retention run after every change."""
+        before = self._statuses()
+        for name in self.live_names():
+            try:
+                answer = api.trigger(services, name)
+            except BacktorError as error:
+                answer = f"{type(error).__name__}: {error}"
+            self.note("settle", f"trigger {name} -> {answer}")
+        self.round_before = before
+
+    def _statuses(self) -> dict[int, str]:
+        with self.db.maker() as session:
+            return {row.id: row.status for row in session.execute(select(Backup.id, Backup.status))}
+
+    def retention_lagging(self) -> bool:
+        """Some live spec still has COMPLETED backups its plan removes (the cap held them)."""
+        with self.db.maker() as session:
+            for name in self.live_names():
+                spec = session.scalar(select(BackupSpec).where(BackupSpec.name == name))
+                if spec is None:
+                    continue
+                plan = plan_for(session, spec)
+                if plan.remove_ids:
+                    return True
+        return False
+
+    def quiet(self) -> bool:
+        if self.twin.pending_tasks():
+            return False
+        with self.db.maker() as session:
+            open_fires = session.scalar(
+                select(func.count())
+                .select_from(Fire)
+                .where(
+                    (Fire.status == FireStatus.PENDING.value)
+                    | ((Fire.status == FireStatus.STARTED.value) & Fire.outcome.is_(None))
+                )
+            )
+            open_backups = session.scalar(
+                select(func.count())
+                .select_from(Backup)
+                .where(
+                    Backup.status.in_(
+                        (
+                            BackupStatus.REMOVING.value,
+                            BackupStatus.REMOVE_FAILED.value,
+                            BackupStatus.RUNNING.value,
+                        )
+                    )
+                )
+            )
+            purging = session.scalar(
+                select(func.count()).select_from(BackupSpec).where(BackupSpec.deleting.is_(True))
+            )
+        return not open_fires and not open_backups and not purging
+
+    def next_moment(self, report: TickReport, idle: timedelta) -> datetime:
+        """The next moment anything can happen: a fire, a task, a retry, a claim lapsing.
+
+        Backtor also acts on time by itself (timeoutSeconds, stalled own tasks), which is not
+        all listed here: the clock moves at most `idle` at once, and the caller stretches
+        `idle` while nothing changes (a long wait, say for Conductor's sweeper, costs few
+        passes). A pass that comes late is one a slow tick could have run.
+        """
+        now = self.clock()
+        with self.db.maker() as session:
+            moments = [
+                session.scalar(
+                    select(func.min(Backup.next_attempt_at)).where(
+                        Backup.status.in_(
+                            (BackupStatus.REMOVING.value, BackupStatus.REMOVE_FAILED.value)
+                        ),
+                        Backup.remove_workflow_id.is_(None),
+                        Backup.next_attempt_at > now,
+                    )
+                ),
+                session.scalar(
+                    select(func.min(Backup.claimed_until)).where(Backup.claimed_until >= now)
+                ),
+                session.scalar(
+                    select(func.min(Fire.claimed_until)).where(
+                        Fire.status == FireStatus.PENDING.value, Fire.claimed_until >= now
+                    )
+                ),
+            ]
+            moments += [  # Backtor's own clocks: timeoutSeconds of a run, a dead worker's task
+                started + timedelta(seconds=timeout)
+                for started, timeout in session.execute(
+                    select(Fire.started_at, BackupSpec.timeout_seconds)
+                    .join(BackupSpec, BackupSpec.id == Fire.spec_id)
+                    .where(
+                        Fire.status == FireStatus.STARTED.value,
+                        Fire.outcome.is_(None),
+                        BackupSpec.timeout_seconds.is_not(None),
+                    )
+                )
+                if started is not None and timeout is not None
+            ]
+        moments += [
+            (task.update_time or now) + timedelta(seconds=task.response_timeout_seconds + 16)
+            for task in self.twin.pending_tasks((APPLY_RETENTION, RECORD_REMOVAL))
+            if task.status is TaskStatus.IN_PROGRESS and task.task_id not in self.held
+        ]
+        moments += [report.next_due, self.twin.next_event_at(), self.sweep_deadline()]
+        future = [m for m in moments if m is not None and m > now]
+        return min([*future, now + idle]) + timedelta(milliseconds=1)
+
+    def fingerprint(self) -> tuple[object, ...]:
+        """What changes when anything happens (for the settle loop's idle steps)."""
+        tasks = tuple((t.task_id, t.status) for t in self.twin.pending_tasks())
+        with self.db.maker() as session:
+            fires = session.execute(
+                select(Fire.status, Fire.outcome, func.count()).group_by(Fire.status, Fire.outcome)
+            ).all()
+            backups = session.execute(
+                select(Backup.status, func.count(), func.sum(Backup.remove_attempts)).group_by(
+                    Backup.status
+                )
+            ).all()
+        return tasks, tuple(map(tuple, fires)), tuple(map(tuple, backups))
+
+    def unsettled(self) -> str:
+        tasks = [f"{t.task_type}:{t.status}" for t in self.twin.pending_tasks()]
+        with self.db.maker() as session:
+            fires = session.execute(
+                select(Fire.id, Fire.status, Fire.outcome, Fire.claimed_until).where(
+                    (Fire.status == FireStatus.PENDING.value)
+                    | ((Fire.status == FireStatus.STARTED.value) & Fire.outcome.is_(None))
+                )
+            ).all()
+            backups = session.execute(
+                select(Backup.id, Backup.status, Backup.next_attempt_at).where(
+                    Backup.status.in_(
+                        (
+                            BackupStatus.REMOVING.value,
+                            BackupStatus.REMOVE_FAILED.value,
+                            BackupStatus.RUNNING.value,
+                        )
+                    )
+                )
+            ).all()
+            purging = list(
+                session.scalars(select(BackupSpec.name).where(BackupSpec.deleting.is_(True)))
+            )
+        return (
+            f"open tasks {tasks}; open fires {[tuple(f) for f in fires]}; "
+            f"open backups {[tuple(b) for b in backups]}; purging {purging}"
+        )
+
+
+def _ms(delta: timedelta) -> int:
+    return int(delta / timedelta(milliseconds=1)) + (1 if delta % timedelta(milliseconds=1) else 0)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
