@@ -11,13 +11,14 @@ from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
 from backtor import __version__
-from backtor.api import health, retention_routes, routes
+from backtor.api import health, retention_routes, routes, ui
 from backtor.api.auth import install_auth
 from backtor.api.errors import install_error_handlers
 from backtor.api.metrics import install_metrics
 from backtor.conductor.http import ConductorClient
 from backtor.conductor.port import Conductor
 from backtor.db.engine import make_engine, make_session_factory
+from backtor.db.migrate import SchemaGate
 from backtor.db.types import utc_now
 from backtor.runtime.services import Services
 from backtor.runtime.settings import Settings
@@ -72,12 +73,14 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.backtor = services
+    app.state.schema_gate = SchemaGate(engine)
     install_error_handlers(app)
     install_auth(app, settings.api_token)
     install_metrics(app)
     app.include_router(health.router)
     app.include_router(routes.router)
     app.include_router(retention_routes.router)
+    app.include_router(ui.router)  # /ui: read-only pages, not in the OpenAPI document
     if not settings.api_token:
         log.warning("BACKTOR_API_TOKEN is not set: the API is open to anyone who can reach it")
     return app

@@ -12,6 +12,14 @@ from backtor.api.errors import error_response
 
 # Probes and scrapers carry no token; they reveal nothing about the specs.
 OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
+# The /ui pages check the same token themselves (the header, or the cookie their sign-in form
+# sets for a browser, which cannot send a header): backtor.api.ui.
+SELF_CHECKED_PREFIX = "/ui"
+
+
+def checks_itself(path: str) -> bool:
+    """`/ui` and every path under it (not `/uix`)."""
+    return path == SELF_CHECKED_PREFIX or path.startswith(SELF_CHECKED_PREFIX + "/")
 
 
 def token_matches(header: str | None, expected: str) -> bool:
@@ -31,8 +39,11 @@ def install_auth(app: FastAPI, token: str | None) -> None:
     async def _require_token(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
-        if request.url.path in OPEN_PATHS or token_matches(
-            request.headers.get("authorization"), token
+        path = request.url.path
+        if (
+            path in OPEN_PATHS
+            or checks_itself(path)
+            or token_matches(request.headers.get("authorization"), token)
         ):
             return await call_next(request)
         return error_response(

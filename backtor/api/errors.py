@@ -9,7 +9,9 @@ broken in a type, a query parameter or the domain.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
 
@@ -17,7 +19,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backtor.core.errors import (
@@ -28,6 +31,7 @@ from backtor.core.errors import (
     InvalidField,
     NotFound,
 )
+from backtor.db.migrate import SchemaGate, SchemaNotReady
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,7 @@ STATUS_BY_ERROR: Mapping[type[BacktorError], int] = MappingProxyType(
         ConductorRefused: 502,  # ConductorNotFound included
         StartRefused: 502,
         NotReady: 503,
+        SchemaNotReady: 503,
     }
 )
 
@@ -118,6 +123,64 @@ def status_of(error: BacktorError) -> int | None:
     return None
 
 
+UNREACHABLE = "the database cannot be reached; try again"
+
+
+def explain_database_error(app: FastAPI, error: OperationalError | ProgrammingError) -> str | None:
+    """The real cause of a database error, for a 503; None for a bug (a 500).
+
+    The schema is looked at again first: a table that went missing is a schema behind its
+    code, not an unreachable database.
+    """
+    gate: SchemaGate | None = getattr(app.state, "schema_gate", None)
+    if gate is not None:
+        gate.forget()
+        try:
+            gate.check()
+        except SchemaNotReady as problem:
+            return problem.message
+        except SQLAlchemyError:
+            return UNREACHABLE
+    if isinstance(error, ProgrammingError):
+        return None
+    said = str(error.orig).lower()
+    if "locked" in said or "busy" in said:
+        return "the database is busy (another writer holds its lock); try again"
+    if gate is None:
+        return UNREACHABLE
+    return f"the database failed the request ({type(error.orig).__name__}); try again"
+
+
+_METHOD_ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+_HTTP_METHODS = frozenset(m.lower() for m in _METHOD_ORDER) | {"trace"}
+
+
+@lru_cache(maxsize=256)
+def _template_pattern(template: str) -> re.Pattern[str]:
+    return re.compile(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)))
+
+
+def allowed_methods(request: Request, fallback: str | None) -> list[str]:
+    """Every documented method of the resource at this path: the whole `Allow` of a 405.
+
+    Starlette names only the methods of the first route whose path matches, but FastAPI
+    makes one route per method: `OPTIONS /backup` would say `Allow: GET` and hide POST and
+    PUT. The OpenAPI document has them all; a path it does not describe (/metrics, /ui)
+    keeps Starlette's answer.
+    """
+    path = request.scope["path"]
+    root = request.scope.get("root_path") or ""
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    methods: set[str] = set()
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        if _template_pattern(template).fullmatch(path):
+            methods.update(m.upper() for m in operations if m in _HTTP_METHODS)
+    if not methods and fallback:
+        methods = {m.strip().upper() for m in fallback.split(",") if m.strip()}
+    return sorted(methods, key=lambda m: (*_METHOD_ORDER, m).index(m))
+
+
 async def _backtor_error(_request: Request, exc: Exception) -> JSONResponse:
     # Installed only for the table's classes, so a status is always found.
     assert isinstance(exc, BacktorError)
@@ -153,15 +216,34 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(status, message, field)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail), None, exc.headers)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        message = str(exc.detail)
+        if exc.status_code == 405:
+            allowed = allowed_methods(request, headers.get("Allow"))
+            headers["Allow"] = ", ".join(allowed)
+            message = f"{request.method} is not allowed on {request.url.path}; allowed: " + (
+                ", ".join(allowed)
+            )
+        return error_response(exc.status_code, message, None, headers)
 
-    @app.exception_handler(OperationalError)
-    async def _database_down(request: Request, exc: OperationalError) -> JSONResponse:
-        # Unreachable, restarting or locked: worth a retry, unlike a 500.
+    async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+        # Unreachable, restarting, locked, or a schema changed underneath: worth a retry,
+        # unlike a 500, and said as what it is.
+        assert isinstance(exc, OperationalError | ProgrammingError)
+        message = await run_in_threadpool(explain_database_error, request.app, exc)
+        if message is None:
+            return await _unexpected(request, exc)
         log.warning(
-            "database error on %s %s: %s", request.method, request.url.path, type(exc.orig).__name__
+            "database error on %s %s: %s (%s)",
+            request.method,
+            request.url.path,
+            message,
+            type(exc.orig).__name__,
         )
-        return error_response(503, "the database cannot be reached; try again")
+        return error_response(503, message)
+
+    app.add_exception_handler(OperationalError, _database_error)
+    app.add_exception_handler(ProgrammingError, _database_error)
 
     app.add_exception_handler(Exception, _unexpected)

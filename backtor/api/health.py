@@ -10,7 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from backtor.api.context import ServicesDep
 from backtor.api.errors import ErrorBody, NotReady
 from backtor.api.schemas import Health, Ready
-from backtor.db.migrate import current_revisions, head_revisions
+from backtor.db.migrate import current_revisions, schema_problem
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +32,7 @@ def ready(services: ServicesDep) -> Ready:
     except SQLAlchemyError as error:
         log.warning("readiness: database unreachable (%s)", type(error).__name__)
         raise NotReady("the database cannot be reached") from None
-    heads = head_revisions()
-    if current != heads:
-        raise NotReady(
-            f"the database is at revision {', '.join(sorted(current)) or 'none'}, not at "
-            f"{', '.join(sorted(heads))}: run `backtor migrate`",
-        )
+    problem = schema_problem(current)
+    if problem is not None:
+        raise NotReady(problem)
     return Ready(status="ready", revision=sorted(current))

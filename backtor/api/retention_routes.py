@@ -1,8 +1,8 @@
 """Retention as an operator sees it: today's plan, a candidate policy's plan, and pins.
 
 Nothing here removes a backup: removals start only in retention runs (backtor.scheduling.recording),
-under the per-run cap. Plans read only the COMPLETED candidates; the rows shown come a page
-at a time.
+under the per-run cap. Plans read only the candidates (COMPLETED, EXPIRING); the rows shown
+come a page at a time.
 """
 
 from __future__ import annotations
@@ -16,16 +16,19 @@ from sqlalchemy.orm import Session
 
 from backtor.api.common import (
     DEFAULT_PAGE_SIZE,
-    ERROR_RESPONSES,
+    PAGE_200,
     PAGE_QUERY,
-    PAGED_RESPONSES,
-    PageAfter,
+    BackupAfter,
     PageLimit,
+    SpecPath,
+    errors,
     link_next,
     only_query,
     parse_backup_cursor,
+    parse_backup_id,
 )
 from backtor.api.context import SessionDep
+from backtor.api.patterns import BACKUP_ID_PATTERN
 from backtor.api.schemas import (
     PREVIEW_EXAMPLES,
     BackupOut,
@@ -37,17 +40,26 @@ from backtor.api.schemas import (
     RetentionPreviewOut,
 )
 from backtor.core.policy import RetentionPolicy
-from backtor.core.retention import COMPLETED, RetentionPlan, plan_retention
-from backtor.core.specs import MAX_INT32, parse_retention, validate_timezone
+from backtor.core.retention import RetentionPlan, plan_retention
+from backtor.core.specs import parse_retention, validate_timezone
 from backtor.db import repository
 from backtor.db.models import Backup, BackupSpec, BackupStatus
-from backtor.scheduling.pins import BackupNotFound, set_pinned
-from backtor.scheduling.recording import completed_records, policy_of
+from backtor.scheduling.pins import set_pinned
+from backtor.scheduling.recording import CANDIDATE_STATUSES, completed_records, policy_of
 
 router = APIRouter(tags=["retention"])
 
 CandidateBody = Annotated[PolicyCandidateIn, Body(openapi_examples=PREVIEW_EXAMPLES)]
-BackupId = Annotated[str, Path(alias="id", description="The backup's id, as in /materialized")]
+BackupId = Annotated[
+    str,
+    Path(
+        alias="id",
+        description="The backup's id, as in /materialized (digits; another value names none: 404)",
+        json_schema_extra={"pattern": BACKUP_ID_PATTERN},
+    ),
+]
+LISTED_404 = "No such backup spec, or `after` names none of its backups"
+CANDIDATES = tuple(BackupStatus(status) for status in CANDIDATE_STATUSES)
 
 
 def _view(
@@ -59,27 +71,30 @@ def _view(
     timezone: str,
 ) -> RetentionPlanOut:
     """One page of the plan: `page` rows (any status) with their decisions; the summary is
-    the whole plan's. The plan holds the COMPLETED candidates only; another row is `ignore`,
-    as the plan over every row said (so is a row whose status changed between the reads)."""
+    the whole plan's. The plan holds the candidates only (COMPLETED and EXPIRING); another
+    row is `ignore`, as the plan over every row said (so is a row whose status changed
+    between the reads). An EXPIRING row shows its expiresAt."""
     planned = []
     for row in page:
-        decision = plan.by_id.get(str(row.id)) if row.status == COMPLETED else None
+        candidate = row.status in CANDIDATE_STATUSES
+        decision = plan.by_id.get(str(row.id)) if candidate else None
         planned.append(
             PlannedBackup(
                 id=row.id,
                 dataId=row.data_id,
-                status=row.status,
+                status=BackupStatus(row.status),
                 scheduledTime=row.scheduled_at,
                 tags=[tier.value for tier in decision.tags] if decision else [],
                 action=decision.action if decision else "ignore",
                 reasons=list(decision.reasons) if decision else [],
                 pinned=row.pinned,
+                expiresAt=row.expires_at if row.status == BackupStatus.EXPIRING else None,
             )
         )
     return RetentionPlanOut(
         name=spec.name,
         timezone=timezone,
-        policy=PolicyFields(**policy.to_fields()),
+        policy=PolicyFields.of(policy),
         summary=PlanSummary(keep=len(plan.keep_ids), remove=len(plan.remove_ids), ignore=ignored),
         backups=planned,
     )
@@ -104,16 +119,16 @@ def _page(
 @router.get(
     "/backup/{name}/retention",
     response_model=RetentionPlanOut,
-    responses=PAGED_RESPONSES,
+    responses={**errors(404, e404=LISTED_404), **PAGE_200},
     dependencies=[only_query(*PAGE_QUERY)],
 )
 def get_retention(
-    name: str,
+    name: SpecPath,
     request: Request,
     response: Response,
     session: SessionDep,
     limit: PageLimit = DEFAULT_PAGE_SIZE,
-    after: PageAfter = None,
+    after: BackupAfter = None,
 ) -> RetentionPlanOut:
     """Today's plan for the spec's recorded backups, newest first; nothing is removed.
 
@@ -125,24 +140,24 @@ def get_retention(
     policy = policy_of(spec)
     plan = plan_retention(completed_records(session, spec.id), policy, ZoneInfo(spec.timezone))
     page = _page(request, response, session, spec, limit, cursor)
-    ignored = repository.count_backups_other_than(session, spec.id, BackupStatus.COMPLETED)
+    ignored = repository.count_backups_other_than(session, spec.id, *CANDIDATES)
     return _view(spec, page, plan, ignored, policy, spec.timezone)
 
 
 @router.post(
     "/backup/{name}/retention/preview",
     response_model=RetentionPreviewOut,
-    responses=PAGED_RESPONSES,
+    responses={**errors(400, 404, e404=LISTED_404), **PAGE_200},
     dependencies=[only_query(*PAGE_QUERY)],
 )
 def preview_retention(
-    name: str,
+    name: SpecPath,
     body: CandidateBody,
     request: Request,
     response: Response,
     session: SessionDep,
     limit: PageLimit = DEFAULT_PAGE_SIZE,
-    after: PageAfter = None,
+    after: BackupAfter = None,
 ) -> RetentionPreviewOut:
     """The plan a candidate policy would give, next to today's; nothing changes.
 
@@ -160,7 +175,7 @@ def preview_retention(
     today = plan_retention(records, policy_of(spec), ZoneInfo(spec.timezone))
     candidate = plan_retention(records, policy, ZoneInfo(timezone))
     page = _page(request, response, session, spec, limit, cursor)
-    ignored = repository.count_backups_other_than(session, spec.id, BackupStatus.COMPLETED)
+    ignored = repository.count_backups_other_than(session, spec.id, *CANDIDATES)
     view = _view(spec, page, candidate, ignored, policy, timezone)
     removes = candidate.remove_ids & today.keep_ids
     keeps = candidate.keep_ids & today.remove_ids
@@ -174,21 +189,31 @@ def preview_retention(
 def _pin(session: Session, name: str, backup_id: str, pinned: bool) -> BackupOut:
     """Pin or unpin; set_pinned's errors (404 id, 409 not pinnable or purging) propagate."""
     spec = repository.require_spec(session, name)
-    if not (backup_id.isascii() and backup_id.isdigit()) or int(backup_id) > MAX_INT32:
-        raise BackupNotFound(name, backup_id)  # no row can have this id
-    backup = set_pinned(session, spec, int(backup_id), pinned)
+    backup = set_pinned(session, spec, parse_backup_id(name, backup_id), pinned)
     session.commit()
     return BackupOut.of(backup)
+
+
+PIN_404 = "No such backup spec, or no such backup of it"
 
 
 @router.put(
     "/backup/{name}/materialized/{id}/pin",
     response_model=BackupOut,
-    responses=ERROR_RESPONSES,
+    responses=errors(
+        404,
+        409,
+        e404=PIN_404,
+        e409=(
+            "The backup is not COMPLETED or EXPIRING (only those have data to keep), or a "
+            "purge is under way"
+        ),
+    ),
     dependencies=[only_query()],
 )
-def pin_backup(name: str, backup_id: BackupId, session: SessionDep) -> BackupOut:
-    """Pin a COMPLETED backup: retention never removes it (repeating is harmless).
+def pin_backup(name: SpecPath, backup_id: BackupId, session: SessionDep) -> BackupOut:
+    """Pin a COMPLETED or EXPIRING backup: retention never removes it (repeating is
+    harmless); an EXPIRING one becomes COMPLETED again (its removal is called off).
 
     The spec's tags are refreshed from the new plan; no removal is started.
     """
@@ -198,10 +223,10 @@ def pin_backup(name: str, backup_id: BackupId, session: SessionDep) -> BackupOut
 @router.delete(
     "/backup/{name}/materialized/{id}/pin",
     response_model=BackupOut,
-    responses=ERROR_RESPONSES,
+    responses=errors(404, e404=PIN_404),
     dependencies=[only_query()],
 )
-def unpin_backup(name: str, backup_id: BackupId, session: SessionDep) -> BackupOut:
+def unpin_backup(name: SpecPath, backup_id: BackupId, session: SessionDep) -> BackupOut:
     """Unpin a backup (repeating is harmless): the next retention run may remove it.
 
     The spec's tags are refreshed from the new plan; no removal is started.

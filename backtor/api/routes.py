@@ -8,25 +8,32 @@ from typing import Annotated, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Body, Query, Request, Response, status
+from pydantic.json_schema import WithJsonSchema
 from sqlalchemy.orm import Session
 
 from backtor.api.common import (
     DEFAULT_PAGE_SIZE,
-    ERROR_RESPONSES,
+    PAGE_200,
     PAGE_QUERY,
-    PAGED_RESPONSES,
-    PageAfter,
+    BackupAfter,
     PageLimit,
+    SpecAfter,
+    SpecPath,
+    errors,
     link_next,
     only_query,
     parse_backup_cursor,
 )
 from backtor.api.context import ServicesDep, SessionDep
 from backtor.api.errors import StartRefused
+from backtor.api.patterns import one_of_any_case
 from backtor.api.schemas import (
+    OVERLAP_POLICIES,
+    OVERLAP_RULE,
     SPEC_EXAMPLES,
     BackupOut,
     PurgeAccepted,
+    SpecCreate,
     SpecIn,
     SpecOut,
     TriggerAccepted,
@@ -34,7 +41,7 @@ from backtor.api.schemas import (
 from backtor.conductor.names import CREATE_BACKUP
 from backtor.core.errors import ConductorUnavailable, Conflict, InvalidField
 from backtor.core.policy import Tier
-from backtor.core.specs import NAME_PATTERN, normalise_spec
+from backtor.core.specs import NAME_PATTERN, normalise_spec, parse_overlap_policy
 from backtor.db import repository
 from backtor.db.models import BackupStatus, FireStatus
 from backtor.runtime.services import Services
@@ -45,6 +52,7 @@ from backtor.scheduling.fires import (
     settle_due_fire,
     start_manual_fire,
 )
+from backtor.scheduling.recording import rescue_kept
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +60,18 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["backup"])
 
 SpecBody = Annotated[SpecIn, Body(openapi_examples=SPEC_EXAMPLES)]
+NewSpecBody = Annotated[SpecCreate, Body(openapi_examples=SPEC_EXAMPLES)]
+# Filters of /materialized, any case (`failed` is FAILED), as the schema's patterns say.
+STATUS_PATTERN = one_of_any_case(s.value for s in BackupStatus)
+TAG_PATTERN = one_of_any_case(t.value for t in Tier)
+SPEC_NOT_FOUND = "No such backup spec"
+StatusText = Annotated[str, WithJsonSchema({"type": "string", "pattern": STATUS_PATTERN})]
 
 
 @router.get(
     "/backup",
     response_model=list[SpecOut],
-    responses=PAGED_RESPONSES,
+    responses={**errors(), **PAGE_200},
     dependencies=[only_query("enabled", *PAGE_QUERY)],
 )
 def list_specs(
@@ -68,7 +82,7 @@ def list_specs(
         Literal["0", "1"] | None, Query(description="1: only enabled specs; 0: only disabled")
     ] = None,
     limit: PageLimit = DEFAULT_PAGE_SIZE,
-    after: PageAfter = None,
+    after: SpecAfter = None,
 ) -> list[SpecOut]:
     """Backup specs ordered by name, a page at a time (`after`: the last name seen)."""
     if after is not None and not re.fullmatch(NAME_PATTERN, after, re.ASCII):
@@ -85,16 +99,15 @@ def list_specs(
     "/backup",
     status_code=status.HTTP_201_CREATED,
     response_model=SpecOut,
-    responses=ERROR_RESPONSES,
+    responses=errors(400, 409, e409="A spec with this name exists"),
     dependencies=[only_query()],
 )
 def create_spec(
-    body: SpecBody, response: Response, session: SessionDep, services: ServicesDep
+    body: NewSpecBody, response: Response, session: SessionDep, services: ServicesDep
 ) -> SpecOut:
     """Create a backup spec; 409 when the name is taken."""
-    if body.name is None:
-        raise InvalidField("name", "name is required")
     values = normalise_spec(body.to_draft(body.name))
+    body.check_cron_syntax()
     spec = repository.create_spec(session, values, services.clock())  # SpecExists: 409
     session.commit()
     response.headers["Location"] = f"/backup/{quote(spec.name, safe='')}"
@@ -103,10 +116,14 @@ def create_spec(
 
 def _replace(session: Session, services: Services, name: str, body: SpecIn) -> SpecOut:
     if body.name is not None and body.name != name:
-        raise InvalidField(
-            "name", "name in the body must match the name in the path (renaming is not supported)"
+        # A representation inconsistent with its target: 409, as RFC 9110 (9.3.4) suggests
+        # for a PUT; no schema can say "equal to the path", the operation's text says it.
+        raise Conflict(
+            "name in the body must match the name in the path (renaming is not supported)",
+            "name",
         )
     values = normalise_spec(body.to_draft(name))
+    body.check_cron_syntax()
     spec = repository.require_spec(session, name, for_update=True)
     if spec.deleting:
         raise Conflict(f"backup spec {name!r} is being purged and cannot change", "name")
@@ -114,32 +131,53 @@ def _replace(session: Session, services: Services, name: str, body: SpecIn) -> S
     if repository.changes_schedule(spec, values):
         settle_due_fire(session, spec, now)
     repository.replace_spec(session, spec, values, now)
+    # A policy change may keep EXPIRING backups again: they go back to COMPLETED at once.
+    rescue_kept(session, spec)
     session.commit()
     return SpecOut.of(spec)
 
 
-@router.put(
-    "/backup/{name}", response_model=SpecOut, responses=ERROR_RESPONSES, dependencies=[only_query()]
+REPLACE_409 = (
+    "A purge of the spec is under way, or the body's `name` is not the path's (a spec "
+    "cannot be renamed)"
 )
-def replace_spec(name: str, body: SpecBody, session: SessionDep, services: ServicesDep) -> SpecOut:
-    """Replace a spec entirely: an omitted optional field goes back to its default."""
+
+
+@router.put(
+    "/backup/{name}",
+    response_model=SpecOut,
+    responses=errors(400, 404, 409, e404=SPEC_NOT_FOUND, e409=REPLACE_409),
+    dependencies=[only_query()],
+)
+def replace_spec(
+    name: SpecPath, body: SpecBody, session: SessionDep, services: ServicesDep
+) -> SpecOut:
+    """Replace a spec entirely: an omitted optional field goes back to its default.
+
+    The body's `name` may be left out; when sent, it must equal the path's `name` (a spec
+    cannot be renamed): another name is answered 409 with `field` "name".
+    """
     return _replace(session, services, name, body)
 
 
 @router.put(
-    "/backup", response_model=SpecOut, responses=ERROR_RESPONSES, dependencies=[only_query()]
+    "/backup",
+    response_model=SpecOut,
+    responses=errors(400, 404, 409, e404=SPEC_NOT_FOUND, e409="A purge of the spec is under way"),
+    dependencies=[only_query()],
 )
-def replace_spec_by_body(body: SpecBody, session: SessionDep, services: ServicesDep) -> SpecOut:
-    """The seed's form of PUT: the name comes from the body."""
-    if body.name is None:
-        raise InvalidField("name", "name is required")
+def replace_spec_by_body(body: NewSpecBody, session: SessionDep, services: ServicesDep) -> SpecOut:
+    """The seed's form of PUT: the body's `name` (required) names the spec to replace."""
     return _replace(session, services, body.name, body)
 
 
 @router.get(
-    "/backup/{name}", response_model=SpecOut, responses=ERROR_RESPONSES, dependencies=[only_query()]
+    "/backup/{name}",
+    response_model=SpecOut,
+    responses=errors(404, e404=SPEC_NOT_FOUND),
+    dependencies=[only_query()],
 )
-def get_spec(name: str, session: SessionDep) -> SpecOut:
+def get_spec(name: SpecPath, session: SessionDep) -> SpecOut:
     return SpecOut.of(repository.require_spec(session, name))
 
 
@@ -148,14 +186,19 @@ def get_spec(name: str, session: SessionDep) -> SpecOut:
     status_code=status.HTTP_204_NO_CONTENT,
     response_model=None,
     responses={
-        **ERROR_RESPONSES,
+        **errors(
+            404,
+            409,
+            e404=SPEC_NOT_FOUND,
+            e409="Backups not yet removed remain (DELETE with ?purge=true)",
+        ),
         202: {"model": PurgeAccepted, "description": "Purge under way"},
         204: {"description": "Deleted"},
     },
     dependencies=[only_query("purge")],
 )
 def delete_spec(
-    name: str,
+    name: SpecPath,
     session: SessionDep,
     services: ServicesDep,
     purge: Annotated[
@@ -164,9 +207,10 @@ def delete_spec(
 ) -> Response | PurgeAccepted:
     """Delete a spec; with backups not yet removed, only through `?purge=true`.
 
-    A purge only writes: the spec is marked, its COMPLETED backups go into the removal
-    outbox (REMOVING), and the scheduler's pass starts their remove_backup workflows under
-    its per-pass limit. So a purge needs no Conductor and holds no lock across a call.
+    A purge only writes: the spec is marked, its COMPLETED and EXPIRING backups go into the
+    removal outbox (REMOVING, without waiting out a removal delay), and the scheduler's
+    pass starts their remove_backup workflows under its per-pass limit. So a purge needs no
+    Conductor and holds no lock across a call.
     """
     spec = repository.require_spec(session, name, for_update=True)
     pending = repository.count_unremoved_backups(session, spec.id)
@@ -178,7 +222,8 @@ def delete_spec(
     if not purge:
         raise Conflict(
             f"backup spec {name!r} still has {pending} backup(s) that were not removed "
-            "(RUNNING, COMPLETED, REMOVING or REMOVE_FAILED); DELETE with ?purge=true to "
+            "(RUNNING, COMPLETED, EXPIRING, REMOVING or REMOVE_FAILED); DELETE with "
+            "?purge=true to "
             "remove them and then the spec"
         )
     now = services.clock()
@@ -212,6 +257,8 @@ def _parse_statuses(values: list[str]) -> set[BackupStatus]:
     statuses: set[BackupStatus] = set()
     for value in values:
         try:
+            if not value.isascii():  # a dotless i upper-cases to I: ASCII case only
+                raise ValueError(value)
             statuses.add(BackupStatus(value.upper()))
         except ValueError:
             allowed = ", ".join(s.value for s in BackupStatus)
@@ -223,6 +270,8 @@ def _parse_tag(value: str | None) -> str | None:
     if value is None:
         return None
     try:
+        if not value.isascii():  # the Kelvin sign lowers to "k": ASCII case only
+            raise ValueError(value)
         return Tier(value.lower()).value
     except ValueError:
         allowed = ", ".join(t.value for t in Tier)
@@ -232,21 +281,39 @@ def _parse_tag(value: str | None) -> str | None:
 @router.get(
     "/backup/{name}/materialized",
     response_model=list[BackupOut],
-    responses=PAGED_RESPONSES,
+    responses={
+        **errors(404, e404="No such backup spec, or `after` names none of its backups"),
+        **PAGE_200,
+    },
     dependencies=[only_query("status", "tag", *PAGE_QUERY)],
 )
 def list_backups(
-    name: str,
+    name: SpecPath,
     request: Request,
     response: Response,
     session: SessionDep,
     status_filter: Annotated[
-        list[str] | None,
-        Query(alias="status", description="Only these statuses (repeat for several)"),
+        list[StatusText] | None,
+        Query(
+            alias="status",
+            description=(
+                "Only these statuses (repeat for several): "
+                + ", ".join(s.value for s in BackupStatus)
+                + ", in any case"
+            ),
+        ),
     ] = None,
-    tag: Annotated[str | None, Query(description="Only backups with this retention tag")] = None,
+    tag: Annotated[
+        str | None,
+        Query(
+            description="Only backups with this retention tag: "
+            + ", ".join(t.value for t in Tier)
+            + ", in any case",
+            json_schema_extra={"pattern": TAG_PATTERN},
+        ),
+    ] = None,
     limit: PageLimit = DEFAULT_PAGE_SIZE,
-    after: PageAfter = None,
+    after: BackupAfter = None,
 ) -> list[BackupOut]:
     """The backups taken for this spec, newest first, a page at a time (`after`: an id)."""
     statuses = _parse_statuses(status_filter or [])
@@ -266,10 +333,32 @@ def list_backups(
     "/backup/{name}/materialized",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=TriggerAccepted,
-    responses=ERROR_RESPONSES,
-    dependencies=[only_query()],
+    response_model_exclude_unset=True,  # buffered and terminated only when they apply
+    responses=errors(
+        404,
+        409,
+        502,
+        e404=SPEC_NOT_FOUND,
+        e409="A backup of the spec is running or being started, or a purge is under way",
+        e503=(
+            "Conductor cannot be reached (no backup was started, or its start is unconfirmed: "
+            "`message` says which), or the database cannot be reached or is not migrated"
+        ),
+    ),
+    dependencies=[only_query("overlap")],
 )
-def trigger_backup(name: str, session: SessionDep, services: ServicesDep) -> TriggerAccepted:
+def trigger_backup(
+    name: SpecPath,
+    session: SessionDep,
+    services: ServicesDep,
+    overlap: Annotated[
+        str | None,
+        Query(
+            description=f"Overrides the spec's overlapPolicy for this backup. {OVERLAP_RULE}.",
+            json_schema_extra={"enum": OVERLAP_POLICIES},
+        ),
+    ] = None,
+) -> TriggerAccepted:
     """Take a backup now, through the same fire ledger as scheduled backups.
 
     The fire is written and claimed in one transaction, so no scheduler pass ever sees it
@@ -279,7 +368,11 @@ def trigger_backup(name: str, session: SessionDep, services: ServicesDep) -> Tri
 
     A start whose answer is lost is looked up in Conductor before the request answers
     (start_manual_fire): a run it created is reported (202), not left untracked behind a 503.
+
+    While a backup runs, the spec's overlapPolicy decides (`?overlap=` overrides it): 409
+    (skip, or bufferOne with a fire waiting already), 202 buffered, or 202 started.
     """
+    policy = None if overlap is None else parse_overlap_policy("overlap", overlap)
     spec = repository.require_spec(session, name)
     if spec.deleting:
         raise Conflict(f"backup spec {name!r} is being purged", "name")
@@ -291,12 +384,19 @@ def trigger_backup(name: str, session: SessionDep, services: ServicesDep) -> Tri
         raise Conflict(f"a {CREATE_BACKUP} workflow is being started for {name!r}; try again")
     session.commit()  # no transaction stays open across calls to Conductor
     (job,) = jobs
-    start = start_manual_fire(services, job)
+    start = start_manual_fire(services, job, policy)
     outcome = start.outcome
     if outcome.status is FireStatus.STARTED:
         assert outcome.workflow_id is not None
         log.info("backup spec %s: manual %s %s started", name, CREATE_BACKUP, outcome.workflow_id)
+        if outcome.terminated:
+            return TriggerAccepted(
+                name=name, workflowId=outcome.workflow_id, terminated=list(outcome.terminated)
+            )
         return TriggerAccepted(name=name, workflowId=outcome.workflow_id)
+    if outcome.status is FireStatus.PENDING and outcome.buffered:
+        log.info("backup spec %s: manual backup buffered (overlapPolicy bufferOne)", name)
+        return TriggerAccepted(name=name, workflowId=None, buffered=True)
     if outcome.status is FireStatus.SKIPPED:
         running = f": {outcome.workflow_id}" if outcome.workflow_id else ""
         raise Conflict(f"a {CREATE_BACKUP} workflow is already running for {name!r}{running}")

@@ -7,25 +7,58 @@ keep in step.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi.openapi.models import Example
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StrictStr,
+    StringConstraints,
+)
 from pydantic.json_schema import WithJsonSchema
 
-from backtor.core.specs import MIN_MISFIRE_GRACE_SECONDS, SpecDraft
-from backtor.db.models import Backup, BackupSpec
+from backtor.api import patterns
+from backtor.core.errors import InvalidField
+from backtor.core.policy import KEEP_WITHIN_FIELD, LAST_FIELD, MAX_COUNT, RetentionPolicy, Tier
+from backtor.core.schedule import OverlapPolicy
+from backtor.core.specs import (
+    MAX_DATE_CHARS,
+    MAX_INT32,
+    MAX_NOTIFY_URL_CHARS,
+    MAX_PAUSED_REASON_CHARS,
+    MAX_WORKER_CONFIG_CHARS,
+    MIN_MISFIRE_GRACE_SECONDS,
+    NOTIFY_URL_PATTERN,
+    SpecDraft,
+)
+from backtor.db.models import Backup, BackupSpec, BackupStatus
 from backtor.db.repository import retention_fields
 
 
 def _enabled_flag(value: object) -> bool:
-    """The seed's 0/1, and JSON booleans; nothing else ("1", 2 and 1.0 are typos)."""
+    """The seed's 0/1, and JSON booleans; nothing else ("1" and 2 are typos).
+
+    1.0 is 1: JSON Schema counts a number by its value, so the schema's `[0, 1]` holds it.
+    """
     if isinstance(value, bool):
         return value
-    if type(value) is int and value in (0, 1):
+    if type(value) in (int, float) and value in (0, 1):
         return bool(value)
     raise ValueError("must be 0, 1, true or false")
+
+
+def _json_integer(value: object) -> int:
+    """A JSON number without a fraction: 7200 and 7200.0 are one value to JSON Schema."""
+    if type(value) is int:
+        return value
+    if type(value) is float and value.is_integer():
+        return int(value)
+    raise ValueError("Input should be a valid integer")
 
 
 EnabledFlag = Annotated[
@@ -38,15 +71,119 @@ EnabledFlag = Annotated[
 
 _READ_ONLY = "Read-only: accepted (so a GET body can be sent back) and ignored."
 
+# The strings and numbers below carry their rule in the JSON schema as well (pattern, enum,
+# bounds), written from the same core rule the server applies: the domain check stays in
+# backtor.core.specs (its messages name the rule), the schema says the same thing up front.
 
-def _retention(tier: str, unit: str) -> Any:
+
+def _int_schema(low: int, high: int = MAX_INT32) -> WithJsonSchema:
+    return WithJsonSchema({"type": "integer", "minimum": low, "maximum": high})
+
+
+def _retention_schema(tier: Tier) -> WithJsonSchema:
+    """The tier's rule as a pattern; the length cap is checked here too (422)."""
+    return WithJsonSchema(
+        {
+            "type": "string",
+            "maxLength": patterns.MAX_RETENTION_CHARS,
+            "pattern": patterns.retention(tier),
+        }
+    )
+
+
+_RETENTION_LENGTH = StringConstraints(strict=True, max_length=patterns.MAX_RETENTION_CHARS)
+
+
+def _retention(tier: Tier, unit: str) -> Any:
     return Field(
         default=None,
         description=(
-            f"Keep N {tier} backups, taken at {unit} R: 'N@R', 'N' (= 'N@L') or empty for "
-            "the default. L = the last one."
+            f"Keep N {tier.value} backups, taken at {unit} R: 'N@R', 'N' (= 'N@L') or empty "
+            "(blank) for the default; N 0..100000, L = the last one; surrounding whitespace "
+            "is ignored."
         ),
     )
+
+
+RetentionMinutely = Annotated[str, _RETENTION_LENGTH, _retention_schema(Tier.MINUTELY)]
+RetentionHourly = Annotated[str, _RETENTION_LENGTH, _retention_schema(Tier.HOURLY)]
+RetentionDaily = Annotated[str, _RETENTION_LENGTH, _retention_schema(Tier.DAILY)]
+RetentionWeekly = Annotated[str, _RETENTION_LENGTH, _retention_schema(Tier.WEEKLY)]
+RetentionMonthly = Annotated[str, _RETENTION_LENGTH, _retention_schema(Tier.MONTHLY)]
+RetentionYearly = Annotated[str, _RETENTION_LENGTH, _retention_schema(Tier.YEARLY)]
+SpecName = Annotated[StrictStr, WithJsonSchema({"type": "string", "pattern": patterns.NAME})]
+Timezone = Annotated[
+    StrictStr, WithJsonSchema({"type": "string", "enum": patterns.timezone_names()})
+]
+Instant = Annotated[
+    StrictStr,
+    WithJsonSchema({"type": "string", "format": "date-time", "maxLength": MAX_DATE_CHARS}),
+]
+CronText = Annotated[
+    StrictStr,
+    WithJsonSchema(
+        {
+            "type": "string",
+            "maxLength": patterns.MAX_CRON_INPUT_CHARS,
+            "pattern": patterns.CRON,
+            "format": "cron",
+        }
+    ),
+]
+WorkerConfig = Annotated[
+    StrictStr,
+    WithJsonSchema(
+        {"type": "string", "maxLength": MAX_WORKER_CONFIG_CHARS, "pattern": patterns.NO_NUL}
+    ),
+]
+TimeoutSeconds = Annotated[int, PlainValidator(_json_integer), _int_schema(1)]
+MisfireGraceSeconds = Annotated[
+    int, PlainValidator(_json_integer), _int_schema(MIN_MISFIRE_GRACE_SECONDS)
+]
+KeepWithinText = Annotated[
+    StrictStr,
+    WithJsonSchema(
+        {
+            "type": "string",
+            "maxLength": patterns.MAX_RETENTION_CHARS,
+            "pattern": patterns.KEEP_WITHIN,
+        }
+    ),
+]
+NotifyUrl = Annotated[
+    StrictStr,
+    WithJsonSchema(
+        {
+            "type": "string",
+            "maxLength": MAX_NOTIFY_URL_CHARS,
+            "pattern": f"^(?:{NOTIFY_URL_PATTERN})?$",
+        }
+    ),
+]
+RetentionLast = Annotated[int, PlainValidator(_json_integer), _int_schema(0, MAX_COUNT)]
+PausedReason = Annotated[
+    StrictStr,
+    WithJsonSchema(
+        {"type": "string", "maxLength": MAX_PAUSED_REASON_CHARS, "pattern": patterns.NO_NUL}
+    ),
+]
+AutoPauseAfterFailures = Annotated[int, PlainValidator(_json_integer), _int_schema(0)]
+RemovalDelaySeconds = Annotated[int, PlainValidator(_json_integer), _int_schema(0)]
+OVERLAP_POLICIES = [policy.value for policy in OverlapPolicy]
+OverlapPolicyText = Annotated[
+    StrictStr, WithJsonSchema({"type": "string", "enum": OVERLAP_POLICIES})
+]
+OVERLAP_RULE = (
+    "What a fire does while the spec's previous create_backup still runs: skip (recorded "
+    "skipped, reason running), bufferOne (one fire waits and starts when the run ends; more "
+    "are skipped), allow (starts beside it) or terminateOther (terminates it, then starts)"
+)
+_NAME_RULE = f"{patterns.NAME_RULE}."
+_ZONE_RULE = "an IANA time zone name, e.g. 'UTC' or 'Europe/Berlin'"
+_INSTANT_RULE = (
+    "an ISO-8601 date-time with an offset or Z (every RFC 3339 date-time is one); instants "
+    "beyond 0001-01-01T00:00:00Z..9999-12-31T23:59:59.999999Z are taken as those ends"
+)
 
 
 class SpecIn(BaseModel):
@@ -54,51 +191,121 @@ class SpecIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: StrictStr | None = Field(
-        default=None,
-        description="1-128 letters, digits, '.', '_', '-', starting with a letter or digit.",
-    )
-    enabled: EnabledFlag | None = Field(default=None, description="0 or 1 (default 1).")
-    fromDate: StrictStr | None = Field(
-        default=None,
-        description="ISO-8601 with offset or Z: no backup before this instant.",
-        json_schema_extra={"format": "date-time"},
-    )
-    toDate: StrictStr | None = Field(
-        default=None,
-        description="ISO-8601 with offset or Z, later than fromDate: no backup from then on.",
-        json_schema_extra={"format": "date-time"},
-    )
-    backupCronString: StrictStr | None = Field(
+    name: SpecName | None = Field(
         default=None,
         description=(
-            "Six fields, seconds first ('0 0 */4 ? * *'), or the classic five. Omitted or "
-            "empty: derived from the retention policy."
+            f"{_NAME_RULE} Optional here: the name is the path's. When sent, it must equal "
+            "the name in the path (a spec cannot be renamed): another name is refused with "
+            '409, `field` "name".'
         ),
     )
-    timezone: StrictStr | None = Field(
-        default=None, description="IANA zone for cron and retention periods (default UTC)."
-    )
-    workerConfig: StrictStr | None = Field(
+    enabled: EnabledFlag | None = Field(default=None, description="0 or 1 (default 1).")
+    fromDate: Instant | None = Field(
         default=None,
-        description="Handed to the storage workers untouched. Secret: never logged.",
+        description=f"No backup before this instant: {_INSTANT_RULE}.",
     )
-    timeoutSeconds: StrictInt | None = Field(
+    toDate: Instant | None = Field(
+        default=None,
+        description=(
+            f"No backup from this instant on: {_INSTANT_RULE}. Later than fromDate: a rule "
+            "between two fields, which no schema can state, answered 422."
+        ),
+    )
+    backupCronString: CronText | None = Field(
+        default=None,
+        description=(
+            f"When backups are taken ('0 0 */4 ? * *'): {patterns.CRON_RULE}. At most "
+            f"{patterns.MAX_CRON_INPUT_CHARS} characters. It must fire at least once within 50 "
+            "years (not 'February 30'): a rule no pattern can state, answered 422. Omitted, "
+            "null or blank: derived from the retention policy."
+        ),
+    )
+    timezone: Timezone | None = Field(
+        default=None,
+        description=f"Zone of the cron and of the retention periods: {_ZONE_RULE} (default UTC).",
+    )
+    workerConfig: WorkerConfig | None = Field(
+        default=None,
+        description=(
+            "Handed to the storage workers untouched (no NUL character). Secret: never logged."
+        ),
+    )
+    timeoutSeconds: TimeoutSeconds | None = Field(
         default=None, description="Timeout of one backup, > 0 (default: none)."
     )
-    misfireGraceSeconds: StrictInt | None = Field(
+    misfireGraceSeconds: MisfireGraceSeconds | None = Field(
         default=None,
         description=(
             f"How late a missed fire may still run, >= {MIN_MISFIRE_GRACE_SECONDS} (a scheduler "
             "pass may start that late; default 3600)."
         ),
     )
-    retentionMinutely: StrictStr | None = _retention("minutely", "second")
-    retentionHourly: StrictStr | None = _retention("hourly", "minute")
-    retentionDaily: StrictStr | None = _retention("daily", "hour")
-    retentionWeekly: StrictStr | None = _retention("weekly", "weekday (0 = Sunday)")
-    retentionMonthly: StrictStr | None = _retention("monthly", "day of the month")
-    retentionYearly: StrictStr | None = _retention("yearly", "month")
+    overlapPolicy: OverlapPolicyText | None = Field(
+        default=None, description=f"{OVERLAP_RULE}. Default skip."
+    )
+    notifyUrl: NotifyUrl | None = Field(
+        default=None,
+        description=(
+            "Where this spec's notifications are POSTed (docs/notifications.md): an absolute "
+            "http(s) URL without user info; empty or null = BACKTOR_NOTIFY_URL, if set. "
+            "Treated as a secret: never logged."
+        ),
+    )
+    retentionMinutely: RetentionMinutely | None = _retention(Tier.MINUTELY, "second")
+    retentionHourly: RetentionHourly | None = _retention(Tier.HOURLY, "minute")
+    retentionDaily: RetentionDaily | None = _retention(Tier.DAILY, "hour")
+    retentionWeekly: RetentionWeekly | None = _retention(
+        Tier.WEEKLY, "weekday (0 = Sunday, or SUN..SAT)"
+    )
+    retentionMonthly: RetentionMonthly | None = _retention(Tier.MONTHLY, "day of the month")
+    retentionYearly: RetentionYearly | None = _retention(Tier.YEARLY, "month")
+    retentionKeepWithin: KeepWithinText | None = Field(
+        default=None,
+        description=(
+            "Keep every backup taken within this duration of the newest one (reason "
+            "`within`): '36h', '7d', '2w', '1d12h' (units w, d, h, m, s, largest first; "
+            "weeks and days on the zone's calendar, the rest elapsed); empty = off."
+        ),
+    )
+    retentionLast: RetentionLast | None = Field(
+        default=None,
+        description="Keep the N newest backups (reason `last`), 0..100000 (default 0).",
+    )
+    allowKeepNewestOnly: bool | None = Field(
+        default=None,
+        description=(
+            "A policy that would never keep anything but the newest backup (every tier 0, "
+            "no retentionKeepWithin, retentionLast <= 1) is refused with 422 unless this is "
+            "true (default false)."
+        ),
+    )
+    pausedReason: PausedReason | None = Field(
+        default=None,
+        description=(
+            f"Why the spec is paused: free text, at most {MAX_PAUSED_REASON_CHARS} characters "
+            "(no NUL); empty is none. Only with enabled 0: sent with enabled 1 or without "
+            "enabled (1 by default) it is refused with 422, a rule between two fields no "
+            "schema can state. A PUT that enables the spec (or leaves it out) clears it; "
+            "autoPauseAfterFailures sets it."
+        ),
+    )
+    autoPauseAfterFailures: AutoPauseAfterFailures | None = Field(
+        default=None,
+        description=(
+            "Pause the spec (enabled 0, pausedReason saying so) after this many consecutive "
+            "FAILED or TIMED_OUT backups; a COMPLETED one resets the count. 0 = never "
+            "(default)."
+        ),
+    )
+    removalDelaySeconds: RemovalDelaySeconds | None = Field(
+        default=None,
+        description=(
+            "A backup retention removes is EXPIRING for this many seconds first (expiresAt), "
+            "and removed only then, unless a pin, a policy change or a retention run keeps it "
+            "again. 0 = removed at once (default)."
+        ),
+    )
+    consecutiveFailures: Any = Field(default=None, description=_READ_ONLY)
     runningCreateWorkflowID: Any = Field(default=None, description=_READ_ONLY)
     RunningCreateWorkflowID: Any = Field(
         default=None, description=_READ_ONLY + " (the seed's spelling)"
@@ -111,6 +318,27 @@ class SpecIn(BaseModel):
     lastSkipReason: Any = Field(default=None, description=_READ_ONLY)
     deleting: Any = Field(default=None, description=_READ_ONLY)
 
+    def check_cron_syntax(self) -> None:
+        """The documented syntax (the schema's pattern), after core accepted the cron.
+
+        croniter takes more ("1 * 1", both day fields; "5-3/0"-like oddities); the API
+        takes what its schema states, so a client validating against it is never refused.
+        Checked after core, so a cron croniter refuses keeps core's precise message.
+        """
+        text = self.backupCronString
+        if text is None:
+            return
+        if len(text) > patterns.MAX_CRON_INPUT_CHARS:
+            raise InvalidField(
+                "backupCronString",
+                f"backupCronString is longer than {patterns.MAX_CRON_INPUT_CHARS} characters",
+            )
+        if not re.fullmatch(patterns.CRON, text):
+            raise InvalidField(
+                "backupCronString",
+                f"backupCronString is outside the supported syntax: {patterns.CRON_RULE}",
+            )
+
     def to_draft(self, name: str) -> SpecDraft:
         return SpecDraft(
             name=name,
@@ -122,6 +350,8 @@ class SpecIn(BaseModel):
             worker_config=self.workerConfig,
             timeout_seconds=self.timeoutSeconds,
             misfire_grace_seconds=self.misfireGraceSeconds,
+            overlap_policy=self.overlapPolicy,
+            notify_url=self.notifyUrl,
             retention={
                 "retentionMinutely": self.retentionMinutely,
                 "retentionHourly": self.retentionHourly,
@@ -129,8 +359,20 @@ class SpecIn(BaseModel):
                 "retentionWeekly": self.retentionWeekly,
                 "retentionMonthly": self.retentionMonthly,
                 "retentionYearly": self.retentionYearly,
+                KEEP_WITHIN_FIELD: self.retentionKeepWithin,
+                LAST_FIELD: self.retentionLast,
             },
+            allow_keep_newest_only=self.allowKeepNewestOnly,
+            paused_reason=self.pausedReason,
+            auto_pause_after_failures=self.autoPauseAfterFailures,
+            removal_delay_seconds=self.removalDelaySeconds,
         )
+
+
+class SpecCreate(SpecIn):
+    """A new specification (POST /backup), or the seed's PUT /backup: the body names it."""
+
+    name: SpecName = Field(description=_NAME_RULE)
 
 
 class SpecOut(BaseModel):
@@ -146,12 +388,24 @@ class SpecOut(BaseModel):
     workerConfig: str | None
     timeoutSeconds: int | None
     misfireGraceSeconds: int
+    overlapPolicy: str
+    notifyUrl: str | None
     retentionMinutely: str
     retentionHourly: str
     retentionDaily: str
     retentionWeekly: str
     retentionMonthly: str
     retentionYearly: str
+    retentionKeepWithin: str
+    retentionLast: int
+    allowKeepNewestOnly: bool
+    pausedReason: str | None
+    autoPauseAfterFailures: int
+    removalDelaySeconds: int
+    consecutiveFailures: int = Field(
+        description="FAILED or TIMED_OUT backups in a row since the last COMPLETED one (or "
+        "since the spec was enabled again); autoPauseAfterFailures acts on it."
+    )
     runningCreateWorkflowID: str | None
     lastUpdate: datetime
     createdAt: datetime
@@ -173,6 +427,8 @@ class SpecOut(BaseModel):
             workerConfig=spec.worker_config,
             timeoutSeconds=spec.timeout_seconds,
             misfireGraceSeconds=spec.misfire_grace_seconds,
+            overlapPolicy=spec.overlap_policy,
+            notifyUrl=spec.notify_url,
             runningCreateWorkflowID=spec.running_create_workflow_id,
             lastUpdate=spec.last_update,
             createdAt=spec.created_at,
@@ -180,6 +436,13 @@ class SpecOut(BaseModel):
             lastSkipTime=spec.last_skip_at,
             lastSkipReason=spec.last_skip_reason,
             deleting=spec.deleting,
+            retentionKeepWithin=spec.retention_keep_within,
+            retentionLast=spec.retention_last,
+            allowKeepNewestOnly=spec.allow_keep_newest_only,
+            pausedReason=spec.paused_reason,
+            autoPauseAfterFailures=spec.auto_pause_after_failures,
+            removalDelaySeconds=spec.removal_delay_seconds,
+            consecutiveFailures=spec.consecutive_failures,
             **retention_fields(spec),
         )
 
@@ -189,7 +452,7 @@ class BackupOut(BaseModel):
 
     id: int
     dataId: str | None
-    status: str
+    status: BackupStatus
     scheduledTime: datetime
     startTime: datetime | None
     endTime: datetime | None
@@ -198,13 +461,28 @@ class BackupOut(BaseModel):
     pinned: bool
     createWorkflowId: str | None
     removeWorkflowId: str | None
+    expiresAt: datetime | None = Field(
+        default=None,
+        description=(
+            "EXPIRING: when its removal starts unless a pin, a policy change or a retention "
+            "run keeps it again (removalDelaySeconds after the plan removed it). REMOVING or "
+            "REMOVED after a delay: when it was due. Otherwise null."
+        ),
+    )
+    lastError: str | None = Field(
+        default=None,
+        description=(
+            "Why it failed, timed out or was terminated (e.g. by overlapPolicy terminateOther), "
+            "or why its last removal failed; else null."
+        ),
+    )
 
     @classmethod
     def of(cls, backup: Backup) -> BackupOut:
         return cls(
             id=backup.id,
             dataId=backup.data_id,
-            status=backup.status,
+            status=BackupStatus(backup.status),
             scheduledTime=backup.scheduled_at,
             startTime=backup.start_time,
             endTime=backup.end_time,
@@ -213,12 +491,29 @@ class BackupOut(BaseModel):
             pinned=backup.pinned,
             createWorkflowId=backup.create_workflow_id,
             removeWorkflowId=backup.remove_workflow_id,
+            expiresAt=backup.expires_at,
+            lastError=backup.last_error,
         )
 
 
 class TriggerAccepted(BaseModel):
     name: str
-    workflowId: str
+    workflowId: str | None = Field(
+        description="The create_backup started; null when the backup is buffered."
+    )
+    buffered: bool = Field(
+        default=False,
+        description=(
+            "Present (true) under overlapPolicy bufferOne when a backup runs: this one waits "
+            "and starts once it ends."
+        ),
+    )
+    terminated: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Present under overlapPolicy terminateOther: the create_backup runs it terminated."
+        ),
+    )
 
 
 class PurgeAccepted(BaseModel):
@@ -267,6 +562,7 @@ SPEC_EXAMPLES: dict[str, Example] = {
             "retentionMonthly": "2@L",
             "timeoutSeconds": 7200,
             "fromDate": "2024-05-01T00:00:00Z",
+            "toDate": "2034-05-01T00:00:00Z",
         },
     ),
 }
@@ -280,20 +576,30 @@ class PolicyCandidateIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    retentionMinutely: StrictStr | None = _retention("minutely", "second")
-    retentionHourly: StrictStr | None = _retention("hourly", "minute")
-    retentionDaily: StrictStr | None = _retention("daily", "hour")
-    retentionWeekly: StrictStr | None = _retention("weekly", "weekday (0 = Sunday)")
-    retentionMonthly: StrictStr | None = _retention("monthly", "day of the month")
-    retentionYearly: StrictStr | None = _retention("yearly", "month")
-    timezone: StrictStr | None = Field(
+    retentionMinutely: RetentionMinutely | None = _retention(Tier.MINUTELY, "second")
+    retentionHourly: RetentionHourly | None = _retention(Tier.HOURLY, "minute")
+    retentionDaily: RetentionDaily | None = _retention(Tier.DAILY, "hour")
+    retentionWeekly: RetentionWeekly | None = _retention(
+        Tier.WEEKLY, "weekday (0 = Sunday, or SUN..SAT)"
+    )
+    retentionMonthly: RetentionMonthly | None = _retention(Tier.MONTHLY, "day of the month")
+    retentionYearly: RetentionYearly | None = _retention(Tier.YEARLY, "month")
+    retentionKeepWithin: KeepWithinText | None = Field(
+        default=None, description="As in POST /backup (empty = off)."
+    )
+    retentionLast: RetentionLast | None = Field(
+        default=None, description="As in POST /backup (default 0)."
+    )
+    timezone: Timezone | None = Field(
         default=None,
-        description="IANA zone the periods are read in (default: the spec's own zone).",
+        description=f"Zone the periods are read in: {_ZONE_RULE} (default: the spec's own).",
     )
 
-    def retention(self) -> dict[str, str | None]:
-        """The six retention fields as sent (None = the tier's default)."""
+    def retention(self) -> dict[str, object]:
+        """The retention fields as sent (None = the field's default)."""
         return {
+            KEEP_WITHIN_FIELD: self.retentionKeepWithin,
+            LAST_FIELD: self.retentionLast,
             "retentionMinutely": self.retentionMinutely,
             "retentionHourly": self.retentionHourly,
             "retentionDaily": self.retentionDaily,
@@ -312,6 +618,16 @@ class PolicyFields(BaseModel):
     retentionWeekly: str
     retentionMonthly: str
     retentionYearly: str
+    retentionKeepWithin: str
+    retentionLast: int
+
+    @classmethod
+    def of(cls, policy: RetentionPolicy) -> PolicyFields:
+        return cls(
+            **policy.to_fields(),
+            retentionKeepWithin=policy.keep_within_text,
+            retentionLast=policy.keep_last,
+        )
 
 
 class PlannedBackup(BaseModel):
@@ -319,14 +635,22 @@ class PlannedBackup(BaseModel):
 
     id: int
     dataId: str | None
-    status: str
+    status: BackupStatus
     scheduledTime: datetime
     tags: list[str] = Field(description="Tiers (with N > 0) the backup represents.")
     action: Literal["keep", "remove", "ignore"] = Field(
-        description="ignore: not COMPLETED, so neither kept nor removed by retention."
+        description=(
+            "ignore: neither COMPLETED nor EXPIRING, so neither kept nor removed by "
+            "retention. An EXPIRING backup is planned like a COMPLETED one: 'keep' puts it "
+            "back to COMPLETED at the next retention run."
+        )
     )
     reasons: list[str] = Field(description="Why kept: tiers, 'newest', 'pinned'.")
     pinned: bool
+    expiresAt: datetime | None = Field(
+        default=None,
+        description="EXPIRING: when its removal starts (removalDelaySeconds); else null.",
+    )
 
 
 class PlanSummary(BaseModel):

@@ -19,3 +19,8 @@ RECORD_REMOVAL: Final = "record_removal"
 BACKUP: Final = "backup"
 REMOVE: Final = "remove"
 STORAGE_TASKS: Final = frozenset({BACKUP, REMOVE})
+
+# Failure notifications (docs/notifications.md): one backtor_notify per notice,
+# correlationId = the notice's idempotency key; its one task is Backtor's own.
+BACKTOR_NOTIFY: Final = "backtor_notify"
+DELIVER_NOTICE: Final = "deliver_notice"

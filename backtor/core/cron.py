@@ -231,19 +231,34 @@ def latest_fire_at_or_before(
     """The latest fire at or before ``moment`` (for misfire handling), or None."""
     _require_aware(moment, "moment")
     engine = _engine(schedule.expression)
+    latest = _latest_wall_at_or_before(moment, tz)
+    try:
+        wall = engine.prev_before(latest + _ONE_SECOND)  # get_prev is exclusive
+    except CroniterBadDateError:
+        return None
+    return _resolve(wall, tz)
+
+
+def _latest_wall_at_or_before(moment: datetime, tz: tzinfo) -> datetime:
+    """The latest whole-second wall-clock time that fires at or before ``moment``.
+
+    Bisected, not walked fire by fire: within a day of a DST change the candidates span
+    up to the shift (an hour), which a per-second cron would otherwise step through one
+    croniter call at a time. ``_resolve`` is monotone in wall time, so bisection is exact.
+    """
     here = _offset(moment, tz)
     highest = max(here, _offset(moment - _DAY, tz), _offset(moment + _DAY, tz))
-    # Every wall time later than wall(moment) + (highest - here) fires after moment.
-    wall = _wall(moment, tz) + (highest - here)
-    wall = wall.replace(microsecond=0) + _ONE_SECOND  # get_prev is exclusive
-    while True:
-        try:
-            wall = engine.prev_before(wall)
-        except CroniterBadDateError:
-            return None
-        instant = _resolve(wall, tz)
-        if instant <= moment:
-            return instant
+    # wall(moment) fires at or before moment (its first occurrence, if repeated); every
+    # wall time later than wall(moment) + (highest - here) fires after moment.
+    low = _wall(moment, tz).replace(microsecond=0)
+    high = low + (highest - here) + _ONE_SECOND
+    while high - low > _ONE_SECOND:
+        middle = low + (high - low) // _ONE_SECOND // 2 * _ONE_SECOND
+        if _resolve(middle, tz) <= moment:
+            low = middle
+        else:
+            high = middle
+    return low
 
 
 def nominal_period_seconds(schedule: CronSchedule, tz: ZoneInfo, around: datetime) -> float:

@@ -6,14 +6,18 @@ works with validated :class:`TierRule` values and never sees the strings again.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from backtor.core.errors import InvalidField
+
+if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
 
 
 class Tier(StrEnum):
@@ -122,7 +126,7 @@ def _parse_reference(tier: Tier, token: str, text: str) -> int | None:
     raise _rule_error(tier, text, f"R={token!r} is not a number or L")
 
 
-def parse_rule(tier: Tier, text: str | None) -> TierRule:
+def parse_rule(tier: Tier, text: object) -> TierRule:
     """Parse one tier's rule; None or blank means the tier's default."""
     if text is None:
         return DEFAULT_RULES[tier]
@@ -146,9 +150,91 @@ def format_rule(tier: Tier, rule: TierRule) -> str:
     return f"{rule.count}@{reference}"
 
 
+KEEP_WITHIN_FIELD = "retentionKeepWithin"
+LAST_FIELD = "retentionLast"
+MAX_DURATION_DIGITS = 9  # per unit; a window reaching past year 1 simply holds everything
+_DURATION_RE = re.compile(
+    r"(?:([0-9]+)w)?(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?", re.ASCII
+)
+_DURATION_UNITS = ("w", "d", "h", "m", "s")
+
+
+@dataclass(frozen=True)
+class KeepWithin:
+    """A keep-within duration: weeks and days on the zone's calendar, the rest elapsed.
+
+    "1d" before 12:00 on the day after a spring-forward change is 12:00 the day before,
+    23 hours earlier; "24h" is 24 hours earlier (docs/retention.md, "Keep within").
+    """
+
+    weeks: int = 0
+    days: int = 0
+    hours: int = 0
+    minutes: int = 0
+    seconds: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.weeks, self.days, self.hours, self.minutes, self.seconds) < 0:
+            raise _within_error(self.text, "a part is negative")
+
+    @property
+    def text(self) -> str:
+        parts = (self.weeks, self.days, self.hours, self.minutes, self.seconds)
+        return "".join(f"{n}{u}" for n, u in zip(parts, _DURATION_UNITS, strict=True) if n)
+
+    def cutoff(self, newest: datetime, tz: ZoneInfo) -> datetime:
+        """The earliest time kept: calendar days back on the local wall clock, then elapsed.
+
+        A wall time that does not exist (a spring-forward gap) or exists twice (fall-back)
+        is read with fold=0, the offset before the change.
+        """
+        local = newest.astimezone(tz).replace(tzinfo=None)
+        shifted = (local - timedelta(days=self.weeks * 7 + self.days)).replace(tzinfo=tz)
+        elapsed = timedelta(hours=self.hours, minutes=self.minutes, seconds=self.seconds)
+        return shifted.astimezone(UTC) - elapsed
+
+
+def _within_error(text: object, why: str) -> PolicyError:
+    return PolicyError(
+        KEEP_WITHIN_FIELD,
+        f"{KEEP_WITHIN_FIELD} must be a duration such as '36h', '7d', '2w' or '1d12h' (units "
+        f"w, d, h, m, s, largest first, at most {MAX_DURATION_DIGITS} digits each) or empty; "
+        f"{why} in {text!r}",
+    )
+
+
+def parse_keep_within(text: object) -> KeepWithin | None:
+    """Parse ``retentionKeepWithin``; None, blank or a zero duration means off."""
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise _within_error(text, "the value is not a string")
+    stripped = text.strip().lower()
+    if not stripped:
+        return None
+    match = _DURATION_RE.fullmatch(stripped)
+    if match is None:
+        raise _within_error(text, "the syntax is wrong")
+    if any(len(group) > MAX_DURATION_DIGITS for group in match.groups() if group):
+        raise _within_error(text, f"a number has more than {MAX_DURATION_DIGITS} digits")
+    parts = [int(group or 0) for group in match.groups()]
+    return KeepWithin(*parts) if any(parts) else None  # zero keeps nothing extra: off
+
+
+def parse_last(value: object) -> int:
+    """Parse ``retentionLast``: an integer 0..MAX_COUNT; None means 0."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+        raise PolicyError(
+            LAST_FIELD, f"{LAST_FIELD} must be an integer 0..{MAX_COUNT}; got {value!r}"
+        )
+    return value
+
+
 @dataclass(frozen=True)
 class RetentionPolicy:
-    """One rule per tier; six fields rather than a dict so the policy is hashable."""
+    """One rule per tier, plus keep-within and keep-last; fields, so the policy is hashable."""
 
     minutely: TierRule = field(default=DEFAULT_RULES[Tier.MINUTELY])
     hourly: TierRule = field(default=DEFAULT_RULES[Tier.HOURLY])
@@ -156,13 +242,15 @@ class RetentionPolicy:
     weekly: TierRule = field(default=DEFAULT_RULES[Tier.WEEKLY])
     monthly: TierRule = field(default=DEFAULT_RULES[Tier.MONTHLY])
     yearly: TierRule = field(default=DEFAULT_RULES[Tier.YEARLY])
+    keep_within: KeepWithin | None = None
+    keep_last: int = 0
 
     def __post_init__(self) -> None:
         # Rules built in code bypass parse_rule; hold them to the same ranges.
-        for f in dataclasses.fields(self):
-            tier = Tier(f.name)
-            rule = getattr(self, f.name)
+        for tier in Tier:
+            rule = self.rule(tier)
             _check_rule(tier, rule, format_rule(tier, rule))
+        parse_last(self.keep_last)
 
     def rule(self, tier: Tier) -> TierRule:
         rule: TierRule = getattr(self, tier.value)
@@ -172,21 +260,39 @@ class RetentionPolicy:
     def rules(self) -> Mapping[Tier, TierRule]:
         return MappingProxyType({tier: self.rule(tier) for tier in Tier})
 
+    @property
+    def keeps_only_newest(self) -> bool:
+        """Nothing but the newest backup would ever be kept (pins aside)."""
+        return (
+            all(self.rule(tier).count == 0 for tier in Tier)
+            and self.keep_within is None
+            and self.keep_last <= 1
+        )
+
+    @property
+    def keep_within_text(self) -> str:
+        """Canonical ``retentionKeepWithin``; empty when off."""
+        return "" if self.keep_within is None else self.keep_within.text
+
     @classmethod
-    def from_fields(cls, fields: Mapping[str, str | None]) -> RetentionPolicy:
-        """Build from API fields; missing, None or blank fields take the tier's default."""
+    def from_fields(cls, fields: Mapping[str, object]) -> RetentionPolicy:
+        """Build from API fields; missing, None or blank fields take their defaults."""
         for name in fields:
-            if name not in TIER_BY_FIELD:
+            if name not in TIER_BY_FIELD and name not in (KEEP_WITHIN_FIELD, LAST_FIELD):
                 raise PolicyError(
                     str(name),
                     f"unknown retention field {name!r}; expected one of "
-                    + ", ".join(FIELD_BY_TIER.values()),
+                    + ", ".join((*FIELD_BY_TIER.values(), KEEP_WITHIN_FIELD, LAST_FIELD)),
                 )
+        rules = {tier.value: parse_rule(tier, fields.get(FIELD_BY_TIER[tier])) for tier in Tier}
         return cls(
-            **{tier.value: parse_rule(tier, fields.get(FIELD_BY_TIER[tier])) for tier in Tier}
+            **rules,
+            keep_within=parse_keep_within(fields.get(KEEP_WITHIN_FIELD)),
+            keep_last=parse_last(fields.get(LAST_FIELD)),
         )
 
     def to_fields(self) -> dict[str, str]:
+        """The six tier fields, canonical (keep-within and keep-last have their own)."""
         return {FIELD_BY_TIER[tier]: format_rule(tier, self.rule(tier)) for tier in Tier}
 
 

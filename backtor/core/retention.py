@@ -26,6 +26,8 @@ from backtor.core.policy import RetentionPolicy, Tier
 Action = Literal["keep", "remove", "ignore"]
 COMPLETED = "COMPLETED"
 NEWEST = "newest"
+WITHIN = "within"
+LAST = "last"
 PINNED = "pinned"
 
 
@@ -337,11 +339,42 @@ def _representatives(
 
 # --- the plan ---------------------------------------------------------------------
 
+
+def _keep_recent(
+    state: list[int], micros: list[int], newest: int, policy: RetentionPolicy, tz: ZoneInfo
+) -> None:
+    """Mark keep-within and keep-last among the candidates at or below rank ``newest``.
+
+    Both count from the newest candidate, never from the clock, so a plan made again
+    later over the same backups is the same plan. Neither touches tags.
+    """
+    if policy.keep_within is not None:
+        try:
+            cutoff = policy.keep_within.cutoff(_EPOCH + micros[newest] * _MICROSECOND, tz)
+            floor = (cutoff - _EPOCH) // _MICROSECOND
+        except OverflowError:  # the window reaches before year 1: it holds everything
+            floor = micros[0]
+        rank = newest
+        while rank >= 0 and micros[rank] >= floor:
+            if not state[rank] & _IGNORED:
+                state[rank] |= _WITHIN
+            rank -= 1
+    left = policy.keep_last
+    rank = newest
+    while left > 0 and rank >= 0:
+        if not state[rank] & _IGNORED:
+            state[rank] |= _LAST
+            left -= 1
+        rank -= 1
+
+
 _TIERS = tuple(Tier)
 _KEPT_SHIFT = len(_TIERS)  # bits 0-5: represents tier i; bits 6-11: kept by tier i
 _NEWEST = 1 << 12
 _PINNED = 1 << 13
 _IGNORED = 1 << 14
+_WITHIN = 1 << 15
+_LAST = 1 << 16
 
 
 def _outcome(word: int) -> tuple[Action, tuple[Tier, ...], tuple[str, ...]]:
@@ -352,6 +385,10 @@ def _outcome(word: int) -> tuple[Action, tuple[Tier, ...], tuple[str, ...]]:
     reasons = [t.value for i, t in enumerate(_TIERS) if word >> (i + _KEPT_SHIFT) & 1]
     if word & _NEWEST:
         reasons.append(NEWEST)
+    if word & _WITHIN:
+        reasons.append(WITHIN)
+    if word & _LAST:
+        reasons.append(LAST)
     if word & _PINNED:
         return "keep", (), (*reasons, PINNED)  # pins sit outside the policy: no tags
     return ("keep" if reasons else "remove"), tags, tuple(reasons)
@@ -408,6 +445,7 @@ def _plan(backups: Iterable[BackupRecord], policy: RetentionPolicy, tz: ZoneInfo
     for rank in range(size - 1, -1, -1):
         if not state[rank] & _IGNORED:
             state[rank] |= _NEWEST  # the newest candidate, pinned or not
+            _keep_recent(state, micros, rank, policy, tz)
             break
 
     for tier, positions in _representatives(seconds, policy, tz).items():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from zoneinfo import ZoneInfo
 
 from backtor.core.cron import CronSchedule, latest_fire_at_or_before, next_fire
@@ -97,3 +98,48 @@ def _between(timing: Timing, first: datetime, last: datetime) -> tuple[tuple[dat
         gap = (moment - counted_from) / more
         more += int((last - moment) / gap)
     return tuple(listed), more
+
+
+class OverlapPolicy(StrEnum):
+    """What a fire does while its spec's previous create_backup still runs (`overlapPolicy`).
+
+    The API's names, in one place: the spec validation, the schema and the scheduler read
+    them from here.
+    """
+
+    SKIP = "skip"  # recorded SKIPPED, reason `running` (the default)
+    BUFFER_ONE = "bufferOne"  # one fire waits and starts once the run ends; more: skipped
+    ALLOW = "allow"  # starts beside the running one
+    TERMINATE_OTHER = "terminateOther"  # the running one is terminated, then this starts
+
+
+DEFAULT_OVERLAP_POLICY = OverlapPolicy.SKIP
+# How the reason given to a run terminated under terminateOther begins: such a run ended on
+# purpose, it is no failed backup (no failure count, no notice).
+TERMINATED_BY_OVERLAP = "terminated by overlapPolicy terminateOther"
+
+
+class OverlapAction(StrEnum):
+    START = "start"
+    SKIP = "skip"
+    BUFFER = "buffer"
+    TERMINATE_AND_START = "terminate_and_start"
+
+
+def on_overlap(
+    policy: OverlapPolicy, *, buffer_free: bool, started_this_pass: bool = False
+) -> OverlapAction:
+    """What a fire does when its spec has a run open.
+
+    `buffer_free`: no other fire of the spec waits already. `started_this_pass`: the open
+    run is one this very pass is starting for another fire of the spec (a manual fire left
+    to the scheduler beside a scheduled one); terminateOther never terminates that one, the
+    fire is skipped as under `skip`.
+    """
+    if policy is OverlapPolicy.ALLOW:
+        return OverlapAction.START
+    if policy is OverlapPolicy.BUFFER_ONE:
+        return OverlapAction.BUFFER if buffer_free else OverlapAction.SKIP
+    if policy is OverlapPolicy.TERMINATE_OTHER and not started_this_pass:
+        return OverlapAction.TERMINATE_AND_START
+    return OverlapAction.SKIP

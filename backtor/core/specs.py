@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 from backtor.core.cron import CronError, CronSchedule, parse_cron
 from backtor.core.errors import InvalidField
 from backtor.core.policy import FIELD_BY_TIER, PolicyError, RetentionPolicy, derive_cron
-from backtor.core.schedule import Timing, first_fire
+from backtor.core.schedule import DEFAULT_OVERLAP_POLICY, OverlapPolicy, Timing, first_fire
 
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 _NAME_RE = re.compile(NAME_PATTERN, re.ASCII)
@@ -26,6 +26,7 @@ MAX_CRON_CHARS = 256
 MAX_TIMEZONE_CHARS = 64
 MAX_DATE_CHARS = 64
 MAX_WORKER_CONFIG_CHARS = 65_536  # it travels in every workflow's input
+MAX_PAUSED_REASON_CHARS = 500  # the column's length
 DEFAULT_TIMEZONE = "UTC"
 DEFAULT_MISFIRE_GRACE_SECONDS = 3600
 # A pass runs some time after a due time: up to one tick interval (the tick holds its task
@@ -53,7 +54,13 @@ class SpecDraft:
     worker_config: str | None = None
     timeout_seconds: int | None = None
     misfire_grace_seconds: int | None = None
-    retention: Mapping[str, str | None] = field(default_factory=dict)
+    retention: Mapping[str, object] = field(default_factory=dict)
+    allow_keep_newest_only: bool | None = None
+    paused_reason: str | None = None
+    auto_pause_after_failures: int | None = None
+    removal_delay_seconds: int | None = None
+    overlap_policy: str | None = None
+    notify_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,15 @@ class SpecValues:
     worker_config: str | None
     timeout_seconds: int | None
     misfire_grace_seconds: int
-    retention: Mapping[str, str]  # camelCase field -> canonical "N@R"
+    retention: Mapping[str, str]  # camelCase tier field -> canonical "N@R"
+    keep_within: str = ""  # canonical retentionKeepWithin, empty = off
+    keep_last: int = 0
+    allow_keep_newest_only: bool = False
+    paused_reason: str | None = None  # only with enabled False; None = no reason given
+    auto_pause_after_failures: int = 0  # 0 = never
+    removal_delay_seconds: int = 0  # 0 = removed at once (no EXPIRING stage)
+    overlap_policy: OverlapPolicy = DEFAULT_OVERLAP_POLICY
+    notify_url: str | None = None  # None: BACKTOR_NOTIFY_URL, if set
 
 
 def validate_name(name: str) -> str:
@@ -97,7 +112,10 @@ def parse_instant(field_name: str, text: str) -> datetime:
     try:
         return value.astimezone(UTC)
     except OverflowError:
-        raise SpecError(field_name, f"{field_name} is out of range") from None
+        # 0001-01-01T00:30+01:00 is before the calendar's first UTC instant (9999-12-31 with
+        # a negative offset, after its last): the calendar's end is the same bound for any
+        # schedule, so it stands in (docs/api.md, fromDate and toDate).
+        return (datetime.min if value.year == 1 else datetime.max).replace(tzinfo=UTC)
 
 
 @cache
@@ -116,11 +134,23 @@ def validate_timezone(name: str) -> ZoneInfo:
         raise SpecError("timezone", f"{rule}; {name!r} is not one") from None
 
 
-def parse_retention(values: Mapping[str, str | None]) -> RetentionPolicy:
+def parse_retention(
+    values: Mapping[str, object], *, allow_keep_newest_only: bool = True
+) -> RetentionPolicy:
+    """The policy of API fields; one that keeps only the newest needs the explicit allow."""
     try:
-        return RetentionPolicy.from_fields(values)
+        policy = RetentionPolicy.from_fields(values)
     except PolicyError as error:
         raise SpecError(error.field, error.message) from None
+    if policy.keeps_only_newest and not allow_keep_newest_only:
+        raise SpecError(
+            "allowKeepNewestOnly",
+            "this retention policy would never keep anything but the newest backup (every "
+            "tier retentionMinutely..retentionYearly is 0, retentionKeepWithin is empty and "
+            "retentionLast is at most 1); keep more, or set allowKeepNewestOnly: true if "
+            "that is meant",
+        )
+    return policy
 
 
 def normalise_cron(text: str) -> str:
@@ -152,6 +182,58 @@ def _check_worker_config(value: str) -> str:
     return value
 
 
+def parse_overlap_policy(field_name: str, value: str | None) -> OverlapPolicy:
+    """An overlap policy by its API name (exact case); None is the default (`skip`).
+
+    `field_name`: the body field (overlapPolicy) or the trigger's query parameter (overlap).
+    """
+    if value is None:
+        return DEFAULT_OVERLAP_POLICY
+    try:
+        return OverlapPolicy(value)
+    except ValueError:
+        names = ", ".join(policy.value for policy in OverlapPolicy)
+        raise SpecError(
+            field_name, f"{field_name} must be one of {names}; {value[:32]!r} is not one"
+        ) from None
+
+
+MAX_NOTIFY_URL_CHARS = 2048
+# An absolute http(s) URL with a host name or [IPv6] address and no user info, in printable
+# ASCII: the same regex is the schema's pattern, so both say exactly one thing.
+NOTIFY_URL_PATTERN = (
+    r"[Hh][Tt][Tt][Pp][Ss]?://(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.?|\[[0-9A-Fa-f:.]+\])"
+    r"(?::[0-9]{1,5})?(?:[/?#][!-~]*)?"
+)
+_NOTIFY_URL_RE = re.compile(NOTIFY_URL_PATTERN, re.ASCII)
+
+
+def _check_notify_url(value: str | None) -> str | None:
+    """The spec's receiver; empty is none. The URL is never echoed: it may carry a token."""
+    if value is None or value == "":
+        return None
+    if len(value) > MAX_NOTIFY_URL_CHARS or not _NOTIFY_URL_RE.fullmatch(value):
+        raise SpecError(
+            "notifyUrl",
+            "notifyUrl must be an absolute http:// or https:// URL with a host and no user "
+            f"info, in printable ASCII without spaces, at most {MAX_NOTIFY_URL_CHARS} characters",
+        )
+    return value
+
+
+def _check_paused_reason(value: str | None) -> str | None:
+    """Free text of at most MAX_PAUSED_REASON_CHARS; empty is no reason (None)."""
+    if value is None or value == "":
+        return None
+    if len(value) > MAX_PAUSED_REASON_CHARS:
+        raise SpecError(
+            "pausedReason", f"pausedReason is longer than {MAX_PAUSED_REASON_CHARS} characters"
+        )
+    if "\x00" in value:
+        raise SpecError("pausedReason", "pausedReason must not contain NUL characters")
+    return value
+
+
 def normalise_spec(draft: SpecDraft) -> SpecValues:
     """Apply every rule and every default; raise SpecError naming the first bad field.
 
@@ -160,11 +242,10 @@ def normalise_spec(draft: SpecDraft) -> SpecValues:
     name = validate_name(draft.name)
     from_date = None if draft.from_date is None else parse_instant("fromDate", draft.from_date)
     to_date = None if draft.to_date is None else parse_instant("toDate", draft.to_date)
-    if from_date is not None and to_date is not None and to_date <= from_date:
-        raise SpecError("toDate", "toDate must be later than fromDate")
     timezone = DEFAULT_TIMEZONE if draft.timezone is None else draft.timezone
     validate_timezone(timezone)
-    policy = parse_retention(draft.retention)
+    allow_newest_only = bool(draft.allow_keep_newest_only)
+    policy = parse_retention(draft.retention, allow_keep_newest_only=allow_newest_only)
     cron_text = draft.backup_cron_string
     derived = cron_text is None or not cron_text.strip()
     cron_string = normalise_cron(derive_cron(policy) if derived else str(cron_text))
@@ -182,9 +263,29 @@ def normalise_spec(draft: SpecDraft) -> SpecValues:
     worker_config = draft.worker_config
     if worker_config is not None:
         _check_worker_config(worker_config)
+    paused_reason = _check_paused_reason(draft.paused_reason)
+    auto_pause = draft.auto_pause_after_failures
+    auto_pause = 0 if auto_pause is None else auto_pause
+    _check_int("autoPauseAfterFailures", auto_pause, 0, "of at least 0 (0 = never)")
+    removal_delay = draft.removal_delay_seconds
+    removal_delay = 0 if removal_delay is None else removal_delay
+    _check_int("removalDelaySeconds", removal_delay, 0, "of at least 0 (0 = no delay)")
+    overlap_policy = parse_overlap_policy("overlapPolicy", draft.overlap_policy)
+    notify_url = _check_notify_url(draft.notify_url)
+    # Last: every field is checked alone before the rule between two of them, so a client
+    # (or a fuzzer) hears of a bad field before of the window.
+    if from_date is not None and to_date is not None and to_date <= from_date:
+        raise SpecError("toDate", "toDate must be later than fromDate")
+    enabled = True if draft.enabled is None else draft.enabled
+    if paused_reason is not None and enabled:
+        raise SpecError(
+            "pausedReason",
+            "pausedReason goes with enabled 0 (false): it says why the spec is paused; "
+            "send enabled 0 with it, or leave it out to enable the spec (which clears it)",
+        )
     return SpecValues(
         name=name,
-        enabled=True if draft.enabled is None else draft.enabled,
+        enabled=enabled,
         from_date=from_date,
         to_date=to_date,
         cron_string=cron_string,
@@ -194,6 +295,14 @@ def normalise_spec(draft: SpecDraft) -> SpecValues:
         timeout_seconds=timeout,
         misfire_grace_seconds=grace,
         retention=policy.to_fields(),
+        keep_within=policy.keep_within_text,
+        keep_last=policy.keep_last,
+        allow_keep_newest_only=allow_newest_only,
+        paused_reason=paused_reason,
+        auto_pause_after_failures=auto_pause,
+        removal_delay_seconds=removal_delay,
+        overlap_policy=overlap_policy,
+        notify_url=notify_url,
     )
 
 

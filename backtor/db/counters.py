@@ -27,6 +27,9 @@ WARN = "backtor_backup_warn"
 TAG = "backtor_backup_tag"
 RETENTION_TASKS = "backtor_retention_tasks"
 RETENTION_DELETE = "backtor_retention_backup_delete"
+# Notices (backtor.scheduling.notices): delivered, and failed after every retry.
+NOTIFY_DELIVERED = "backtor_notify_delivered"
+NOTIFY_FAILURES = "backtor_notify_failures"
 
 COUNTER_LABELS: dict[str, str | None] = {
     TRIGGER: "status",
@@ -36,6 +39,8 @@ COUNTER_LABELS: dict[str, str | None] = {
     TAG: "status",
     RETENTION_TASKS: None,
     RETENTION_DELETE: "status",
+    NOTIFY_DELIVERED: None,
+    NOTIFY_FAILURES: None,
 }
 
 # The schedule lag histogram, kept as cumulative rows: one per bucket bound, sum, count.

@@ -51,6 +51,7 @@ class BackupStatus(StrEnum):
 
     RUNNING = "RUNNING"
     COMPLETED = "COMPLETED"
+    EXPIRING = "EXPIRING"  # the plan removes it; its removal waits out removalDelaySeconds
     FAILED = "FAILED"
     TIMED_OUT = "TIMED_OUT"
     REMOVING = "REMOVING"
@@ -63,6 +64,7 @@ UNREMOVED_STATUSES: frozenset[BackupStatus] = frozenset(
     {
         BackupStatus.RUNNING,
         BackupStatus.COMPLETED,
+        BackupStatus.EXPIRING,
         BackupStatus.REMOVING,
         BackupStatus.REMOVE_FAILED,
     }
@@ -111,6 +113,36 @@ class BackupSpec(Base):
     deleting: Mapped[bool] = mapped_column(
         Boolean, nullable=False, default=False, server_default=false()
     )
+    # Schedule and retention controls (docs/api.md): defaults keep the seed's behaviour.
+    overlap_policy: Mapped[str] = mapped_column(
+        String(16), nullable=False, default="skip", server_default="skip"
+    )
+    paused_reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    auto_pause_after_failures: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=0, server_default=text("0")
+    )
+    consecutive_failures: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=0, server_default=text("0")
+    )
+    retention_keep_within: Mapped[str] = mapped_column(
+        String(32), nullable=False, default="", server_default=""
+    )
+    retention_last: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=0, server_default=text("0")
+    )
+    allow_keep_newest_only: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=false()
+    )
+    removal_delay_seconds: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=0, server_default=text("0")
+    )
+    notify_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    # A failure, overdue or auto-pause notice went out and no success since: the next
+    # success sends "recovered". overdue_notified_at: one overdue notice per episode.
+    alerting: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=false()
+    )
+    overdue_notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     def __repr__(self) -> str:  # workerConfig is a secret: never in a repr, log line or trace
         return f"BackupSpec(id={self.id!r}, name={self.name!r})"
@@ -158,6 +190,8 @@ class Backup(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # EXPIRING: its remove_backup starts at expires_at unless a pin or a plan keeps it.
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     @property
     def tag_list(self) -> list[str]:
@@ -186,12 +220,28 @@ class SkipReason(StrEnum):
     MISFIRE = "misfire"  # passed over while the scheduler was late or down
     CONDUCTOR_UNAVAILABLE = "conductor_unavailable"  # a manual trigger that could not start
     INVALID_SCHEDULE = "invalid_schedule"  # the stored cron or zone can no longer be evaluated
+    # Not a skip: the mark of a PENDING fire that waits for the spec's running create_backup
+    # to end (overlapPolicy bufferOne); never on a SKIPPED fire (backtor.scheduling.fires).
+    BUFFERED = "buffered"
+
+
+# The predicate of the unique key on scheduled fire times (an upsert names it to match).
+SCHEDULED_ONLY = "NOT manual"
 
 
 class Fire(Base):
     __tablename__ = "fire"
     __table_args__ = (
-        UniqueConstraint("spec_id", "scheduled_at"),
+        # One row per scheduled fire time of a spec. Manual fires ("back up now") are not
+        # fire times: one written at the very instant of a fire time must not take its key.
+        Index(
+            "uq_fire_scheduled_time",
+            "spec_id",
+            "scheduled_at",
+            unique=True,
+            postgresql_where=text(SCHEDULED_ONLY),
+            sqlite_where=text(SCHEDULED_ONLY),
+        ),
         Index("ix_fire_status_outcome", "status", "outcome"),
     )
 
@@ -283,3 +333,32 @@ Index(
     sqlite_where=text(_SUCCEEDED),
     postgresql_include=["start_time", "size_mb"],
 )
+
+
+class NoticeStatus(StrEnum):
+    PENDING = "PENDING"  # written with its event, no backtor_notify workflow yet
+    STARTED = "STARTED"  # a backtor_notify workflow delivers it (and retries)
+    DELIVERED = "DELIVERED"
+    FAILED = "FAILED"  # every retry failed; counted in backtor_notify_failures_total
+
+
+class Notice(Base):
+    """The notification outbox: written in the transaction of the event it reports."""
+
+    __tablename__ = "notice"
+    __table_args__ = (Index("ix_notice_status", "status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), unique=True, nullable=False)
+    spec_name: Mapped[str] = mapped_column(String(128), nullable=False)
+    kind: Mapped[str] = mapped_column(String(32), nullable=False)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    workflow_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    details: Mapped[str] = mapped_column(Text, nullable=False, default="{}", server_default="{}")
+    url: Mapped[str] = mapped_column(String(2048), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    notify_workflow_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+    def __repr__(self) -> str:  # the URL may carry a token: never in a repr
+        return f"Notice(id={self.id!r}, kind={self.kind!r}, status={self.status!r})"

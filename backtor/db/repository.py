@@ -15,7 +15,7 @@ from sqlalchemy import and_, delete, func, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from backtor.core.errors import Conflict, InvalidField, NotFound
+from backtor.core.errors import Conflict, NotFound
 from backtor.core.specs import SpecValues, compute_next_fire_at
 from backtor.db.models import (
     UNREMOVED_STATUSES,
@@ -55,11 +55,15 @@ _RETENTION_COLUMNS = {
 }
 
 
-class CursorNotFound(InvalidField):
-    """A page cursor (`after`) that names no row of the listing."""
+class CursorNotFound(NotFound):
+    """A page cursor (`after`) that names no row of the listing.
+
+    Not found (404), not invalid: the cursor has the right form, the backup it names is
+    not there, as a path naming no spec.
+    """
 
     def __init__(self, message: str) -> None:
-        super().__init__("after", message)
+        super().__init__(message, "after")
 
 
 def _by_code_point(session: Session, column: Any) -> Any:
@@ -116,8 +120,16 @@ def _apply(spec: BackupSpec, values: SpecValues, now: datetime) -> None:
     spec.worker_config = values.worker_config
     spec.timeout_seconds = values.timeout_seconds
     spec.misfire_grace_seconds = values.misfire_grace_seconds
+    spec.overlap_policy = values.overlap_policy.value
+    spec.paused_reason = values.paused_reason
+    spec.auto_pause_after_failures = values.auto_pause_after_failures
+    spec.removal_delay_seconds = values.removal_delay_seconds
+    spec.notify_url = values.notify_url
     for api_field, column in _RETENTION_COLUMNS.items():
         setattr(spec, column, values.retention[api_field])
+    spec.retention_keep_within = values.keep_within
+    spec.retention_last = values.keep_last
+    spec.allow_keep_newest_only = values.allow_keep_newest_only
     spec.last_update = now
     spec.next_fire_at = compute_next_fire_at(
         cron_string=values.cron_string,
@@ -163,9 +175,12 @@ def replace_spec(session: Session, spec: BackupSpec, values: SpecValues, now: da
     """
     unchanged = not changes_schedule(spec, values)
     due = spec.next_fire_at
+    resumed = values.enabled and not spec.enabled
     _apply(spec, values, now)
     if unchanged:
         spec.next_fire_at = due
+    if resumed:  # enabled again: autoPauseAfterFailures counts afresh
+        spec.consecutive_failures = 0
     session.flush()
 
 
@@ -203,7 +218,8 @@ def delete_spec(session: Session, spec_id: int) -> None:
 
 
 def count_unremoved_backups(session: Session, spec_id: int) -> int:
-    """Backups whose data may still exist (RUNNING, COMPLETED, REMOVING, REMOVE_FAILED),
+    """Backups whose data may still exist (RUNNING, COMPLETED, EXPIRING, REMOVING,
+    REMOVE_FAILED),
     and create_backup runs starting or under way, whose data will exist once recorded."""
     stored = (
         select(func.count())
@@ -265,13 +281,17 @@ def list_backups(
     return list(session.scalars(query))
 
 
-def count_backups_other_than(session: Session, spec_id: int, status: BackupStatus) -> int:
-    """How many of the spec's backups have another status (the plan's "ignore" count)."""
+def count_backups_other_than(
+    session: Session, spec_id: int, status: BackupStatus, *more: BackupStatus
+) -> int:
+    """How many of the spec's backups have none of these statuses (the plan's "ignore"
+    count: pass the candidates' statuses)."""
+    statuses = sorted(s.value for s in (status, *more))
     return int(
         session.scalar(
             select(func.count())
             .select_from(Backup)
-            .where(Backup.spec_id == spec_id, Backup.status != status.value)
+            .where(Backup.spec_id == spec_id, Backup.status.not_in(statuses))
         )
         or 0
     )
@@ -287,18 +307,22 @@ def mark_purging(session: Session, spec: BackupSpec, now: datetime) -> None:
 
 
 def mark_purge_removals(session: Session, spec_id: int, now: datetime, limit: int) -> int:
-    """Put up to `limit` of a purged spec's COMPLETED backups (oldest first) in the outbox.
+    """Put up to `limit` of a purged spec's COMPLETED and EXPIRING backups (oldest first)
+    in the outbox.
 
     They become REMOVING without a workflow; the scheduler's pass starts their
     remove_backup (backtor.scheduling.removals), under its own per-pass limit, so a purge
-    never calls Conductor and never holds a row lock across a call. RUNNING backups follow
-    once recorded, REMOVING and REMOVE_FAILED ones are on the path already. The same cap
-    and order as the scheduler's advance_purges. Returns how many were marked.
+    never calls Conductor and never holds a row lock across a call. An EXPIRING backup
+    does not wait out its removal delay: the purge asks for every backup to go (its
+    expires_at is cleared). RUNNING backups follow once recorded, REMOVING and
+    REMOVE_FAILED ones are on the path already. The same cap and order as the scheduler's
+    advance_purges. Returns how many were marked.
     """
+    held = Backup.status.in_(_PURGED_STATUSES)
     ids = list(
         session.scalars(
             select(Backup.id)
-            .where(Backup.spec_id == spec_id, Backup.status == BackupStatus.COMPLETED.value)
+            .where(Backup.spec_id == spec_id, held)
             .order_by(Backup.scheduled_at, Backup.id)
             .limit(limit)
         )
@@ -307,11 +331,15 @@ def mark_purge_removals(session: Session, spec_id: int, now: datetime, limit: in
         return 0
     marked = session.scalars(
         update(Backup)
-        .where(Backup.id.in_(ids), Backup.status == BackupStatus.COMPLETED.value)
-        .values(status=BackupStatus.REMOVING.value, next_attempt_at=now)
+        .where(Backup.id.in_(ids), held)
+        .values(status=BackupStatus.REMOVING.value, next_attempt_at=now, expires_at=None)
         .returning(Backup.id)
     )
     return len(list(marked))
+
+
+# What a purge marks for removal: every backup that holds data and is not on the way yet.
+_PURGED_STATUSES = (BackupStatus.COMPLETED.value, BackupStatus.EXPIRING.value)
 
 
 def finish_purge_if_done(session: Session, spec_id: int) -> bool:

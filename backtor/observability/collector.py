@@ -70,6 +70,9 @@ _COUNTER_HELP = {
     counters.TAG: "Retention tagging passes over a spec's backups",
     counters.RETENTION_TASKS: "Retention runs (plans applied to a spec's backups)",
     counters.RETENTION_DELETE: "Finished remove_backup workflows, by Conductor status",
+    counters.NOTIFY_DELIVERED: "Notices a receiver accepted (2xx) through backtor_notify",
+    counters.NOTIFY_FAILURES: "Notices whose backtor_notify failed after every retry (not "
+    "delivered; retry it in Conductor's UI)",
 }
 
 
@@ -212,6 +215,13 @@ class MetricsCollector:
             "Since when the spec's current schedule applies (created, last updated or "
             "fromDate, the latest), Unix time; same specs as the expected period",
         )
+        paused = Family(
+            "backtor_backup_specs_paused",
+            "gauge",
+            "Specs paused: disabled (enabled 0, by hand or by autoPauseAfterFailures) and not "
+            "being deleted; their pausedReason says why",
+        )
+        paused_count = 0
         held_by_spec: defaultdict[int, list[tuple[str, int]]] = defaultdict(list)
         for spec_id, status, count in held:
             held_by_spec[spec_id].append((status, int(count)))
@@ -229,6 +239,8 @@ class MetricsCollector:
         add_time = last_time.lines.append
         for spec_id, name, enabled, deleting, cron, zone, start, end, created, updated in specs:
             tag = f'{{backup="{escape_label(name)}"'
+            if not enabled and not deleting:
+                paused_count += 1
             failing = 0
             for status, count in held_by_spec.get(spec_id, ()):
                 add_backups(f'backtor_backups{tag},status="{status}"}} {count}.0\n')
@@ -260,6 +272,7 @@ class MetricsCollector:
                     labels = tag[1:]
                     expected.add(period, labels)
                     active_since.add(max(created, updated, start or created), labels)
+        paused.add(paused_count)
         return [
             backups,
             last_success,
@@ -268,6 +281,7 @@ class MetricsCollector:
             removal_failures,
             expected,
             active_since,
+            paused,
         ]
 
 
@@ -361,7 +375,8 @@ _COUNTER_LINES = (
     .where(MetricCounter.backup != "")
     .group_by(MetricCounter.name)
 )
-# Series of no spec: backtor_retention_tasks and the schedule lag histogram's rows.
+# Series of no spec: backtor_retention_tasks, the notify counters and the schedule lag
+# histogram's rows.
 _GLOBAL_COUNTERS = select(MetricCounter.name, MetricCounter.label, MetricCounter.value).where(
     MetricCounter.backup == ""
 )

@@ -51,17 +51,33 @@ def _build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--policy", default="{}", help="JSON object of retention* fields")
     simulate.add_argument("--timezone", default="UTC", help="IANA time zone (default UTC)")
     simulate.add_argument("--input", default=None, help="file of backups (default stdin)")
+    simulate.add_argument(
+        "--now",
+        default=None,
+        help="ISO-8601 moment the plan is applied: with removalDelaySeconds in --policy, "
+        "each removed backup's expiresAt is this plus the delay",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; a bad setting ends it with status 2 and one line, no traceback."""
+    """Run one command; a bad setting ends it with status 2 and one line, no traceback.
+
+    A database that cannot be prepared at start (unreachable, a hung migration) ends it
+    with status 1 and one line naming the cause: worth a retry, unlike a bad setting.
+    """
+    from backtor.db.migrate import MigrationLockTimeout
+    from backtor.runtime.startup import DatabaseStartError
+
     args = _build_parser().parse_args(argv)
     try:
         return _run(args)
     except SettingError as exc:
         print(f"backtor {args.command}: {exc}", file=sys.stderr)
         return 2
+    except (DatabaseStartError, MigrationLockTimeout) as exc:
+        print(f"backtor {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -70,15 +86,9 @@ def _run(args: argparse.Namespace) -> int:
 
         return serve(host=args.host, port=args.port)
     if args.command == "migrate":
-        from backtor.db.migrate import upgrade_to_head
-
-        upgrade_to_head()
-        return 0
+        return _migrate()
     if args.command == "worker":
-        from backtor.runtime.settings import Settings
-        from backtor.workers.runner import run_worker
-
-        return run_worker(Settings.from_env())
+        return _worker()
     if args.command == "register":
         return _register()
     if args.command == "run":
@@ -94,11 +104,66 @@ def _run(args: argparse.Namespace) -> int:
             policy=args.policy,
             timezone=args.timezone,
             input_path=args.input,
+            now=args.now,
             stdin=sys.stdin,
             stdout=sys.stdout,
             stderr=sys.stderr,
         )
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _migrate() -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from backtor.db.engine import mask_url
+    from backtor.db.migrate import upgrade_to_head
+    from backtor.runtime.settings import Settings
+    from backtor.runtime.startup import DatabaseStartError, describe_driver_error
+
+    settings = Settings.from_env()
+    try:
+        upgrade_to_head()  # reads the same settings, and sets up logging
+    except (SQLAlchemyError, OSError) as error:
+        raise DatabaseStartError(
+            f"cannot migrate {mask_url(settings.database_url)}: {describe_driver_error(error)}"
+        ) from None
+    return 0
+
+
+def _worker() -> int:
+    """Migrate when this process should, wait for a schema at head, then poll.
+
+    Waiting (not exiting) when the schema is behind: replicas started before the
+    operator's `backtor migrate` pick up once it ran.
+    """
+    import signal
+    import threading
+    from types import FrameType
+
+    from backtor.db.engine import make_engine
+    from backtor.observability.logs import configure_logging
+    from backtor.runtime.settings import Settings
+    from backtor.runtime.startup import prepare_database, wait_for_schema
+    from backtor.workers.runner import run_worker
+
+    settings = Settings.from_env()
+    configure_logging(settings.log_level, settings.log_format)
+    prepare_database(settings)
+    stop = threading.Event()
+
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    engine = make_engine(settings.database_url)
+    try:
+        if not wait_for_schema(engine, stop):
+            return 0
+    finally:
+        engine.dispose()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return run_worker(settings)
 
 
 def _storage_worker(args: argparse.Namespace) -> int:

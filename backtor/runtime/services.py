@@ -15,6 +15,9 @@ from backtor.db.engine import make_engine, make_session_factory
 from backtor.db.types import utc_now
 from backtor.runtime.settings import Settings
 
+# The key of `session.info` under which every session of `Services.db` carries the settings.
+SETTINGS_INFO = "backtor.settings"
+
 
 @dataclass
 class Services:
@@ -23,6 +26,13 @@ class Services:
     db: sessionmaker[Session]
     conductor: Conductor
     clock: Callable[[], datetime] = field(default=utc_now)
+
+    def __post_init__(self) -> None:
+        # Code that only gets a session (say, recording a failed backup) finds the settings
+        # on it: the notices it writes need the global receiver (backtor.scheduling.notices).
+        configure = getattr(self.db, "configure", None)  # a test's stand-in factory may lack it
+        if callable(configure):
+            configure(info={SETTINGS_INFO: self.settings})
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:

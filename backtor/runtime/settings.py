@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from backtor.conductor.auth import DEFAULT_REFRESH_MINUTES, ConductorAuth, header_parts
 from backtor.core.errors import SettingError
@@ -50,6 +51,12 @@ class Settings:
     conductor_auth_secret: str | None = field(default=None, repr=False)
     conductor_auth_header: tuple[str, str] | None = field(default=None, repr=False)
     conductor_auth_refresh_minutes: float = DEFAULT_REFRESH_MINUTES
+    # Conductor's UI, for links from /ui to each backup's and removal's workflow.
+    conductor_ui_url: str | None = None
+    # Failure notifications (docs/notifications.md): the receiver of specs without their
+    # own notifyUrl (its query may hold a token: kept out of the repr), and the signing key.
+    notify_url: str | None = field(default=None, repr=False)
+    notify_secret: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -156,6 +163,22 @@ def _conductor_url(variable: str, text: str) -> str:
     url = text.strip().rstrip("/")
     if not re.fullmatch(r"https?://[^/\s]+(/\S*)?", url, flags=re.IGNORECASE):
         raise SettingError(variable, text, "must be an http:// or https:// URL")
+    return url
+
+
+def _notify_url(variable: str, text: str) -> str:
+    """An http(s) URL with a host; a bad one is shown without its query or password."""
+    url = text.strip()
+    try:
+        parts = urlsplit(url)
+        good = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018  # raises ValueError on a bad port
+    except ValueError:
+        good = False
+    if not good or re.search(r"\s", url):
+        shown = re.sub(r"[?#].*", "?***", text)  # a token may follow
+        shown = re.sub(r"[^/@\s]*@", "***@", shown)  # user:password@
+        raise SettingError(variable, shown, "must be an http:// or https:// URL")
     return url
 
 
@@ -300,5 +323,8 @@ VARIABLES: tuple[Variable, ...] = (
         "45",
         _positive_minutes,
     ),
+    Variable("CONDUCTOR_UI_URL", "conductor_ui_url", None, _conductor_url),
+    Variable("BACKTOR_NOTIFY_URL", "notify_url", None, _notify_url),
+    Variable("BACKTOR_NOTIFY_SECRET", "notify_secret", None, _secret),
 )
 AUTH_VARIABLES = tuple(v for v in VARIABLES if v.name.startswith("CONDUCTOR_AUTH_"))

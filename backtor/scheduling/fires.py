@@ -4,6 +4,11 @@ A fire is written (PENDING) in the same transaction that moves the spec's next f
 it is claimed before each start attempt and carries its id into the workflow's input. A
 retried attempt first looks for a workflow with that fireId in Conductor, so a crash
 between "started" and "recorded" never starts a second workflow.
+
+A fire that finds its spec's previous create_backup still running follows the spec's
+overlapPolicy (backtor.core.schedule.OverlapPolicy): skipped (`running`), started anyway,
+started after terminating the running one, or buffered: it stays PENDING, marked
+`skip_reason = buffered`, until the run ends (docs/scheduling.md, "Overlap policies").
 """
 
 from __future__ import annotations
@@ -17,9 +22,9 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, exists, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from backtor.conductor.names import CREATE_BACKUP
 from backtor.conductor.payloads import ConductorBadAnswer, WorkflowRun
@@ -27,10 +32,19 @@ from backtor.conductor.port import Conductor
 from backtor.conductor.registration import DEFINITIONS
 from backtor.core.cron import CronSchedule
 from backtor.core.errors import ConductorNotFound, ConductorRefused, ConductorUnavailable
-from backtor.core.schedule import Decision, Timing, decide
+from backtor.core.schedule import (
+    TERMINATED_BY_OVERLAP,
+    Decision,
+    OverlapAction,
+    OverlapPolicy,
+    Timing,
+    decide,
+    on_overlap,
+)
 from backtor.db import counters
-from backtor.db.models import BackupSpec, Fire, FireStatus, SkipReason
+from backtor.db.models import SCHEDULED_ONLY, BackupSpec, Fire, FireStatus, SkipReason
 from backtor.runtime.services import Services
+from backtor.scheduling.outcomes import record_stray_data
 from backtor.scheduling.stalls import dead_run
 
 log = logging.getLogger(__name__)
@@ -45,6 +59,37 @@ START_MARGIN = timedelta(seconds=6)
 START_CONCURRENCY = 8
 # A spec whose stored schedule cannot be evaluated is looked at again this much later.
 UNSCHEDULABLE_RETRY = timedelta(minutes=5)
+# A buffered fire (overlapPolicy bufferOne) that an attempt found still waiting is not
+# claimed again for this long: behind a run Backtor does not follow (started by hand in
+# Conductor), no ledger row says when that run ends, so it is asked at most this often.
+BUFFER_POLL = timedelta(seconds=2)
+BUFFERED = SkipReason.BUFFERED.value
+
+
+def not_waiting(fire: Any, since: Any) -> ColumnElement[bool]:
+    """SQL over `fire` (Fire or an alias of it): not a buffered fire that must still wait.
+
+    A buffered fire waits while its spec has a create_backup Backtor started and has not
+    seen end (the ledger: STARTED, no outcome), and for BUFFER_POLL (`since` = now -
+    BUFFER_POLL) after an attempt found it still waiting (behind a run Backtor does not
+    follow). So while it waits it is neither claimed nor a reason for the tick to run at
+    once: no pass asks Conductor about it in vain. Written without NOT, which SQL's NULLs
+    would turn against every unmarked fire.
+    """
+    run = aliased(Fire)
+    return or_(
+        fire.skip_reason.is_(None),
+        fire.skip_reason != BUFFERED,
+        and_(
+            ~exists().where(
+                run.spec_id == fire.spec_id,
+                run.status == FireStatus.STARTED.value,
+                run.outcome.is_(None),
+                run.workflow_id.is_not(None),
+            ),
+            or_(fire.checked_at.is_(None), fire.checked_at <= since),
+        ),
+    )
 
 
 def timing_of(spec: BackupSpec) -> Timing:
@@ -176,12 +221,17 @@ def _fire_row(
 
 
 def _insert_fires(session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Insert fires; a (spec, time) already written is left as it is."""
+    """Insert scheduled fires; a (spec, fire time) already written is left as it is.
+
+    The key covers scheduled fires only: a manual fire at the same instant is another fire.
+    """
     if not rows:
         return
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(Fire).on_conflict_do_nothing(index_elements=["spec_id", "scheduled_at"])
+    statement = insert(Fire).on_conflict_do_nothing(
+        index_elements=["spec_id", "scheduled_at"], index_where=text(SCHEDULED_ONLY)
+    )
     session.execute(statement, list(rows))
 
 
@@ -215,6 +265,10 @@ class FireJob:
     timeout_seconds: int | None
     misfire_grace_seconds: int = 3600
     claimed_until: datetime | None = None  # None: claimed by the caller's own transaction
+    overlap_policy: OverlapPolicy = OverlapPolicy.SKIP
+    # Marked buffered by an earlier attempt: it holds its spec's buffer, whatever the policy
+    # is now, and no misfire grace applies to it.
+    buffered: bool = False
 
 
 @dataclass(frozen=True)
@@ -228,6 +282,19 @@ class FireOutcome:
     error: str | None = None
     refused: bool = False  # Conductor answered, and said no (not merely unreachable)
     started_at: datetime | None = None
+    # The claim (FireJob.attempts) it was reached under: recorded only while that claim is
+    # still the fire's latest and the fire still PENDING.
+    attempt: int = 0
+    # SKIPPED (conductor_unavailable) by the caller's choice: a manual trigger gave it up.
+    given_up: bool = False
+    # Not this attempt's result: another attempt decided the fire first, or the fire is gone
+    # (its spec purged); the other fields say what the ledger holds.
+    superseded: bool = False
+    # PENDING and buffered (overlapPolicy bufferOne): it waits for workflow_id to end.
+    buffered: bool = False
+    # overlapPolicy terminateOther: the runs this attempt terminated, and the reason given.
+    terminated: tuple[str, ...] = ()
+    terminate_reason: str | None = None
 
 
 def claim_pending(
@@ -237,24 +304,36 @@ def claim_pending(
 
     Claims are serialised per spec (its row is locked first), and a spec that already has
     a fire under a live claim gets no second one: a manual trigger and a pass, or two
-    passes, never start create_backup for one spec side by side.
+    passes, never start create_backup for one spec side by side. A buffered fire is left
+    while it waits (not_waiting), unless another fire of its spec is claimed by a pass: the
+    two are decided together, so a fire that finds the run ended (before the ledger shows
+    it) never starts ahead of the one that waited for it.
     """
-    claimable = and_(
+    unclaimed = and_(
         Fire.status == FireStatus.PENDING.value,
         or_(Fire.claimed_until.is_(None), Fire.claimed_until < now),
     )
     query = (
         select(Fire.id, Fire.spec_id)
-        .where(claimable)
+        .where(unclaimed, not_waiting(Fire, now - BUFFER_POLL))
         .order_by(Fire.scheduled_at, Fire.id)
         .limit(limit)
     )
     if fire_ids is not None:
         query = query.where(Fire.id.in_(list(fire_ids)))
-    candidates = session.execute(query).all()
+    candidates = list(session.execute(query).all())
     if not candidates:
         return []
     spec_ids = sorted({row.spec_id for row in candidates})
+    if fire_ids is None:
+        candidates += session.execute(
+            select(Fire.id, Fire.spec_id).where(
+                unclaimed,
+                Fire.spec_id.in_(spec_ids),
+                Fire.skip_reason == BUFFERED,
+                Fire.id.not_in([row.id for row in candidates]),
+            )
+        ).all()
     session.execute(
         select(BackupSpec.id)
         .where(BackupSpec.id.in_(spec_ids))
@@ -276,7 +355,7 @@ def claim_pending(
     claimed = set(
         session.scalars(
             update(Fire)
-            .where(Fire.id.in_(ids), claimable)
+            .where(Fire.id.in_(ids), unclaimed)
             .values(attempts=Fire.attempts + 1, claimed_until=now + CLAIM)
             .returning(Fire.id)
         )
@@ -292,22 +371,47 @@ def claim_pending(
             BackupSpec.worker_config,
             BackupSpec.timeout_seconds,
             BackupSpec.misfire_grace_seconds,
+            BackupSpec.overlap_policy,
+            Fire.skip_reason,
         )
         .join(BackupSpec, BackupSpec.id == Fire.spec_id)
         .where(Fire.id.in_(claimed))
         .order_by(Fire.scheduled_at, Fire.id)
     ).all()
-    return [FireJob(*row, claimed_until=now + CLAIM) for row in rows]
+    return [
+        FireJob(
+            *row[:9],
+            claimed_until=now + CLAIM,
+            overlap_policy=_policy(row.overlap_policy),
+            buffered=row.skip_reason == BUFFERED,
+        )
+        for row in rows
+    ]
+
+
+def _policy(stored: str | None) -> OverlapPolicy:
+    """The stored overlapPolicy; one this version does not know acts as the default."""
+    try:
+        return OverlapPolicy(stored or OverlapPolicy.SKIP.value)
+    except ValueError:
+        log.error("unknown overlapPolicy %r stored; acting as skip", stored)
+        return OverlapPolicy.SKIP
 
 
 def start_fires(services: Services, jobs: Sequence[FireJob]) -> list[FireOutcome]:
     """Start a create_backup for each claimed fire, unless one already runs for its spec.
 
     Conductor is asked once for the open workflows of all the specs concerned, and once
-    more (closed ones included) for the specs whose fires were attempted before.
+    more (closed ones included) for the specs whose fires were attempted before. Returns
+    each fire's outcome as recorded (FireOutcome.superseded: another attempt's).
     """
     if not jobs:
         return []
+    return _record_outcomes(services, _attempt_starts(services, jobs))
+
+
+def _attempt_starts(services: Services, jobs: Sequence[FireJob]) -> list[FireOutcome]:
+    """One start attempt per claimed fire; nothing is recorded yet."""
     conductor = services.conductor
     names = sorted({job.spec_name for job in jobs})
     try:
@@ -329,9 +433,7 @@ def start_fires(services: Services, jobs: Sequence[FireJob]) -> list[FireOutcome
             if dead_run(services, run)
         }
     except (ConductorUnavailable, ConductorRefused) as exc:
-        failed = [_unavailable(job, str(exc)) for job in jobs]
-        _record_outcomes(services, failed)
-        return failed
+        return [_unavailable(job, str(exc)) for job in jobs]
 
     # A fire an earlier attempt did start is adopted first: whatever else holds, it ran.
     outcomes: list[FireOutcome] = []
@@ -350,17 +452,28 @@ def start_fires(services: Services, jobs: Sequence[FireJob]) -> list[FireOutcome
     passed = {outcome.fire_id for outcome in passed_over}
     jobs = [job for job in fresh if job.fire_id not in passed]
 
-    to_start: list[FireJob] = []
+    # Then each fire whose spec has a run open follows its overlapPolicy.
+    to_start: list[tuple[FireJob, tuple[str, ...]]] = []
+    buffers = _Buffers(services, jobs)
     for job in jobs:
-        if job.spec_name in busy or any(
-            w.status.is_open and w.workflow_id not in dead
+        running = tuple(
+            w.workflow_id
             for w in open_by_name.get(job.spec_name, [])
-        ):
-            running = [
-                w.workflow_id
-                for w in open_by_name.get(job.spec_name, [])
-                if w.status.is_open and w.workflow_id not in dead
-            ]
+            if w.status.is_open and w.workflow_id not in dead
+        )
+        this_pass = job.spec_name in busy
+        if not running and not this_pass:
+            action = OverlapAction.START
+        elif job.buffered:  # it holds the buffer already, whatever the policy is now
+            action = OverlapAction.BUFFER if buffers.free(job, own=True) else OverlapAction.SKIP
+        else:
+            action = on_overlap(
+                job.overlap_policy, buffer_free=buffers.free(job), started_this_pass=this_pass
+            )
+        if action is OverlapAction.BUFFER:
+            buffers.take(job)
+            outcomes.append(_buffered(job, running[0] if running else None))
+        elif action is OverlapAction.SKIP:
             outcomes.append(
                 FireOutcome(
                     job.fire_id,
@@ -369,17 +482,59 @@ def start_fires(services: Services, jobs: Sequence[FireJob]) -> list[FireOutcome
                     FireStatus.SKIPPED,
                     skip_reason=SkipReason.RUNNING,
                     workflow_id=running[0] if running else None,
+                    attempt=job.attempts,
                 )
             )
         else:
             busy.add(job.spec_name)
-            to_start.append(job)
+            others = running if action is OverlapAction.TERMINATE_AND_START else ()
+            to_start.append((job, others))
 
     version = DEFINITIONS.workflow_version(CREATE_BACKUP)
     with ThreadPoolExecutor(max_workers=START_CONCURRENCY) as pool:
-        outcomes.extend(pool.map(lambda job: _start_one(services, job, version), to_start))
-    _record_outcomes(services, outcomes)
+        outcomes.extend(
+            pool.map(lambda one: _start_one(services, one[0], one[1], version), to_start)
+        )
     return outcomes
+
+
+class _Buffers:
+    """Which specs' buffer (overlapPolicy bufferOne: one waiting fire) is taken.
+
+    Taken by a buffered fire outside this batch (read once, only when asked), or by a fire
+    of this batch buffered a moment ago. A buffered fire of the batch that starts now
+    leaves it free for the next one.
+    """
+
+    def __init__(self, services: Services, jobs: Sequence[FireJob]) -> None:
+        self._services = services
+        self._jobs = jobs
+        self._outside: set[int] | None = None
+        self._taken: set[int] = set()
+
+    def free(self, job: FireJob, *, own: bool = False) -> bool:
+        if job.spec_id in self._taken:
+            return False
+        return own or job.spec_id not in self._held_outside()
+
+    def take(self, job: FireJob) -> None:
+        self._taken.add(job.spec_id)
+
+    def _held_outside(self) -> set[int]:
+        if self._outside is None:
+            batch = [job.fire_id for job in self._jobs]
+            with self._services.db() as session:
+                self._outside = set(
+                    session.scalars(
+                        select(Fire.spec_id).where(
+                            Fire.spec_id.in_(sorted({job.spec_id for job in self._jobs})),
+                            Fire.status == FireStatus.PENDING.value,
+                            Fire.skip_reason == BUFFERED,
+                            Fire.id.not_in(batch),
+                        )
+                    )
+                )
+        return self._outside
 
 
 def _unlisted_open_runs(
@@ -420,9 +575,11 @@ def _passed_over(jobs: Sequence[FireJob], now: datetime) -> list[FireOutcome]:
 
     A fire left PENDING (Conductor refused or was down) keeps its spec's misfire grace, and
     of several PENDING fires of one spec only the latest may start: a late scheduler never
-    catches up in a burst. Manual fires are started whenever they can be.
+    catches up in a burst. Manual fires are started whenever they can be, and so are
+    buffered ones: they waited behind a run, not for a late scheduler (at most one a spec).
     """
     latest: dict[str, datetime] = {}
+    jobs = [job for job in jobs if not job.buffered]
     for job in jobs:
         if not job.manual and now - job.scheduled_at <= timedelta(
             seconds=job.misfire_grace_seconds
@@ -437,6 +594,7 @@ def _passed_over(jobs: Sequence[FireJob], now: datetime) -> list[FireOutcome]:
             job.scheduled_at,
             FireStatus.SKIPPED,
             skip_reason=SkipReason.MISFIRE,
+            attempt=job.attempts,
         )
         for job in jobs
         if not job.manual and job.scheduled_at != latest.get(job.spec_name)
@@ -444,17 +602,41 @@ def _passed_over(jobs: Sequence[FireJob], now: datetime) -> list[FireOutcome]:
 
 
 def _started_for(job: FireJob, workflows: Iterable[WorkflowRun]) -> str | None:
+    """The run an earlier attempt started for this fire.
+
+    Its scheduledTime must match too (when it has one): SQLite reuses the ids of deleted
+    rows, so a spec purged and created again may see a fire id its old runs carry.
+    """
+    expected = _scheduled_time(job.scheduled_at)
     for workflow in workflows:
-        if workflow.fire_id == job.fire_id:
+        if workflow.fire_id == job.fire_id and (
+            workflow.input.get("scheduledTime", expected) == expected
+        ):
             return workflow.workflow_id
     return None
 
 
-def _start_one(services: Services, job: FireJob, version: int) -> FireOutcome:
-    if job.claimed_until is not None and services.clock() > job.claimed_until - START_MARGIN:
-        # Too late to start under this claim: a start still under way when it lapses could
-        # land after another attempt looked for it, and start the fire twice.
+def _scheduled_time(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def _start_one(
+    services: Services, job: FireJob, others: Sequence[str], version: int
+) -> FireOutcome:
+    """Start the fire's create_backup; first terminate `others` (overlapPolicy terminateOther)."""
+    if _claim_lapsing(services, job):
         return _unavailable(job, "the claim lapsed before the start; tried again next pass")
+    terminated: tuple[str, ...] = ()
+    reason = terminate_reason(job) if others else None
+    if others:
+        assert reason is not None
+        terminated, problem = _terminate_others(services, job, others, reason)
+        if problem is None and _claim_lapsing(services, job):
+            problem = "the claim lapsed before the start; tried again next pass"
+        if problem is not None:  # tried again next pass; what was terminated is recorded
+            return dataclass_replace(
+                _unavailable(job, problem), terminated=terminated, terminate_reason=reason
+            )
     try:
         workflow_id = services.conductor.start_workflow(
             CREATE_BACKUP,
@@ -464,13 +646,13 @@ def _start_one(services: Services, job: FireJob, version: int) -> FireOutcome:
                 "backupName": job.spec_name,
                 "workerConfig": job.worker_config,
                 "timeoutSeconds": job.timeout_seconds,
-                "scheduledTime": job.scheduled_at.isoformat().replace("+00:00", "Z"),
+                "scheduledTime": _scheduled_time(job.scheduled_at),
                 "fireId": job.fire_id,
                 "manual": job.manual,
             },
         )
     except ConductorUnavailable as exc:
-        return _unavailable(job, str(exc))
+        outcome = _unavailable(job, str(exc))
     except ConductorRefused as exc:  # an answer Conductor should not give: keep the fire, say why
         log.error(
             "spec %s: could not start create_backup: %s",
@@ -478,15 +660,70 @@ def _start_one(services: Services, job: FireJob, version: int) -> FireOutcome:
             exc,
             extra={"backup": job.spec_name},
         )
-        return _unavailable(job, str(exc), refused=True)
-    log.info(
-        "spec %s: create_backup %s started for %s",
-        job.spec_name,
-        workflow_id,
-        job.scheduled_at.isoformat(),
-        extra={"backup": job.spec_name, "workflow_id": workflow_id},
+        outcome = _unavailable(job, str(exc), refused=True)
+    else:
+        log.info(
+            "spec %s: create_backup %s started for %s",
+            job.spec_name,
+            workflow_id,
+            job.scheduled_at.isoformat(),
+            extra={"backup": job.spec_name, "workflow_id": workflow_id},
+        )
+        outcome = _started(job, workflow_id, services.clock())
+    return dataclass_replace(outcome, terminated=terminated, terminate_reason=reason)
+
+
+def _claim_lapsing(services: Services, job: FireJob) -> bool:
+    """Too late to start under this claim: a start still under way when it lapses could
+    land after another attempt looked for it, and start the fire twice."""
+    return job.claimed_until is not None and services.clock() > job.claimed_until - START_MARGIN
+
+
+def terminate_reason(job: FireJob) -> str:
+    """What a run terminated for this fire shows, in Conductor and in its backup's record."""
+    what = "the manual backup requested" if job.manual else "the fire"
+    return (
+        f"{TERMINATED_BY_OVERLAP} for {what} at "
+        f"{_scheduled_time(job.scheduled_at)} (fire {job.fire_id})"
     )
-    return _started(job, workflow_id, services.clock())
+
+
+def _terminate_others(
+    services: Services, job: FireJob, others: Sequence[str], reason: str
+) -> tuple[tuple[str, ...], str | None]:
+    """Terminate the spec's running create_backups: the ones terminated, and why it stopped
+    short (Conductor unreachable: the fire is tried again, and does not start meanwhile).
+
+    One that ended meanwhile (Conductor refuses to terminate it, or has it no more) is
+    passed over: it is running no more, which is all the new start needs. Whatever data a
+    terminated run's `backup` task handed over is still recorded when the run's end is
+    followed (backtor.scheduling.outcomes); a storage worker keeps no file of a task
+    cancelled under it.
+    """
+    terminated: list[str] = []
+    for workflow_id in others:
+        try:
+            services.conductor.terminate_workflow(workflow_id, reason)
+        except ConductorUnavailable as exc:
+            return tuple(terminated), f"could not terminate create_backup {workflow_id}: {exc}"
+        except (ConductorNotFound, ConductorRefused) as exc:
+            log.info(
+                "spec %s: create_backup %s was not terminated (%s); it ended already",
+                job.spec_name,
+                workflow_id,
+                exc,
+                extra={"backup": job.spec_name, "workflow_id": workflow_id},
+            )
+            continue
+        terminated.append(workflow_id)
+        log.warning(
+            "spec %s: create_backup %s %s",
+            job.spec_name,
+            workflow_id,
+            reason,
+            extra={"backup": job.spec_name, "workflow_id": workflow_id},
+        )
+    return tuple(terminated), None
 
 
 def _started(job: FireJob, workflow_id: str, at: datetime | None = None) -> FireOutcome:
@@ -497,6 +734,22 @@ def _started(job: FireJob, workflow_id: str, at: datetime | None = None) -> Fire
         FireStatus.STARTED,
         workflow_id=workflow_id,
         started_at=at,
+        attempt=job.attempts,
+    )
+
+
+def _buffered(job: FireJob, running: str | None) -> FireOutcome:
+    """The fire waits (PENDING, marked buffered) for the spec's running create_backup."""
+    behind = f"create_backup {running}" if running else "a create_backup started this pass"
+    return FireOutcome(
+        job.fire_id,
+        job.spec_name,
+        job.scheduled_at,
+        FireStatus.PENDING,
+        workflow_id=running,
+        error=f"buffered (overlapPolicy bufferOne): waits for {behind} to end",
+        attempt=job.attempts,
+        buffered=True,
     )
 
 
@@ -509,14 +762,27 @@ def _unavailable(job: FireJob, error: str, *, refused: bool = False) -> FireOutc
         FireStatus.PENDING,
         error=error[:500],
         refused=refused,
+        attempt=job.attempts,
     )
 
 
-def give_up_fire(session: Session, fire_id: int, now: datetime) -> None:
-    """Close a manual fire that could not start (its caller was told so)."""
+def give_up_fire(
+    session: Session, fire_id: int, now: datetime, *, attempt: int | None = None
+) -> bool:
+    """Close a manual fire that could not start (its caller was told so); True if closed.
+
+    Fenced, so that a fire another attempt is starting, or started, is never closed under
+    it: only a PENDING fire still under the caller's claim (`attempt`), or, without one,
+    under no live claim at all. A fire that is gone (its spec purged) is left alone.
+    """
+    fence = (
+        Fire.attempts == attempt
+        if attempt is not None
+        else or_(Fire.claimed_until.is_(None), Fire.claimed_until < now)
+    )
     spec_id = session.execute(
         update(Fire)
-        .where(Fire.id == fire_id, Fire.status == FireStatus.PENDING.value)
+        .where(Fire.id == fire_id, Fire.status == FireStatus.PENDING.value, fence)
         .values(
             status=FireStatus.SKIPPED.value,
             skip_reason=SkipReason.CONDUCTOR_UNAVAILABLE.value,
@@ -529,62 +795,251 @@ def give_up_fire(session: Session, fire_id: int, now: datetime) -> None:
         name = session.scalar(select(BackupSpec.name).where(BackupSpec.id == spec_id)) or ""
         counters.increment(session, counters.SKIPPED, name, SkipReason.CONDUCTOR_UNAVAILABLE.value)
     session.commit()
+    return spec_id is not None
 
 
-def _record_outcomes(services: Services, outcomes: Sequence[FireOutcome]) -> None:
+DUPLICATE_REASON = "a duplicate start of a fire that has its own run: terminated by Backtor"
+
+
+def _record_outcomes(services: Services, outcomes: Sequence[FireOutcome]) -> list[FireOutcome]:
+    """Record each attempt's outcome, fenced by its claim; returns what the ledger holds.
+
+    An attempt can stall past its claim (a process paused between its check and its start,
+    or before this write) while another attempt takes the fire over. So an outcome is
+    written only while the fire is still PENDING under this attempt's claim (`attempts`);
+    a STARTED fire is never overwritten. A run this attempt started all the same is the
+    fire's start if the fire has none (adopted, even over a SKIPPED), or a duplicate
+    (terminated, whatever data it took recorded). A fire that is gone is passed over.
+    """
+    if not outcomes:
+        return []
     now = services.clock()
-    fire_rows: list[dict[str, Any]] = []
-    spec_rows: dict[str, dict[str, Any]] = {}
-    for outcome in outcomes:
-        row: dict[str, Any] = {
-            "id": outcome.fire_id,
-            "status": outcome.status.value,
-            "claimed_until": None,
-            "error": outcome.error,
-        }
-        if outcome.status is FireStatus.STARTED:
-            row |= {"workflow_id": outcome.workflow_id, "started_at": outcome.started_at or now}
-            spec_rows[outcome.spec_name] = {"running_create_workflow_id": outcome.workflow_id}
-        elif outcome.status is FireStatus.SKIPPED:
-            assert outcome.skip_reason is not None
-            row["skip_reason"] = outcome.skip_reason.value
-            spec_rows.setdefault(outcome.spec_name, {}).update(
-                last_skip_at=now, last_skip_reason=outcome.skip_reason.value
-            )
-            log.info(
-                "spec %s: fire %s skipped (%s)",
-                outcome.spec_name,
-                outcome.scheduled_at.isoformat(),
-                outcome.skip_reason.value,
-                extra={"backup": outcome.spec_name, "workflow_id": outcome.workflow_id},
-            )
-        fire_rows.append(row)
+    recorded: list[FireOutcome] = []
+    duplicates: list[FireOutcome] = []
     with services.db.begin() as session:
-        if fire_rows:
-            session.execute(update(Fire), fire_rows)
-            _count_outcomes(session, outcomes, fire_rows)
-        for name, values in spec_rows.items():
-            session.execute(update(BackupSpec).where(BackupSpec.name == name).values(**values))
+        for outcome in outcomes:
+            if outcome.status is FireStatus.STARTED and outcome.started_at is None:
+                outcome = dataclass_replace(outcome, started_at=now)
+            if outcome.terminated:
+                _note_terminated(session, outcome)
+            spec_id = _write_outcome(session, outcome, now)
+            if spec_id is not None:
+                _account(session, spec_id, outcome, now)
+                recorded.append(outcome)
+            elif outcome.status is FireStatus.STARTED:
+                recorded.append(_place_run(session, outcome, now, duplicates))
+            else:
+                recorded.append(_ledger_state(session, outcome))
+    for duplicate in duplicates:
+        _stop_duplicate(services, duplicate)
+    return recorded
 
 
-def _count_outcomes(
-    session: Session, outcomes: Sequence[FireOutcome], rows: Sequence[Mapping[str, Any]]
-) -> None:
-    """Trigger, skip and warning counters and the schedule lag, in the outcomes' transaction."""
-    for outcome, row in zip(outcomes, rows, strict=True):
-        name = outcome.spec_name
-        if outcome.status is FireStatus.STARTED:
-            counters.increment(session, counters.TRIGGER, name, "success")
-            lag = row["started_at"] - outcome.scheduled_at
-            counters.observe_schedule_lag(session, lag.total_seconds())
-        elif outcome.status is FireStatus.SKIPPED:
-            reason = outcome.skip_reason.value if outcome.skip_reason else "unknown"
-            counters.increment(session, counters.TRIGGER, name, "error")
+def _write_outcome(session: Session, outcome: FireOutcome, now: datetime) -> int | None:
+    """The fenced write of one outcome; its fire's spec id, or None when it missed."""
+    values: dict[str, Any] = {
+        "status": outcome.status.value,
+        "claimed_until": None,
+        "error": outcome.error,
+    }
+    if outcome.status is FireStatus.STARTED:
+        values |= {
+            "workflow_id": outcome.workflow_id,
+            "started_at": outcome.started_at,
+            "skip_reason": None,  # the buffered mark
+            "checked_at": None,  # from here on: when the run was last looked inside
+        }
+    elif outcome.buffered:
+        # checked_at: when it was found waiting; it is not looked at again before
+        # BUFFER_POLL, nor while the run Backtor follows runs (not_waiting).
+        values |= {"skip_reason": BUFFERED, "checked_at": now}
+    elif outcome.status is FireStatus.SKIPPED:
+        assert outcome.skip_reason is not None
+        values["skip_reason"] = outcome.skip_reason.value
+        if outcome.given_up:
+            values["finished_at"] = now
+    return session.execute(
+        update(Fire)
+        .where(
+            Fire.id == outcome.fire_id,
+            Fire.status == FireStatus.PENDING.value,
+            Fire.attempts == outcome.attempt,
+        )
+        .values(**values)
+        .returning(Fire.spec_id)
+    ).scalar()
+
+
+def _note_terminated(session: Session, outcome: FireOutcome) -> None:
+    """The fires whose runs this attempt terminated say why (their outcome follows)."""
+    session.execute(
+        update(Fire)
+        .where(
+            Fire.workflow_id.in_(list(outcome.terminated)),
+            Fire.status == FireStatus.STARTED.value,
+        )
+        .values(error=outcome.terminate_reason)
+    )
+
+
+def _place_run(
+    session: Session, outcome: FireOutcome, now: datetime, duplicates: list[FireOutcome]
+) -> FireOutcome:
+    """A run this attempt started after another attempt took its fire over.
+
+    Still unstarted (PENDING under another claim, or SKIPPED): the run is the fire's start,
+    and the other attempt, if it starts one too, finds this one recorded and stops its own.
+    Started with another run, or gone: this run is a duplicate, stopped after the commit.
+    """
+    spec_id = session.execute(
+        update(Fire)
+        .where(
+            Fire.id == outcome.fire_id,
+            Fire.status.in_((FireStatus.PENDING.value, FireStatus.SKIPPED.value)),
+        )
+        .values(
+            status=FireStatus.STARTED.value,
+            workflow_id=outcome.workflow_id,
+            started_at=outcome.started_at,
+            skip_reason=None,
+            claimed_until=None,
+            finished_at=None,
+            error=None,
+            checked_at=None,
+        )
+        .returning(Fire.spec_id)
+    ).scalar()
+    if spec_id is not None:
+        log.warning(
+            "spec %s: fire %s was taken over by another attempt before it started; "
+            "create_backup %s, started by this one, is its run",
+            outcome.spec_name,
+            outcome.fire_id,
+            outcome.workflow_id,
+            extra={"backup": outcome.spec_name, "workflow_id": outcome.workflow_id},
+        )
+        _account(session, spec_id, outcome, now)
+        return outcome
+    held = _ledger_state(session, outcome)
+    if held.status is FireStatus.STARTED and held.workflow_id == outcome.workflow_id:
+        return outcome  # the other attempt found this run and recorded it
+    duplicates.append(outcome)
+    return held
+
+
+def _ledger_state(session: Session, outcome: FireOutcome) -> FireOutcome:
+    """What the ledger holds for a fire another attempt decided (or that is gone)."""
+    row = session.execute(
+        select(Fire.status, Fire.workflow_id, Fire.skip_reason, Fire.attempts).where(
+            Fire.id == outcome.fire_id
+        )
+    ).first()
+    if row is None:
+        return dataclass_replace(
+            outcome,
+            status=FireStatus.PENDING,
+            workflow_id=None,
+            error="the fire is gone: its spec was deleted",
+            superseded=True,
+        )
+    buffered = row.skip_reason == BUFFERED
+    return FireOutcome(
+        outcome.fire_id,
+        outcome.spec_name,
+        outcome.scheduled_at,
+        FireStatus(row.status),
+        workflow_id=row.workflow_id,
+        skip_reason=SkipReason(row.skip_reason) if row.skip_reason and not buffered else None,
+        attempt=row.attempts,
+        superseded=True,
+        buffered=buffered and row.status == FireStatus.PENDING.value,
+    )
+
+
+def _account(session: Session, spec_id: int, outcome: FireOutcome, now: datetime) -> None:
+    """The spec's running/skip fields and the counters, for an outcome just recorded."""
+    name = outcome.spec_name
+    if outcome.status is FireStatus.STARTED:
+        assert outcome.started_at is not None
+        session.execute(
+            update(BackupSpec)
+            .where(BackupSpec.id == spec_id)
+            .values(running_create_workflow_id=outcome.workflow_id)
+        )
+        counters.increment(session, counters.TRIGGER, name, "success")
+        lag = outcome.started_at - outcome.scheduled_at
+        counters.observe_schedule_lag(session, lag.total_seconds())
+    elif outcome.status is FireStatus.SKIPPED and not outcome.given_up:
+        assert outcome.skip_reason is not None
+        reason = outcome.skip_reason.value
+        session.execute(
+            update(BackupSpec)
+            .where(BackupSpec.id == spec_id)
+            .values(last_skip_at=now, last_skip_reason=reason)
+        )
+        log.info(
+            "spec %s: fire %s skipped (%s)",
+            name,
+            outcome.scheduled_at.isoformat(),
+            reason,
+            extra={"backup": name, "workflow_id": outcome.workflow_id},
+        )
+        counters.increment(session, counters.TRIGGER, name, "error")
+        counters.increment(session, counters.SKIPPED, name, reason)
+        counters.increment(session, counters.WARN, name, "warning")
+    elif outcome.buffered:  # not an error: it starts once the running one ends
+        log.info(
+            "spec %s: fire %s buffered behind create_backup %s (overlapPolicy bufferOne)",
+            name,
+            outcome.scheduled_at.isoformat(),
+            outcome.workflow_id,
+            extra={"backup": name, "workflow_id": outcome.workflow_id},
+        )
+    else:  # still PENDING (Conductor unreachable or refusing: tried again later), or given up
+        counters.increment(session, counters.TRIGGER, name, "error")
+        counters.increment(session, counters.WARN, name, "error")
+        if outcome.given_up:
+            reason = SkipReason.CONDUCTOR_UNAVAILABLE.value
             counters.increment(session, counters.SKIPPED, name, reason)
-            counters.increment(session, counters.WARN, name, "warning")
-        else:  # still PENDING: Conductor unreachable or refusing; tried again later
-            counters.increment(session, counters.TRIGGER, name, "error")
-            counters.increment(session, counters.WARN, name, "error")
+
+
+def _stop_duplicate(services: Services, outcome: FireOutcome) -> None:
+    """Terminate a create_backup its fire does not own; record any data it took first.
+
+    Its fire started another run (the two attempts raced), or the fire is gone. A storage
+    worker keeps no file of a run terminated under it; a backup it finished before is
+    recorded here, as nothing else follows this run.
+    """
+    workflow_id = outcome.workflow_id
+    assert workflow_id is not None
+    extra = {"backup": outcome.spec_name, "workflow_id": workflow_id}
+    try:
+        try:
+            services.conductor.terminate_workflow(workflow_id, DUPLICATE_REASON)
+        except ConductorNotFound:
+            return
+        except ConductorRefused:
+            pass  # it ended already (a COMPLETED run cannot be terminated): its data is read
+        workflow = services.conductor.get_workflow(workflow_id, include_tasks=True)
+    except (ConductorUnavailable, ConductorRefused) as exc:
+        log.error(
+            "spec %s: create_backup %s duplicates the run of fire %s and could not be "
+            "stopped (%s); the data it takes is still recorded by its own apply_retention",
+            outcome.spec_name,
+            workflow_id,
+            outcome.fire_id,
+            exc,
+            extra=extra,
+        )
+        return
+    log.warning(
+        "spec %s: create_backup %s duplicated the run of fire %s: terminated",
+        outcome.spec_name,
+        workflow_id,
+        outcome.fire_id,
+        extra=extra,
+    )
+    record_stray_data(services, outcome.spec_name, outcome.scheduled_at, workflow)
 
 
 # -- a manual trigger's start ---------------------------------------------------------------
@@ -592,25 +1047,49 @@ def _count_outcomes(
 
 @dataclass(frozen=True)
 class ManualStart:
-    """A manual fire's start. `unconfirmed`: the start's answer was lost and Conductor could
-    not be asked whether it happened, so the fire stays PENDING for the scheduler."""
+    """A manual fire's start. `outcome` is the attempt's, or the ledger's when another
+    attempt decided the fire first. `unconfirmed`: the fire stays PENDING for the scheduler
+    (the start's answer was lost and Conductor could not be asked whether it happened, or
+    another attempt holds the fire)."""
 
     outcome: FireOutcome
     unconfirmed: bool = False
 
 
-def start_manual_fire(services: Services, job: FireJob) -> ManualStart:
+def start_manual_fire(
+    services: Services, job: FireJob, overlap: OverlapPolicy | None = None
+) -> ManualStart:
     """start_fires for one claimed manual fire, never losing track of a start that happened.
 
     A start whose answer is lost (timeout, garbled 2xx) may have created the workflow. The
     trigger cannot wait for the scheduler's retry (it must answer now), so it asks Conductor
     at once for the spec's create_backup runs carrying this fire's id: found, the fire is
     STARTED with it; not found, nothing started; the question failing too, `unconfirmed`.
+    A fire known not to have started is closed (SKIPPED, conductor_unavailable) in the same
+    fenced write, so no pass takes it between the write and the caller's answer.
+
+    `overlap` overrides the spec's overlapPolicy for this attempt (the trigger's
+    `?overlap=`); a fire it leaves buffered stays PENDING for the scheduler, which starts
+    it once the running one ends (under the spec's own policy, should it be tried again).
     """
+    if overlap is not None:
+        job = dataclass_replace(job, overlap_policy=overlap)
     checked = _LostStartLookup(services.conductor, job.fire_id)
-    (outcome,) = start_fires(dataclass_replace(services, conductor=cast(Conductor, checked)), [job])
-    unconfirmed = checked.unconfirmed and outcome.status is FireStatus.PENDING
-    return ManualStart(outcome, unconfirmed)
+    looked_up = dataclass_replace(services, conductor=cast(Conductor, checked))
+    (attempted,) = _attempt_starts(looked_up, [job])
+    unconfirmed = checked.unconfirmed and attempted.status is FireStatus.PENDING
+    closing = attempted.status is FireStatus.PENDING and not unconfirmed and not attempted.buffered
+    given_up = dataclass_replace(
+        attempted,
+        status=FireStatus.SKIPPED,
+        skip_reason=SkipReason.CONDUCTOR_UNAVAILABLE,
+        given_up=True,
+    )
+    (recorded,) = _record_outcomes(services, [given_up if closing else attempted])
+    if recorded.superseded:
+        waiting = recorded.status is FireStatus.PENDING and not recorded.buffered
+        return ManualStart(recorded, unconfirmed=waiting)
+    return ManualStart(attempted, unconfirmed)
 
 
 class _LostStartLookup:

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from backtor.conductor.names import BACKUP, CREATE_BACKUP
 from backtor.conductor.payloads import TaskRun, TaskStatus, WorkflowRun, WorkflowStatus
 from backtor.core.errors import ConductorNotFound, ConductorRefused, ConductorUnavailable
+from backtor.core.schedule import TERMINATED_BY_OVERLAP
 from backtor.db import counters
 from backtor.db.models import Backup, BackupSpec, BackupStatus, Fire, FireStatus
 from backtor.runtime.services import Services
@@ -236,6 +237,9 @@ def record_outcome(
                 start_time=workflow.start_time,
                 end_time=workflow.end_time or now,
                 error=f"create_backup {status}: {reason or 'no reason given'}",
+                now=services.clock(),  # in the transaction: an auto-pause's own moment
+                # overlapPolicy terminateOther ended it for a newer fire: not a failure.
+                counts_as_failure=not (reason or "").startswith(TERMINATED_BY_OVERLAP),
             )
         if recorded_data and status != "COMPLETED":
             apply_plan(session, spec, now, services.settings.max_removals_per_run)
@@ -256,6 +260,38 @@ def record_outcome(
         status,
         extra={"backup": spec_name, "workflow_id": workflow_id},
     )
+
+
+def record_stray_data(
+    services: Services, spec_name: str, scheduled_at: datetime, workflow: WorkflowRun
+) -> int:
+    """Record the data a create_backup no fire follows took (a duplicate Backtor stopped).
+
+    Only completed `backup` tasks count: such a run gets no no-data record, as it was never
+    the fire's run. Returns how many backups were recorded.
+    """
+    taken = [
+        found
+        for task in workflow.tasks
+        if (found := _taken_from_task(task, spec_name, workflow.workflow_id, scheduled_at))
+    ]
+    if not taken:
+        return 0
+    with services.db.begin() as session:
+        spec = session.scalar(select(BackupSpec).where(BackupSpec.name == spec_name))
+        if spec is None:
+            log.error(
+                "create_backup %s took %s for spec %s, which no longer exists: remove it by hand",
+                workflow.workflow_id,
+                ", ".join(found.data_id for found in taken),
+                spec_name,
+                extra={"backup": spec_name, "workflow_id": workflow.workflow_id},
+            )
+            return 0
+        for found in taken:
+            record_taken(session, spec, found)
+        apply_plan(session, spec, services.clock(), services.settings.max_removals_per_run)
+    return len(taken)
 
 
 def _has_data(session: Any, spec_id: int, workflow_id: str) -> bool:

@@ -1,7 +1,9 @@
 """Pins: a backup held outside the retention policy (a legal hold, a known-good baseline).
 
 A pin changes what the plan keeps, so the spec's stored tags are refreshed at once; it
-never starts a removal (removals happen only in retention runs, under their cap).
+never starts a removal (removals happen only in retention runs, under their cap). A pin on
+an EXPIRING backup (its removal waiting out removalDelaySeconds) rescues it: COMPLETED
+again, expires_at cleared.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from sqlalchemy.orm import Session
 
 from backtor.core.errors import Conflict, NotFound
 from backtor.db.models import Backup, BackupSpec, BackupStatus
-from backtor.scheduling.recording import plan_for, store_tags
+from backtor.scheduling.recording import plan_for, rescue_kept, store_tags
 
 log = logging.getLogger(__name__)
+
+PINNABLE = (BackupStatus.COMPLETED.value, BackupStatus.EXPIRING.value)
 
 
 class BackupNotFound(NotFound):
@@ -27,12 +31,12 @@ class BackupNotFound(NotFound):
 
 
 class NotPinnable(Conflict):
-    """Only a COMPLETED backup can be pinned: others have no data, or it is going."""
+    """Only a COMPLETED or EXPIRING backup can be pinned: others have no data, or it is going."""
 
     def __init__(self, backup_id: int, status: str) -> None:
         super().__init__(
-            f"backup {backup_id} is {status}: only a COMPLETED backup can be pinned "
-            "(a REMOVING or REMOVED one has its data going or gone)",
+            f"backup {backup_id} is {status}: only a COMPLETED or EXPIRING backup can be "
+            "pinned (a REMOVING or REMOVED one has its data going or gone)",
             "id",
         )
         self.backup_id = backup_id
@@ -49,17 +53,21 @@ class SpecPurging(Conflict):
 def set_pinned(session: Session, spec: BackupSpec, backup_id: int, pinned: bool) -> Backup:
     """Pin or unpin one backup of ``spec`` (idempotent), then refresh the spec's tags.
 
-    Pinning is one conditional UPDATE on ``status = COMPLETED``: a retention run marking
-    the same row REMOVING either sees the pin (and skips the row) or wins, and the pin
-    then finds the row REMOVING and fails. Pinning under a purge is refused (a purge
-    removes pinned backups too); unpinning is always allowed. The caller commits.
+    Pinning is one conditional UPDATE on ``status`` COMPLETED or EXPIRING (which it makes
+    COMPLETED again, expires_at cleared): a retention run marking the same row, or the
+    removal outbox moving an EXPIRING one to REMOVING, either sees the pin (and skips the
+    row) or wins, and the pin then finds the row REMOVING and fails. Pinning under a purge
+    is refused (a purge removes pinned backups too); unpinning is always allowed. The
+    caller commits.
     """
     if pinned and spec.deleting:
         raise SpecPurging(spec.name)
     query = update(Backup).where(Backup.id == backup_id, Backup.spec_id == spec.id)
+    values: dict[str, object] = {"pinned": pinned}
     if pinned:
-        query = query.where(Backup.status == BackupStatus.COMPLETED.value)
-    changed = session.execute(query.values(pinned=pinned).returning(Backup.id)).first()
+        query = query.where(Backup.status.in_(PINNABLE))
+        values |= {"status": BackupStatus.COMPLETED.value, "expires_at": None}
+    changed = session.execute(query.values(**values).returning(Backup.id)).first()
     if changed is None:
         status = session.scalar(
             select(Backup.status).where(Backup.id == backup_id, Backup.spec_id == spec.id)
@@ -67,7 +75,11 @@ def set_pinned(session: Session, spec: BackupSpec, backup_id: int, pinned: bool)
         if status is None:
             raise BackupNotFound(spec.name, backup_id)
         raise NotPinnable(backup_id, status)
-    store_tags(session, spec, plan_for(session, spec))
+    plan = plan_for(session, spec)
+    store_tags(session, spec, plan)
+    # A pinned backup leaves its period's competition: another one may represent it now,
+    # and an EXPIRING one that the plan keeps again is rescued too.
+    rescue_kept(session, spec, plan)
     log.info(
         "spec %s: backup %s %s",
         spec.name,

@@ -9,23 +9,29 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from backtor.core.policy import RetentionPolicy
+from backtor.core.policy import KEEP_WITHIN_FIELD, LAST_FIELD, RetentionPolicy
 from backtor.core.retention import COMPLETED, BackupRecord, RetentionPlan, plan_retention
+from backtor.core.specs import MAX_PAUSED_REASON_CHARS
 from backtor.db import counters
 from backtor.db.models import Backup, BackupSpec, BackupStatus
 from backtor.db.repository import retention_fields
+from backtor.scheduling import notices
 
 log = logging.getLogger(__name__)
 
 FAILED_STATUSES = (BackupStatus.FAILED.value, BackupStatus.TIMED_OUT.value)
+# Retention candidates: COMPLETED backups, and EXPIRING ones (the plan removed them, their
+# removal waits out removalDelaySeconds): a plan that keeps one again puts it back.
+CANDIDATE_STATUSES = (BackupStatus.COMPLETED.value, BackupStatus.EXPIRING.value)
+AUTO_PAUSE_REASON = "auto-paused after {count} consecutive failed backups; last: {error}"
 
 
 @dataclass(frozen=True)
@@ -51,7 +57,13 @@ def parse_size(value: Any) -> float | None:
 
 
 def policy_of(spec: BackupSpec) -> RetentionPolicy:
-    return RetentionPolicy.from_fields(retention_fields(spec))
+    return RetentionPolicy.from_fields(
+        {
+            **retention_fields(spec),
+            KEEP_WITHIN_FIELD: spec.retention_keep_within,
+            LAST_FIELD: spec.retention_last,
+        }
+    )
 
 
 def record_taken(session: Session, spec: BackupSpec, taken: TakenBackup) -> Backup:
@@ -85,6 +97,8 @@ def record_taken(session: Session, spec: BackupSpec, taken: TakenBackup) -> Back
     backup.end_time = taken.end_time
     backup.last_error = None
     session.flush()
+    reset_failures(session, spec.id)
+    notices.backup_succeeded(session, spec, backup)
     log.info(
         "spec %s: backup %s recorded (dataId %s)",
         spec.name,
@@ -93,6 +107,17 @@ def record_taken(session: Session, spec: BackupSpec, taken: TakenBackup) -> Back
         extra={"backup": spec.name, "workflow_id": taken.workflow_id},
     )
     return backup
+
+
+@dataclass(frozen=True)
+class FailureRecorded:
+    """What record_failed did: `recorded` a new no-data record (False: one existed);
+    `consecutive` failures of the spec so far (0 when not counted); `paused`: this failure
+    auto-paused the spec (autoPauseAfterFailures reached)."""
+
+    recorded: bool
+    consecutive: int = 0
+    paused: bool = False
 
 
 def record_failed(
@@ -105,20 +130,26 @@ def record_failed(
     start_time: datetime | None,
     end_time: datetime | None,
     error: str | None,
-) -> None:
+    now: datetime | None = None,
+    counts_as_failure: bool = True,
+) -> FailureRecorded:
     """Record a create_backup run that produced no data (once per workflow).
 
     The unique index on no-data runs decides, not a look first: two passes that see the
-    run end at the same moment write one record.
+    run end at the same moment write one record. A record written (not one that existed)
+    counts as a consecutive failure of the spec, in this transaction, unless
+    `counts_as_failure` is False (a run Backtor itself ended on purpose); reaching the
+    spec's autoPauseAfterFailures disables it (count_failure). `now` is when the record
+    is written (default: `end_time`).
     """
     exists = session.scalar(
         select(Backup.id).where(Backup.spec_id == spec.id, Backup.create_workflow_id == workflow_id)
     )
     if exists is not None:
-        return
+        return FailureRecorded(recorded=False)
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    session.execute(
+    written = session.execute(
         insert(Backup)
         .values(
             spec_id=spec.id,
@@ -133,25 +164,106 @@ def record_failed(
             index_elements=["create_workflow_id"],
             index_where=Backup.backup_task_id.is_(None),
         )
+        .returning(Backup.id)
+    ).first()
+    if written is None:
+        return FailureRecorded(recorded=False)  # another pass wrote it (and counted it)
+    if not counts_as_failure:
+        return FailureRecorded(recorded=True)
+    moment = now or end_time or scheduled_at
+    notices.backup_failed(session, spec, status.value, workflow_id, error, moment)
+    return count_failure(session, spec, moment, error or f"create_backup {status.value}")
+
+
+def count_failure(session: Session, spec: BackupSpec, now: datetime, error: str) -> FailureRecorded:
+    """One more consecutive failed backup of `spec`; auto-pause it at its threshold.
+
+    The count is incremented in SQL (`consecutive_failures + 1`), so concurrent recordings
+    each add one; the UPDATE also takes the spec's row lock (PostgreSQL; SQLite's writes are
+    serialised), so the pause below is decided on the row as it now is. A spec reaching
+    autoPauseAfterFailures (> 0) while enabled is disabled as a PUT with enabled 0 would
+    disable it: a fire already due is settled first (taken, not lost), next_fire_at is
+    cleared, and pausedReason says why. Once disabled, later failures only count.
+    """
+    row = session.execute(
+        update(BackupSpec)
+        .where(BackupSpec.id == spec.id)
+        .values(consecutive_failures=BackupSpec.consecutive_failures + 1)
+        .returning(
+            BackupSpec.consecutive_failures,
+            BackupSpec.auto_pause_after_failures,
+            BackupSpec.enabled,
+            BackupSpec.deleting,
+        )
+        .execution_options(synchronize_session=False)
+    ).first()
+    if row is None:
+        return FailureRecorded(recorded=True)
+    count, threshold, enabled, deleting = row
+    if threshold <= 0 or count < threshold or not enabled or deleting:
+        return FailureRecorded(recorded=True, consecutive=count)
+    _auto_pause(session, spec, now, count, error)
+    return FailureRecorded(recorded=True, consecutive=count, paused=True)
+
+
+def _auto_pause(session: Session, spec: BackupSpec, now: datetime, count: int, error: str) -> None:
+    # Imported here: fires imports outcomes, which imports this module.
+    from backtor.scheduling.fires import settle_due_fire
+
+    session.flush()
+    session.refresh(spec)  # the row as locked by count_failure's UPDATE
+    settle_due_fire(session, spec, now)  # a due fire is taken, as before a PUT's disable
+    reason = AUTO_PAUSE_REASON.format(count=count, error=" ".join(error.split()))
+    spec.enabled = False
+    spec.next_fire_at = None
+    spec.paused_reason = reason[:MAX_PAUSED_REASON_CHARS]
+    spec.last_update = now
+    session.flush()
+    log.warning(
+        "spec %s: %s",
+        spec.name,
+        spec.paused_reason,
+        extra={"backup": spec.name},
+    )
+
+
+def reset_failures(session: Session, spec_id: int) -> None:
+    """A backup succeeded: the spec's consecutive failures start again from 0."""
+    session.execute(
+        update(BackupSpec)
+        .where(BackupSpec.id == spec_id, BackupSpec.consecutive_failures != 0)
+        .values(consecutive_failures=0)
+        .execution_options(synchronize_session=False)
     )
 
 
 def completed_records(session: Session, spec_id: int) -> list[BackupRecord]:
-    """The spec's retention candidates: its COMPLETED backups, read in SQL (the index on
-    (spec_id, status)). The plan ignores every other status (docs/retention.md, step 1), so
-    the REMOVED history, which grows without bound, is never read."""
-    rows = session.execute(
-        select(Backup.id, Backup.scheduled_at, Backup.pinned).where(
-            Backup.spec_id == spec_id, Backup.status == BackupStatus.COMPLETED.value
-        )
-    ).all()
-    return [BackupRecord(str(row.id), row.scheduled_at, COMPLETED, row.pinned) for row in rows]
+    """The spec's retention candidates: its COMPLETED and EXPIRING backups (both as
+    COMPLETED to the plan: an EXPIRING one still holds its data, and a plan may keep it
+    again), read in SQL (the index on (spec_id, status)). The plan ignores every other
+    status (docs/retention.md, step 1), so the REMOVED history, which grows without bound,
+    is never read."""
+    return [
+        BackupRecord(str(row.id), row.scheduled_at, COMPLETED, row.pinned)
+        for row in _candidate_rows(session, spec_id)
+    ]
+
+
+def _candidate_rows(session: Session, spec_id: int) -> list[Any]:
+    """(id, scheduled_at, pinned, status) of the spec's retention candidates."""
+    return list(
+        session.execute(
+            select(Backup.id, Backup.scheduled_at, Backup.pinned, Backup.status).where(
+                Backup.spec_id == spec_id, Backup.status.in_(CANDIDATE_STATUSES)
+            )
+        ).all()
+    )
 
 
 def plan_for(
     session: Session, spec: BackupSpec, policy: RetentionPolicy | None = None
 ) -> RetentionPlan:
-    """The retention plan over the spec's COMPLETED backups (nothing changes).
+    """The retention plan over the spec's COMPLETED and EXPIRING backups (nothing changes).
 
     One decision per candidate, none for other statuses: the plan would only have marked
     them "ignore", and its keep/remove decisions do not depend on them.
@@ -161,17 +273,18 @@ def plan_for(
 
 
 def store_tags(session: Session, spec: BackupSpec, plan: RetentionPlan) -> int:
-    """Store the plan's tags on the spec's COMPLETED backups; returns how many rows changed.
+    """Store the plan's tags on the spec's candidates (COMPLETED, EXPIRING); returns how
+    many rows changed.
 
     Only rows whose tags differ are written, so refreshing an unchanged plan is cheap.
-    Other statuses keep the tags they had when they left COMPLETED: only COMPLETED rows are
-    read and written (a row that left COMPLETED since the plan was made is left alone).
+    Other statuses keep the tags they had when they left the candidates: only candidate
+    rows are read and written (a row that left them since the plan was made is left alone).
     """
     current = {
         row.id: row.tags
         for row in session.execute(
             select(Backup.id, Backup.tags).where(
-                Backup.spec_id == spec.id, Backup.status == BackupStatus.COMPLETED.value
+                Backup.spec_id == spec.id, Backup.status.in_(CANDIDATE_STATUSES)
             )
         )
     }
@@ -181,25 +294,59 @@ def store_tags(session: Session, spec: BackupSpec, plan: RetentionPlan) -> int:
         if backup_id in current:
             tags = ",".join(tier.value for tier in decision.tags)
             if current[backup_id] != tags:
-                tag_rows.append({"id": backup_id, "tags": tags})
+                tag_rows.append({"b_id": backup_id, "b_tags": tags})
     if tag_rows:
-        session.execute(update(Backup), tag_rows)
+        # Core, by id and still a candidate: a row that changed or went meanwhile is skipped
+        # (an ORM bulk UPDATE by primary key raises StaleDataError on it instead).
+        table = cast(Table, Backup.__table__)
+        session.execute(
+            update(table)
+            .where(
+                table.c.id == bindparam("b_id"),
+                # no IN in an executemany
+                or_(*(table.c.status == status for status in CANDIDATE_STATUSES)),
+            )
+            .values(tags=bindparam("b_tags")),
+            tag_rows,
+        )
     return len(tag_rows)
 
 
 def apply_plan(session: Session, spec: BackupSpec, now: datetime, max_removals: int) -> list[int]:
-    """Store each backup's tags and mark the plan's removals (oldest first, capped) REMOVING.
+    """Store each backup's tags and mark the plan's removals (oldest first, capped).
 
-    The removals are started by the removal outbox (scheduling.removals); the rest of the plan's
-    removals follow in later runs.
+    With removalDelaySeconds 0 they become REMOVING; with a delay, EXPIRING with expires_at =
+    now + delay, and the removal outbox (scheduling.removals) moves them to REMOVING once it
+    has passed. EXPIRING backups are candidates like COMPLETED ones: one the plan keeps
+    again goes back to COMPLETED; one it still removes keeps its expires_at and takes no
+    place under the cap (it was counted when it was marked). The removals are started by
+    the removal outbox; the rest of the plan's removals follow in later runs. Returns the
+    ids marked by this run.
     """
-    plan = plan_for(session, spec)
+    rows = _candidate_rows(session, spec.id)
+    records = [BackupRecord(str(row.id), row.scheduled_at, COMPLETED, row.pinned) for row in rows]
+    plan = plan_retention(records, policy_of(spec), ZoneInfo(spec.timezone))
     store_tags(session, spec, plan)
     counters.increment(session, counters.RETENTION_TASKS)
     counters.increment(session, counters.TAG, spec.name, "success")
-    removals = [int(d.id) for d in reversed(plan.decisions) if d.action == "remove"]
+    expiring = {row.id for row in rows if row.status == BackupStatus.EXPIRING.value}
+    _rescue(session, spec, [i for i in expiring if str(i) in plan.keep_ids])
+    removals = [
+        int(d.id)
+        for d in reversed(plan.decisions)
+        if d.action == "remove" and int(d.id) not in expiring
+    ]
     chosen = removals[:max_removals]
     if chosen:
+        delay = spec.removal_delay_seconds or 0
+        values: dict[str, Any] = (
+            {
+                "status": BackupStatus.EXPIRING.value,
+                "expires_at": now + timedelta(seconds=delay),
+            }
+            if delay > 0
+            else {"status": BackupStatus.REMOVING.value, "next_attempt_at": now}
+        )
         session.execute(
             update(Backup)
             .where(
@@ -207,15 +354,64 @@ def apply_plan(session: Session, spec: BackupSpec, now: datetime, max_removals: 
                 Backup.status == BackupStatus.COMPLETED.value,
                 Backup.pinned.is_(False),
             )
-            .values(status=BackupStatus.REMOVING.value, next_attempt_at=now)
+            .values(**values)
         )
         log.info(
-            "spec %s: retention removes %d backup(s)%s",
+            "spec %s: retention removes %d backup(s)%s%s",
             spec.name,
             len(chosen),
+            f" after {delay} s (EXPIRING)" if delay > 0 else "",
             f" ({len(removals) - len(chosen)} more in later runs)"
             if len(removals) > len(chosen)
             else "",
             extra={"backup": spec.name},
         )
     return chosen
+
+
+def rescue_kept(session: Session, spec: BackupSpec, plan: RetentionPlan | None = None) -> list[int]:
+    """Put the spec's EXPIRING backups that its plan keeps back to COMPLETED (expires_at
+    cleared): after a policy change (PUT) or a pin. Returns their ids.
+
+    Nothing is planned when the spec has no EXPIRING backup (most PUTs): one indexed look.
+    """
+    expiring = list(
+        session.scalars(
+            select(Backup.id).where(
+                Backup.spec_id == spec.id, Backup.status == BackupStatus.EXPIRING.value
+            )
+        )
+    )
+    if not expiring:
+        return []
+    if plan is None:
+        plan = plan_for(session, spec)
+    return _rescue(session, spec, [i for i in expiring if str(i) in plan.keep_ids])
+
+
+def _rescue(session: Session, spec: BackupSpec, ids: list[int]) -> list[int]:
+    """EXPIRING rows among `ids` become COMPLETED again (a conditional UPDATE: one the
+    removal outbox moved to REMOVING meanwhile stays there)."""
+    if not ids:
+        return []
+    rescued = list(
+        session.scalars(
+            update(Backup)
+            .where(
+                Backup.id.in_(ids),
+                Backup.spec_id == spec.id,
+                Backup.status == BackupStatus.EXPIRING.value,
+            )
+            .values(status=BackupStatus.COMPLETED.value, expires_at=None)
+            .returning(Backup.id)
+        )
+    )
+    if rescued:
+        log.info(
+            "spec %s: %d EXPIRING backup(s) kept again: %s",
+            spec.name,
+            len(rescued),
+            ", ".join(str(i) for i in sorted(rescued)),
+            extra={"backup": spec.name},
+        )
+    return rescued

@@ -3,6 +3,8 @@
 REMOVING rows are the outbox: a row is claimed, its workflow started, the workflow id
 stored. A removal that fails is tried again with a growing delay, never dropped; after a
 few failures its status says REMOVE_FAILED, so operators see it (it is still retried).
+EXPIRING rows (a removal delay) join the outbox once their expires_at has passed: they
+become REMOVING in the claim's transaction, then follow the same path.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import cast
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import Table, and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from backtor.conductor.names import REMOVE_BACKUP
@@ -25,12 +27,20 @@ from backtor.db import counters
 from backtor.db.models import Backup, BackupSpec, BackupStatus
 from backtor.db.repository import finish_purge_if_done, mark_purge_removals
 from backtor.runtime.services import Services
+from backtor.scheduling import notices
 
 log = logging.getLogger(__name__)
 
 CLAIM = timedelta(seconds=30)
+# A start begins only while this much of its claim is left: more than the client's start
+# timeout, so it has landed (or never will) before another attempt may look for it.
+START_MARGIN = timedelta(seconds=6)
 FAILURES_SHOWN = 3
 OPEN = (BackupStatus.REMOVING.value, BackupStatus.REMOVE_FAILED.value)
+DUPLICATE_REASON = "a duplicate removal of a backup that has its own: terminated by Backtor"
+# Core statements on the table: an UPDATE by id that matches no row (gone) is not an error.
+_TABLE = cast(Table, Backup.__table__)
+_BACKUP = _TABLE.c
 
 
 def backoff(attempts: int, base_seconds: float = 30.0) -> timedelta:
@@ -44,6 +54,10 @@ class RemovalJob:
     spec_name: str
     data_id: str | None
     worker_config: str | None
+    claimed_until: datetime | None = None
+    # An earlier attempt may have started this removal (it died, stalled or had no clear
+    # answer): the spec's closed removals are looked up too before a new start.
+    retried: bool = False
 
 
 def start_pending_removals(services: Services, limit: int = 200) -> int:
@@ -57,7 +71,7 @@ def start_pending_removals(services: Services, limit: int = 200) -> int:
     try:
         # A start whose answer was lost may have created the workflow: adopt it, never
         # start a second removal of the same backup.
-        underway = _open_removals(services, sorted({job.spec_name for job in jobs}))
+        underway = _underway(services, jobs)
     except (ConductorUnavailable, ConductorRefused) as exc:
         log.warning("removals not started this pass: %s", exc)
         _release(services, jobs, str(exc))
@@ -66,6 +80,8 @@ def start_pending_removals(services: Services, limit: int = 200) -> int:
     def start(job: RemovalJob) -> tuple[RemovalJob, str | None, str | None]:
         if job.backup_id in underway:
             return job, underway[job.backup_id], None
+        if job.claimed_until is not None and services.clock() > job.claimed_until - START_MARGIN:
+            return job, None, "the claim lapsed before the start; tried again next pass"
         try:
             workflow_id = services.conductor.start_workflow(
                 REMOVE_BACKUP,
@@ -79,17 +95,21 @@ def start_pending_removals(services: Services, limit: int = 200) -> int:
                 },
             )
         except (ConductorUnavailable, ConductorRefused) as exc:
+            # Not known to have started: a lost answer or a garbled 2xx (ConductorBadAnswer)
+            # may hide a run. The error marks the job retried, so the next attempt looks
+            # for it among the closed runs too before it starts one.
             return job, None, str(exc)[:500]
         return job, workflow_id, None
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(start, jobs))
-    rows: list[dict[str, Any]] = []
-    for job, workflow_id, error in results:
-        if workflow_id is not None:
-            rows.append(
-                {"id": job.backup_id, "remove_workflow_id": workflow_id, "claimed_until": None}
-            )
+    started = [(job, workflow_id) for job, workflow_id, _ in results if workflow_id is not None]
+    failed = [(job, error or "") for job, workflow_id, error in results if workflow_id is None]
+    with services.db.begin() as session:
+        recorded = _record_started(session, started)
+        _release_each(session, failed)
+    for job, workflow_id in started:
+        if recorded.get(job.backup_id) == workflow_id:
             log.info(
                 "spec %s: remove_backup %s started for backup %s",
                 job.spec_name,
@@ -97,50 +117,184 @@ def start_pending_removals(services: Services, limit: int = 200) -> int:
                 job.backup_id,
                 extra={"backup": job.spec_name, "workflow_id": workflow_id},
             )
-        else:
-            rows.append({"id": job.backup_id, "claimed_until": None, "last_error": error})
-    with services.db.begin() as session:
-        session.execute(update(Backup), rows)
-    return sum(1 for _, workflow_id, _ in results if workflow_id is not None)
+        elif recorded.get(job.backup_id) is not None:  # another attempt's run is the one
+            _stop_duplicate(services, job, workflow_id, recorded[job.backup_id])
+    return sum(1 for job, workflow_id in started if recorded.get(job.backup_id) == workflow_id)
 
 
-def _open_removals(services: Services, names: Sequence[str]) -> dict[int, str]:
-    """Open remove_backup runs of these specs, by the backup they remove."""
+def _record_started(
+    session: Session, started: Sequence[tuple[RemovalJob, str]]
+) -> dict[int, str | None]:
+    """Store each started (or adopted) workflow id on its backup, if it has none yet.
+
+    Core UPDATEs by id, so a row that vanished (its spec purged meanwhile: the removal's own
+    record_removal may have finished the purge) is simply not matched. Returns, per backup
+    still open, the workflow its row now holds: another attempt's when this one lost the race.
+    """
+    if not started:
+        return {}
+    session.execute(
+        update(_TABLE)
+        .where(
+            _BACKUP.id == bindparam("b_id"),
+            or_(*(_BACKUP.status == status for status in OPEN)),  # no IN in an executemany
+            _BACKUP.remove_workflow_id.is_(None),
+        )
+        .values(remove_workflow_id=bindparam("b_workflow_id"), claimed_until=None),
+        [{"b_id": job.backup_id, "b_workflow_id": workflow_id} for job, workflow_id in started],
+    )
+    rows = session.execute(
+        select(Backup.id, Backup.remove_workflow_id).where(
+            Backup.id.in_([job.backup_id for job, _ in started]), Backup.status.in_(OPEN)
+        )
+    )
+    return {row.id: row.remove_workflow_id for row in rows}
+
+
+def _release_each(session: Session, failed: Sequence[tuple[RemovalJob, str]]) -> None:
+    """Release the claims of removals that did not start, each only while still this one's."""
+    if not failed:
+        return
+    session.execute(
+        update(_TABLE)
+        .where(_BACKUP.id == bindparam("b_id"), _BACKUP.claimed_until == bindparam("b_claim"))
+        .values(claimed_until=None, last_error=bindparam("b_error")),
+        [
+            {"b_id": job.backup_id, "b_claim": job.claimed_until, "b_error": error[:500]}
+            for job, error in failed
+        ],
+    )
+
+
+def _stop_duplicate(
+    services: Services, job: RemovalJob, workflow_id: str, recorded: str | None
+) -> None:
+    """Terminate a remove_backup this attempt started after another one's was recorded."""
+    extra = {"backup": job.spec_name, "workflow_id": workflow_id}
+    try:
+        services.conductor.terminate_workflow(workflow_id, DUPLICATE_REASON)
+    except ConductorRefused:
+        pass  # gone, or ended already
+    except ConductorUnavailable as exc:
+        log.error(
+            "spec %s: remove_backup %s duplicates %s for backup %s and could not be stopped: %s",
+            job.spec_name,
+            workflow_id,
+            recorded,
+            job.backup_id,
+            exc,
+            extra=extra,
+        )
+        return
+    log.warning(
+        "spec %s: remove_backup %s duplicated %s for backup %s: terminated",
+        job.spec_name,
+        workflow_id,
+        recorded,
+        job.backup_id,
+        extra=extra,
+    )
+
+
+def _underway(services: Services, jobs: Sequence[RemovalJob]) -> dict[int, str]:
+    """Removals already started for these backups, by backup: open ones, and for a retried
+    job a COMPLETED one too (its answer was lost; starting another would remove twice).
+
+    A run is this backup's when both its backupId and its dataId match: SQLite reuses the
+    ids of deleted rows, so a spec purged and created again may see old ids again. A run
+    that failed is not adopted: the removal is started again (it is retried anyway).
+    """
+    names = sorted({job.spec_name for job in jobs})
     found = services.conductor.workflows_by_correlation(REMOVE_BACKUP, names, include_closed=False)
+    retried = sorted({job.spec_name for job in jobs if job.retried})
+    closed = (
+        services.conductor.workflows_by_correlation(REMOVE_BACKUP, retried, include_closed=True)
+        if retried
+        else {}
+    )
+    by_key: dict[tuple[str, object], RemovalJob] = {(j.spec_name, j.backup_id): j for j in jobs}
     underway: dict[int, str] = {}
-    for runs in found.values():
+    for name, runs in [*closed.items(), *found.items()]:  # open runs last: they win
         for run in runs:
-            backup_id = run.input.get("backupId")
-            if run.status.is_open and isinstance(backup_id, int):
-                underway[backup_id] = run.workflow_id
+            job = by_key.get((name, run.input.get("backupId")))
+            if job is None or run.input.get("dataId") != job.data_id:
+                continue
+            if run.status.is_open or (
+                job.retried
+                and run.status is WorkflowStatus.COMPLETED
+                and job.backup_id not in underway
+            ):
+                underway[job.backup_id] = run.workflow_id
     return underway
 
 
 def _release(services: Services, jobs: Sequence[RemovalJob], error: str) -> None:
-    rows = [{"id": j.backup_id, "claimed_until": None, "last_error": error[:500]} for j in jobs]
+    """Release claims (each only while still this pass's); rows gone meanwhile are skipped."""
     with services.db.begin() as session:
-        session.execute(update(Backup), rows)
+        _release_each(session, [(job, error) for job in jobs])
+
+
+def promote_expired(session: Session, now: datetime, limit: int) -> int:
+    """EXPIRING backups whose expires_at has passed become REMOVING (oldest first, at most
+    `limit`); returns how many.
+
+    One conditional UPDATE (still EXPIRING, not pinned, expired): a pin or a plan that
+    keeps the row again, committed first, leaves it alone; one committed after finds it
+    REMOVING and changes nothing (a pin is then refused). expires_at stays on the row: when
+    its removal became due. The retention run that marked the row counted it under its cap.
+    """
+    expired = and_(
+        Backup.status == BackupStatus.EXPIRING.value,
+        Backup.expires_at <= now,
+        Backup.pinned.is_(False),
+    )
+    ids = list(
+        session.scalars(
+            select(Backup.id).where(expired).order_by(Backup.expires_at, Backup.id).limit(limit)
+        )
+    )
+    if not ids:
+        return 0
+    promoted = list(
+        session.scalars(
+            update(Backup)
+            .where(Backup.id.in_(ids), expired)
+            .values(status=BackupStatus.REMOVING.value, next_attempt_at=now)
+            .returning(Backup.id)
+        )
+    )
+    if promoted:
+        log.info("%d EXPIRING backup(s) reached their expiresAt: removing", len(promoted))
+    return len(promoted)
 
 
 def _claim(session: Session, now: datetime, limit: int) -> list[RemovalJob]:
+    promote_expired(session, now, limit)
     claimable = and_(
         Backup.status.in_(OPEN),
         Backup.remove_workflow_id.is_(None),
         or_(Backup.next_attempt_at.is_(None), Backup.next_attempt_at <= now),
         or_(Backup.claimed_until.is_(None), Backup.claimed_until < now),
     )
-    ids = list(
-        session.scalars(
-            select(Backup.id).where(claimable).order_by(Backup.scheduled_at, Backup.id).limit(limit)
-        )
-    )
-    if not ids:
+    candidates = session.execute(
+        select(Backup.id, Backup.claimed_until, Backup.last_error)
+        .where(claimable)
+        .order_by(Backup.scheduled_at, Backup.id)
+        .limit(limit)
+    ).all()
+    if not candidates:
         return []
+    # A claim left behind (its attempt died or stalled) or an error (a start with no clear
+    # answer among them): an earlier attempt may have started the removal.
+    retried = {
+        row.id for row in candidates if row.claimed_until is not None or row.last_error is not None
+    }
+    claim_until = now + CLAIM
     claimed = list(
         session.scalars(
             update(Backup)
-            .where(Backup.id.in_(ids), claimable)
-            .values(claimed_until=now + CLAIM)
+            .where(Backup.id.in_([row.id for row in candidates]), claimable)
+            .values(claimed_until=claim_until)
             .returning(Backup.id)
         )
     )
@@ -149,7 +303,7 @@ def _claim(session: Session, now: datetime, limit: int) -> list[RemovalJob]:
         .join(BackupSpec, BackupSpec.id == Backup.spec_id)
         .where(Backup.id.in_(claimed))
     ).all()
-    return [RemovalJob(*row) for row in rows]
+    return [RemovalJob(*row, claimed_until=claim_until, retried=row.id in retried) for row in rows]
 
 
 def record_removed(session: Session, backup_id: int, now: datetime) -> bool:
@@ -227,27 +381,45 @@ def reconcile_removals(services: Services, limit: int = 500) -> None:
                 _record_failure(
                     session,
                     row.id,
+                    row.remove_workflow_id,
                     row.remove_attempts,
                     row.name,
                     status,
                     reason,
                     now + backoff(row.remove_attempts + 1, services.settings.removal_retry_seconds),
                 )
+                notices.removal_failed(
+                    session,
+                    row.name,
+                    row.id,
+                    row.remove_workflow_id,
+                    row.remove_attempts + 1,
+                    status,
+                    reason,
+                    now,
+                )
 
 
 def _record_failure(
     session: Session,
     backup_id: int,
+    workflow_id: str,
     attempts: int,
     spec_name: str,
     status: str,
     reason: object,
     retry_at: datetime,
 ) -> None:
+    """Count a failed removal once: only while the row still follows that run (a second
+    pass that saw it end too, or a row gone with its spec, changes nothing)."""
     attempts += 1
-    session.execute(
+    changed = session.execute(
         update(Backup)
-        .where(Backup.id == backup_id, Backup.status.in_(OPEN))
+        .where(
+            Backup.id == backup_id,
+            Backup.status.in_(OPEN),
+            Backup.remove_workflow_id == workflow_id,
+        )
         .values(
             remove_attempts=attempts,
             remove_workflow_id=None,
@@ -259,7 +431,10 @@ def _record_failure(
             ),
             last_error=f"remove_backup {status}: {reason or 'no reason given'}"[:2000],
         )
-    )
+        .returning(Backup.id)
+    ).first()
+    if changed is None:
+        return
     counters.increment(session, counters.RETENTION_DELETE, spec_name, status)
     counters.increment(session, counters.WARN, spec_name, "error")
     log.warning(

@@ -8,15 +8,24 @@ import socket
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import exists, func, or_, select
+from sqlalchemy import Select, Update, bindparam, exists, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from backtor.core.errors import ConductorRefused, ConductorUnavailable
 from backtor.db.models import SCHEDULER_STATE_ID, BackupSpec, Fire, FireStatus, SchedulerState
+from backtor.db.types import UTCDateTime
 from backtor.runtime.services import Services
 from backtor.scheduling import leases
-from backtor.scheduling.fires import claim_pending, schedule_due_fires, start_fires
+from backtor.scheduling.fires import (
+    BUFFER_POLL,
+    claim_pending,
+    not_waiting,
+    schedule_due_fires,
+    start_fires,
+)
+from backtor.scheduling.notices import notice_step
 from backtor.scheduling.outcomes import reconcile_fires
 from backtor.scheduling.removals import advance_purges, reconcile_removals, start_pending_removals
 
@@ -25,7 +34,8 @@ log = logging.getLogger(__name__)
 
 # One pass at a time, across replicas: Conductor hands the tick task to one worker, but a
 # worker that stalls past the task's response timeout may see it handed to another. The
-# lease outlives the pass's budget, and each step renews it, so a pass never outlives it.
+# lease is twice the pass's budget, and each step first makes sure it holds it (renewing it
+# once half of it is gone), so each step begins with at least PASS_BUDGET of it left.
 PASS_LEASE = timedelta(seconds=8)
 # A pass stops taking new work after this long; what is left carries to the next pass.
 PASS_BUDGET = timedelta(seconds=4)
@@ -47,12 +57,12 @@ class TickReport:
 def run_tick(services: Services, holder: str = PROCESS_HOLDER) -> TickReport:
     now = services.clock()
     deadline = now + PASS_BUDGET
-    if not _take_pass(services, holder, now):
+    lease = _pass_lease(services, holder)
+    if not lease.keep(now):
         with services.db.begin() as session:
-            busy_until = session.scalar(
-                select(SchedulerState.pass_until).where(SchedulerState.id == SCHEDULER_STATE_ID)
-            )
+            busy_until = session.scalar(_PASS_UNTIL)
         return TickReport(0, 0, 0, busy_until, True, ran=False)
+    released = False
     try:
         with services.db.begin() as session:
             schedule_due_fires(session, now)
@@ -63,14 +73,14 @@ def run_tick(services: Services, holder: str = PROCESS_HOLDER) -> TickReport:
             outcomes = start_fires(services, jobs)
             started += sum(1 for o in outcomes if o.status is FireStatus.STARTED)
             skipped += sum(1 for o in outcomes if o.status is FireStatus.SKIPPED)
-            waiting += sum(1 for o in outcomes if o.status is FireStatus.PENDING)
+            waiting += sum(1 for o in outcomes if o.status is FireStatus.PENDING and not o.buffered)
             if waiting or len(jobs) < START_CHUNK:
                 break  # Conductor is unwell, or nothing more is claimable
-            if not _take_pass(services, holder, services.clock()):
+            if not lease.keep(services.clock()):
                 break
         healthy = waiting == 0
         for stage in (reconcile_fires, _advance_purges, start_pending_removals, reconcile_removals):
-            if services.clock() >= deadline or not _take_pass(services, holder, services.clock()):
+            if services.clock() >= deadline or not lease.keep(services.clock()):
                 break  # out of budget: the rest waits for the next pass
             # Each stage stands alone: Conductor refusing one call must not stop the others.
             try:
@@ -78,24 +88,37 @@ def run_tick(services: Services, holder: str = PROCESS_HOLDER) -> TickReport:
             except (ConductorUnavailable, ConductorRefused) as exc:
                 log.warning("scheduler pass: %s stopped early: %s", stage.__name__, exc)
                 healthy = False
+        # Notifications last, bounded; their failures are logged there, never the pass's.
+        if services.clock() < deadline and lease.keep(services.clock()):
+            notice_step(services, deadline)
+        # The last look and the release in one transaction: one write fewer a pass.
         with services.db.begin() as session:
             next_due = _next_due(session, services.clock())
+            session.execute(*_release_statement(holder))
+        released = True
     finally:
-        _release_pass(services, holder)
+        if not released:
+            _release_pass(services, holder)
     return TickReport(started, skipped, waiting, next_due, healthy)
 
 
-def _take_pass(services: Services, holder: str, now: datetime) -> bool:
-    """Take or renew the pass lease; also the heartbeat the watchdog's stall rule reads."""
-    return leases.take(
+def _pass_lease(services: Services, holder: str) -> leases.Kept:
+    """The pass lease; its writes are also the heartbeat the watchdog's stall rule reads."""
+    return leases.Kept(
         services,
         SchedulerState.pass_holder,
         SchedulerState.pass_until,
         holder,
-        now,
         PASS_LEASE,
-        last_tick_at=now,
+        stamp=SchedulerState.last_tick_at,
     )
+
+
+_PASS_UNTIL = select(SchedulerState.pass_until).where(SchedulerState.id == SCHEDULER_STATE_ID)
+
+
+def _release_statement(holder: str) -> tuple[Update, dict[str, Any]]:
+    return leases.release_statement(SchedulerState.pass_holder, SchedulerState.pass_until, holder)
 
 
 def _release_pass(services: Services, holder: str) -> None:
@@ -111,35 +134,45 @@ def _next_due(session: Session, now: datetime) -> datetime | None:
     """When the next pass has work: the next fire time, or a PENDING fire's retry.
 
     A PENDING fire claimed by another replica's attempt is due when that claim lapses, not
-    now: looking again at once would only spin.
+    now: looking again at once would only spin. So is a buffered fire while it waits
+    (fires.not_waiting): the tick's own beat is its poll, and the pass that records the end
+    of the run it waits for finds it due at once. One statement, built once: it runs after
+    every pass.
     """
-    candidates = [
-        session.scalar(
-            select(func.min(BackupSpec.next_fire_at)).where(
-                BackupSpec.enabled.is_(True), BackupSpec.deleting.is_(False)
-            )
-        ),
-        session.scalar(
-            select(func.min(Fire.claimed_until)).where(
-                Fire.status == FireStatus.PENDING.value, Fire.claimed_until >= now
-            )
-        ),
-    ]
-    held = aliased(Fire)
-    unclaimed = session.scalar(
-        select(Fire.id)
-        .where(
-            Fire.status == FireStatus.PENDING.value,
-            or_(Fire.claimed_until.is_(None), Fire.claimed_until < now),
-            # A fire whose spec has another fire under a live claim waits for that claim.
-            ~exists().where(
-                held.spec_id == Fire.spec_id,
-                held.status == FireStatus.PENDING.value,
-                held.claimed_until >= now,
-            ),
-        )
-        .limit(1)
-    )
-    if unclaimed is not None:
-        candidates.append(now)
+    next_fire_at, claim_lapses, unclaimed = session.execute(
+        _NEXT_DUE, {"now": now, "buffer_since": now - BUFFER_POLL}
+    ).one()
+    candidates = [next_fire_at, claim_lapses, now if unclaimed else None]
     return min((moment for moment in candidates if moment is not None), default=None)
+
+
+def _next_due_statement() -> Select[datetime | None, datetime | None, bool]:
+    now = bindparam("now", type_=UTCDateTime())
+    buffer_since = bindparam("buffer_since", type_=UTCDateTime())
+    pending = Fire.status == FireStatus.PENDING.value
+    held = aliased(Fire)
+    next_fire_at = (
+        select(func.min(BackupSpec.next_fire_at))
+        .where(BackupSpec.enabled.is_(True), BackupSpec.deleting.is_(False))
+        .scalar_subquery()
+    )
+    claim_lapses = (
+        select(func.min(Fire.claimed_until))
+        .where(pending, Fire.claimed_until >= now)
+        .scalar_subquery()
+    )
+    unclaimed = exists().where(
+        pending,
+        or_(Fire.claimed_until.is_(None), Fire.claimed_until < now),
+        # A fire whose spec has another fire under a live claim waits for that claim.
+        ~exists().where(
+            held.spec_id == Fire.spec_id,
+            held.status == FireStatus.PENDING.value,
+            held.claimed_until >= now,
+        ),
+        not_waiting(Fire, buffer_since),
+    )
+    return select(next_fire_at, claim_lapses, unclaimed)
+
+
+_NEXT_DUE = _next_due_statement()

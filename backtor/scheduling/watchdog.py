@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import update
+from sqlalchemy import Table, bindparam, select, update
 
 from backtor.conductor.names import TICK, TICK_CORRELATION_ID
 from backtor.conductor.registration import DEFINITIONS
@@ -27,8 +27,9 @@ EPOCH = datetime.fromtimestamp(0, UTC)
 LEASE = timedelta(seconds=6)
 # A tick that has not beaten for this long is held by a dead worker: replace it rather than
 # wait for Conductor's response timeout and sweeper (which may never come). A live tick
-# beats at least every MAX_CALLBACK_SECONDS + HOLD_SECONDS (6 s), and during a pass at
-# every step (backtor.scheduling.tick renews its lease and the heartbeat together).
+# beats at least every MAX_CALLBACK_SECONDS + HOLD_SECONDS (6 s): each pass beats when it
+# takes its lease, and a long one again at each step once half its lease is gone
+# (backtor.scheduling.tick writes its lease and the heartbeat together).
 STALL = timedelta(seconds=10)
 
 
@@ -83,15 +84,20 @@ def ensure_tick(services: Services, holder: str) -> str | None:
         )
         log.info("started the scheduler tick workflow %s", keep, extra={"workflow_id": keep})
     with services.db.begin() as session:
-        session.execute(
-            update(SchedulerState)
-            .where(SchedulerState.id == SCHEDULER_STATE_ID)
-            .values(tick_workflow_id=keep)
-        )
+        session.execute(_NAME_TICK, {"tick": keep})
     return keep
 
 
 def _last_tick(services: Services) -> datetime | None:
     with services.db.begin() as session:
-        state = session.get(SchedulerState, SCHEDULER_STATE_ID)
-        return state.last_tick_at if state else None
+        return session.scalar(_LAST_TICK)
+
+
+# Built once, on the table: the watchdog runs every few seconds on every replica.
+_STATE: Table = SchedulerState.__table__  # type: ignore[assignment]
+_LAST_TICK = select(SchedulerState.last_tick_at).where(SchedulerState.id == SCHEDULER_STATE_ID)
+_NAME_TICK = (
+    update(_STATE)
+    .where(_STATE.c.id == SCHEDULER_STATE_ID)
+    .values(tick_workflow_id=bindparam("tick", type_=_STATE.c.tick_workflow_id.type))
+)

@@ -67,6 +67,7 @@ def build_task_handler(settings: Settings) -> object:
         worker(names.EVALUATE_SCHEDULE, tasks.evaluate_schedule, 100, 1),
         worker(names.APPLY_RETENTION, tasks.apply_retention, 200, 4),
         worker(names.RECORD_REMOVAL, tasks.record_removal, 200, 4),
+        worker(names.DELIVER_NOTICE, tasks.deliver_notice, 500, 2),
     ]
     return sdk.task_handler(settings.conductor_api_url, workers)
 
@@ -102,7 +103,10 @@ def run_worker(settings: Settings) -> int:
     handler.start_processes()  # type: ignore[attr-defined]
     health.runners = handler  # type: ignore[assignment]
     holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-    log.info("worker %s polling evaluate_schedule, apply_retention, record_removal", holder)
+    log.info(
+        "worker %s polling evaluate_schedule, apply_retention, record_removal, deliver_notice",
+        holder,
+    )
     try:
         while not stop.is_set():
             try:

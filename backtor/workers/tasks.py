@@ -17,6 +17,7 @@ from backtor.conductor.payloads import TaskRun
 from backtor.conductor.results import TaskOutcome, handed_back, in_progress
 from backtor.runtime.services import Services
 from backtor.scheduling.handlers import record_backup, record_removed_backup
+from backtor.scheduling.notices import deliver
 from backtor.scheduling.tick import PROCESS_HOLDER, run_tick
 from backtor.workers.process import in_flight, process_services, stopping, wait
 
@@ -86,3 +87,9 @@ def apply_retention(task: TaskRun) -> TaskOutcome:
 def record_removal(task: TaskRun) -> TaskOutcome:
     with in_flight():
         return record_removed_backup(process_services(), task.input, task.workflow_id)
+
+
+def deliver_notice(task: TaskRun) -> TaskOutcome:
+    """POST one notice (backtor_notify); a failure is retried by Conductor with backoff."""
+    with in_flight():
+        return deliver(process_services(), task.input, task.workflow_id)

@@ -132,8 +132,6 @@ def test_the_retention_plan_comes_in_pages(client: TestClient, add_backup: AddBa
         ("/backup", {"after": "no/such name"}, "after"),
         ("/backup/db1/materialized", {"limit": "-1"}, "limit"),
         ("/backup/db1/materialized", {"after": "x"}, "after"),
-        ("/backup/db1/materialized", {"after": "999999"}, "after"),  # not one of db1's
-        ("/backup/db1/retention", {"after": "0"}, "after"),
         ("/backup/db1/retention", {"limt": "5"}, "limt"),  # unknown parameters still refused
         ("/backup/db1/materialized", {"limits": "5"}, "limits"),
     ],
@@ -145,6 +143,25 @@ def test_bad_page_parameters_are_refused(
     answer = client.get(path, params=query)
     assert answer.status_code == 422, answer.text
     assert answer.json()["field"] == field
+
+
+@pytest.mark.parametrize(
+    ("path", "after"),
+    [
+        ("/backup/db1/materialized", "999999"),  # a backup id, not one of db1's
+        ("/backup/db1/retention", "0"),
+        ("/backup/db1/materialized", "9" * 5000),  # beyond any id (and int()'s digit limit)
+        ("/backup/db1/retention", "0" * 30 + "7"),
+    ],
+)
+def test_a_cursor_naming_no_backup_of_the_spec_is_not_found(
+    client: TestClient, path: str, after: str
+) -> None:
+    """Well formed (digits, as the schema's pattern says), but nothing there: 404, not 422."""
+    assert client.post("/backup", json={"name": "db1"}).status_code == 201
+    answer = client.get(path, params={"after": after})
+    assert answer.status_code == 404, answer.text
+    assert answer.json()["field"] == "after"
 
 
 def test_the_largest_page_is_accepted(client: TestClient) -> None:

@@ -338,8 +338,8 @@ def test_only_a_completed_backup_can_be_pinned(
     answer = pin(client, backup_id)
     assert answer.status_code == 409, answer.text
     assert answer.json() == {
-        "message": f"backup {backup_id} is {status}: only a COMPLETED backup can be pinned "
-        "(a REMOVING or REMOVED one has its data going or gone)",
+        "message": f"backup {backup_id} is {status}: only a COMPLETED or EXPIRING backup can "
+        "be pinned (a REMOVING or REMOVED one has its data going or gone)",
         "field": "id",
     }
     assert materialized(client)[0]["pinned"] is False

@@ -183,7 +183,8 @@ def test_put_without_a_name_in_the_body_is_422(client: TestClient) -> None:
 def test_put_cannot_rename(client: TestClient) -> None:
     assert client.post("/backup", json={"name": "db1"}).status_code == 201
     answer = client.put("/backup/db1", json={"name": "db2"})
-    assert answer.status_code == 422
+    # A representation inconsistent with its target resource: 409 (RFC 9110, 9.3.4).
+    assert answer.status_code == 409
     assert answer.json()["field"] == "name"
     assert [s["name"] for s in client.get("/backup").json()] == ["db1"]
 

@@ -63,7 +63,7 @@ class Stack:
         return {
             b["dataId"]
             for b in self.backups(name)
-            if b["dataId"] and b["status"] in ("COMPLETED", "REMOVING", "REMOVE_FAILED")
+            if b["dataId"] and b["status"] in ("COMPLETED", "EXPIRING", "REMOVING", "REMOVE_FAILED")
         }
 
     def creates(self, name: str) -> list[dict[str, Any]]:
@@ -120,6 +120,15 @@ WRITABLE = {
     "retentionWeekly",
     "retentionMonthly",
     "retentionYearly",
+    # issue 12's fields (only those GET returns are sent back)
+    "overlapPolicy",
+    "pausedReason",
+    "autoPauseAfterFailures",
+    "removalDelaySeconds",
+    "retentionKeepWithin",
+    "retentionLast",
+    "allowKeepNewestOnly",
+    "notifyUrl",
 }
 
 

@@ -99,6 +99,7 @@ def test_a_real_cycle_is_counted_on_a_second_api(stack: Stack) -> None:
             "evaluate_schedule",
             "apply_retention",
             "record_removal",
+            "deliver_notice",
         }
         wait_until(
             lambda: (

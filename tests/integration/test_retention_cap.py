@@ -45,7 +45,9 @@ def spec(session: Session) -> BackupSpec:
 
     Shuffled, so ids do not follow time: "oldest first" must mean by scheduled time.
     """
-    draft = SpecDraft(name="capped", retention=dict.fromkeys(RETENTION_FIELDS, "0"))
+    draft = SpecDraft(
+        name="capped", retention=dict.fromkeys(RETENTION_FIELDS, "0"), allow_keep_newest_only=True
+    )
     spec = create_spec(session, normalise_spec(draft), T0)
     hours = list(range(COUNT))
     random.Random(7).shuffle(hours)

@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import Column, MetaData, String, Table, insert
 
 from backtor.conductor.registration import register_definitions
 from backtor.conductor.twin import ConductorTwin, ManualClock
 from backtor.core.specs import SpecDraft, normalise_spec
 from backtor.db import repository
 from backtor.db.engine import make_engine, make_session_factory
+from backtor.db.migrate import head_revisions
 from backtor.db.models import SCHEDULER_STATE_ID, BackupSpec, Base, SchedulerState
 from backtor.runtime.services import Services
 from backtor.runtime.settings import Settings
@@ -63,6 +64,13 @@ def core(tmp_path: Path) -> Iterator[Core]:
     Base.metadata.create_all(engine)
     with engine.begin() as connection:
         connection.execute(insert(SchedulerState).values(id=SCHEDULER_STATE_ID))
+        # The models are the migrations' head (tests/integration/test_migrations.py): say so,
+        # as `backtor migrate` would, for the API's schema check.
+        version = Table(
+            "alembic_version", MetaData(), Column("version_num", String(32), primary_key=True)
+        )
+        version.create(connection)
+        connection.execute(insert(version), [{"version_num": head} for head in head_revisions()])
     settings = Settings(
         conductor_api_url="http://twin/api",
         database_url=str(engine.url),

@@ -21,11 +21,18 @@ from backtor.core.policy import RetentionPolicy
 from backtor.core.retention import BackupRecord, RetentionPlan, plan_retention
 from backtor.db.models import Backup, BackupSpec, BackupStatus
 from backtor.scheduling.pins import set_pinned
-from backtor.scheduling.recording import apply_plan, plan_for, policy_of, store_tags
+from backtor.scheduling.recording import (
+    CANDIDATE_STATUSES,
+    apply_plan,
+    plan_for,
+    policy_of,
+    store_tags,
+)
 from tests.scheduling.conftest import Core
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 STATUSES = [s.value for s in BackupStatus]
+CANDIDATES = CANDIDATE_STATUSES
 COLUMNS = {
     "retentionMinutely": "retention_minutely",
     "retentionHourly": "retention_hourly",
@@ -37,13 +44,16 @@ COLUMNS = {
 
 
 def old_plan_for(session: Session, spec: BackupSpec) -> RetentionPlan:
-    """plan_for as it was: every row of the spec, whatever its status."""
+    """plan_for as it was: every row of the spec, whatever its status (an EXPIRING one is a
+    candidate, as COMPLETED: the removal delay of issue 12)."""
     rows = session.execute(
         select(Backup.id, Backup.scheduled_at, Backup.status, Backup.pinned).where(
             Backup.spec_id == spec.id
         )
     ).all()
-    records = [BackupRecord(str(r.id), r.scheduled_at, r.status, r.pinned) for r in rows]
+    records = [
+        BackupRecord(str(r.id), r.scheduled_at, _as_planned(r.status), r.pinned) for r in rows
+    ]
     return plan_retention(records, policy_of(spec), ZoneInfo(spec.timezone))
 
 
@@ -171,6 +181,7 @@ def test_the_plan_over_candidates_decides_as_the_plan_over_every_row(
         old = old_plan_for(session, spec)
         new = plan_for(session, spec)
         completed = {d.id for d in old.decisions if d.id in _completed_ids(session, spec_id)}
+        expiring = {int(i) for i in _completed_ids(session, spec_id, ("EXPIRING",))}
         assert {d.id for d in new.decisions} == completed
         assert [d for d in old.decisions if d.id in completed] == list(new.decisions)
         assert all(d.action == "ignore" for d in old.decisions if d.id not in completed)
@@ -179,7 +190,7 @@ def test_the_plan_over_candidates_decides_as_the_plan_over_every_row(
         store_tags(session, spec, new)
         after = _tags(session, spec_id)
     for backup_id, (status, tags) in after.items():
-        if status == BackupStatus.COMPLETED.value:
+        if status in CANDIDATES:
             expected = ",".join(t.value for t in old.by_id[str(backup_id)].tags)
             assert tags == expected
         else:  # other statuses keep the tags they had when they left COMPLETED
@@ -190,16 +201,24 @@ def test_the_plan_over_candidates_decides_as_the_plan_over_every_row(
         assert spec is not None
         chosen = apply_plan(session, spec, T0, max_removals=1000)
     removals = [int(d.id) for d in reversed(old.decisions) if d.action == "remove"]
-    assert chosen == removals
+    assert chosen == [i for i in removals if i not in expiring]  # EXPIRING ones wait already
 
 
-def _completed_ids(session: Session, spec_id: int) -> set[str]:
+def _completed_ids(
+    session: Session, spec_id: int, statuses: tuple[str, ...] = CANDIDATE_STATUSES
+) -> set[str]:
+    """The candidates' ids (COMPLETED and EXPIRING), or those of `statuses`."""
     return {
         str(i)
         for i in session.scalars(
-            select(Backup.id).where(Backup.spec_id == spec_id, Backup.status == "COMPLETED")
+            select(Backup.id).where(Backup.spec_id == spec_id, Backup.status.in_(statuses))
         )
     }
+
+
+def _as_planned(status: str) -> str:
+    """An EXPIRING backup is planned as a COMPLETED one (it may be kept again)."""
+    return BackupStatus.COMPLETED.value if status == BackupStatus.EXPIRING.value else status
 
 
 def _tags(session: Session, spec_id: int) -> dict[int, tuple[str, str]]:

@@ -14,18 +14,21 @@ import pytest
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from backtor.conductor.names import CREATE_BACKUP, REMOVE_BACKUP
+from backtor.conductor.names import CREATE_BACKUP, RECORD_REMOVAL, REMOVE, REMOVE_BACKUP
 from backtor.conductor.twin import FaultKind, Operation
 from backtor.core.cron import CronSchedule
 from backtor.core.schedule import MAX_LISTED_MISSES, Timing, decide
+from backtor.db import repository
 from backtor.db.models import Backup, BackupSpec, BackupStatus, Fire, FireStatus, SkipReason
 from backtor.scheduling.fires import (
     add_manual_fire,
     claim_pending,
+    give_up_fire,
     schedule_due_fires,
     start_fires,
+    start_manual_fire,
 )
-from backtor.scheduling.handlers import record_backup
+from backtor.scheduling.handlers import record_backup, record_removed_backup
 from backtor.scheduling.outcomes import reconcile_fires
 from backtor.scheduling.removals import start_pending_removals
 from backtor.scheduling.tick import TickReport, run_tick
@@ -280,14 +283,14 @@ def test_a_start_too_close_to_its_claim_lapsing_is_left_for_the_next_attempt(
 
 def test_a_manual_trigger_and_a_pass_never_start_one_spec_twice(core: Core) -> None:
     """Defect 15: the trigger claimed its own fire while a pass was about to start another."""
-    spec = core.add_spec("race", cron="0 0 * * * *")
+    core.add_spec("race", cron="0 0 * * * *")
     core.advance_to(core.due("race"), plus=0.2)
     with core.services.db.begin() as session:
         schedule_due_fires(session, core.now())
     with core.services.db.begin() as session:
         pass_jobs = claim_pending(session, core.now())
     with core.services.db.begin() as session:  # the API's request, as trigger_backup does it
-        fire_id = add_manual_fire(session, session.get(BackupSpec, spec.id), core.now())
+        fire_id = add_manual_fire(session, repository.require_spec(session, "race"), core.now())
         api_jobs = claim_pending(session, core.now(), fire_ids=[fire_id])
     start_fires(core.services, api_jobs)
     start_fires(core.services, pass_jobs)
@@ -470,3 +473,227 @@ def test_a_fire_an_earlier_attempt_started_is_adopted_before_any_newer_fire_wins
     with core.services.db() as session:
         assert session.scalar(select(Fire.workflow_id).where(Fire.id == job.fire_id)) == started
     assert len(core.twin.workflows(CREATE_BACKUP)) == 1
+
+
+# --- unfenced-fire-attempt: an attempt that stalls past its claim ----------------------------
+
+
+def fire_row(core: Core, fire_id: int) -> Any:
+    with core.services.db() as session:
+        return session.execute(
+            select(Fire.status, Fire.workflow_id, Fire.skip_reason).where(Fire.id == fire_id)
+        ).one()
+
+
+def test_an_attempt_that_stalls_into_its_start_never_replaces_the_run_recorded(
+    core: Core,
+) -> None:
+    """unfenced-fire-attempt (seed 977): the claim check passed, then the process stalled
+    before its start reached Conductor; another pass took the fire over and started it. The
+    stale attempt's start landed all the same, and its record overwrote the fire's run."""
+    core.add_spec("stall", cron="0 0 * * * *")
+    core.advance_to(core.due("stall"), plus=0.2)
+    with core.services.db.begin() as session:
+        schedule_due_fires(session, core.now())
+    with core.services.db.begin() as session:
+        (job,) = claim_pending(session, core.now())
+    start = core.twin.start_workflow
+    taken_over: list[TickReport] = []
+
+    def stalled_start(*args: Any, **kwargs: Any) -> str:
+        core.twin.start_workflow = start  # type: ignore[method-assign]
+        core.advance(20.0)  # paused between the check and the request: another pass runs
+        taken_over.append(run_tick(core.services))
+        return start(*args, **kwargs)
+
+    core.twin.start_workflow = stalled_start  # type: ignore[method-assign]
+    (outcome,) = start_fires(core.services, [job])
+
+    assert taken_over[0].started == 1
+    first, second = core.twin.workflows(CREATE_BACKUP)
+    assert fire_row(core, job.fire_id).workflow_id == first.workflow_id  # the run recorded first
+    assert outcome.superseded and outcome.workflow_id == first.workflow_id
+    assert second.status.value == "TERMINATED"  # the stale attempt's duplicate, stopped
+    assert [w.workflow_id for w in core.twin.workflows(CREATE_BACKUP) if w.status.is_open] == [
+        first.workflow_id
+    ]
+
+
+def test_a_stalled_manual_attempt_never_overwrites_a_fire_another_attempt_started(
+    core: Core,
+) -> None:
+    """unfenced-fire-attempt (seeds 606, 1009): a trigger saw a run of its spec open, then
+    stalled past its claim; the run ended and a pass took the fire and started it. The
+    trigger then recorded its stale "skipped, running" over STARTED: the ledger lost the run."""
+    core.add_spec("manual", cron="0 0 0 1 1 *")
+    other = core.twin.start_workflow(  # a run of the spec, started from Conductor's UI
+        CREATE_BACKUP, input={"backupName": "manual"}, correlation_id="manual", version=1
+    )
+    core.advance(11.0)  # old enough to be looked inside (a dead worker's task?) before a skip
+    with core.services.db.begin() as session:
+        fire_id = add_manual_fire(session, repository.require_spec(session, "manual"), core.now())
+        (job,) = claim_pending(session, core.now(), fire_ids=[fire_id])
+    get_workflow = core.twin.get_workflow
+    passed: list[TickReport] = []
+
+    def stalled_look(*args: Any, **kwargs: Any) -> Any:
+        core.twin.get_workflow = get_workflow  # type: ignore[method-assign]
+        core.twin.terminate_workflow(other, "test: ended while the trigger stalled")
+        core.advance(20.0)  # the trigger's claim lapses; a pass takes the fire and starts it
+        passed.append(run_tick(core.services))
+        return get_workflow(*args, **kwargs)
+
+    core.twin.get_workflow = stalled_look  # type: ignore[method-assign]
+    start = start_manual_fire(core.services, job)
+    if start.outcome.status is FireStatus.PENDING and not start.unconfirmed:
+        with core.services.db() as session:  # what the route does with such an answer
+            give_up_fire(session, fire_id, core.now())
+
+    run = core.twin.workflows(CREATE_BACKUP)[-1]
+    assert passed[0].started == 1 and run.workflow_id != other
+    assert tuple(fire_row(core, fire_id)) == ("STARTED", run.workflow_id, None)
+    assert (start.outcome.status, start.outcome.workflow_id) == (
+        FireStatus.STARTED,
+        run.workflow_id,
+    )
+
+
+def test_an_attempt_whose_spec_was_deleted_meanwhile_stops_its_run(core: Core) -> None:
+    """unfenced-fire-attempt (seeds 1834, 1887): the fire's spec was purged while an attempt
+    stalled; its record raised StaleDataError and the whole pass died."""
+    spec = core.add_spec("purged", cron="0 0 * * * *")
+    core.advance_to(core.due("purged"), plus=0.2)
+    with core.services.db.begin() as session:
+        schedule_due_fires(session, core.now())
+    with core.services.db.begin() as session:
+        (job,) = claim_pending(session, core.now())
+    start = core.twin.start_workflow
+
+    def start_after_the_purge(*args: Any, **kwargs: Any) -> str:
+        with core.services.db.begin() as session:
+            repository.delete_spec(session, spec.id)
+        return start(*args, **kwargs)
+
+    core.twin.start_workflow = start_after_the_purge  # type: ignore[method-assign]
+    (outcome,) = start_fires(core.services, [job])
+    core.twin.start_workflow = start  # type: ignore[method-assign]
+
+    (run,) = core.twin.workflows(CREATE_BACKUP)
+    assert outcome.superseded
+    assert run.status.value == "TERMINATED"
+
+
+# --- removal-bookkeeping-after-purge ----------------------------------------------------------
+
+
+def removing_backup(core: Core, spec_id: int, data_id: str = "data-1") -> int:
+    with core.services.db.begin() as session:
+        return int(
+            session.execute(
+                insert(Backup)
+                .values(
+                    spec_id=spec_id,
+                    status=BackupStatus.REMOVING.value,
+                    data_id=data_id,
+                    scheduled_at=core.now(),
+                    next_attempt_at=core.now(),
+                )
+                .returning(Backup.id)
+            ).scalar_one()
+        )
+
+
+def finish_removal(core: Core, workflow_id: str) -> None:
+    """The storage worker removes the data; Backtor's worker records the removal."""
+    removal = core.twin.poll_task(REMOVE, "storage-1")
+    assert removal is not None and removal.workflow_id == workflow_id
+    core.twin.update_task(removal, "COMPLETED", {})
+    recording = core.twin.poll_task(RECORD_REMOVAL, "backtor-1")
+    assert recording is not None
+    outcome = record_removed_backup(core.services, recording.input, recording.workflow_id)
+    core.twin.update_task(recording, outcome.status, outcome.output)
+
+
+def test_removal_bookkeeping_survives_the_purge_its_removal_finished(core: Core) -> None:
+    """removal-bookkeeping-after-purge (seeds 429, 667, 720, 736): the last removal of a purge
+    ran and was recorded (the spec and its rows deleted) before its start was written down;
+    the ORM bulk UPDATE by primary key raised StaleDataError and the pass died."""
+    spec = core.add_spec("gone", cron="0 0 0 1 1 *")
+    backup_id = removing_backup(core, spec.id)
+    with core.services.db.begin() as session:
+        repository.mark_purging(session, repository.require_spec(session, "gone"), core.now())
+    start = core.twin.start_workflow
+
+    def start_and_finish(*args: Any, **kwargs: Any) -> str:
+        workflow_id = start(*args, **kwargs)
+        finish_removal(core, workflow_id)  # record_removal finishes the purge
+        return workflow_id
+
+    core.twin.start_workflow = start_and_finish  # type: ignore[method-assign]
+    start_pending_removals(core.services)
+    core.twin.start_workflow = start  # type: ignore[method-assign]
+
+    with core.services.db() as session:
+        assert session.get(BackupSpec, spec.id) is None
+        assert session.get(Backup, backup_id) is None
+    (run,) = core.twin.workflows(REMOVE_BACKUP)
+    assert run.status.value == "COMPLETED"
+
+
+def test_a_removal_with_no_clear_answer_that_completed_is_not_started_again(
+    core: Core,
+) -> None:
+    """removal-bookkeeping-after-purge, found beside it: a start answered with a garbled 2xx
+    (it happened) was retried as not started; the retry looked for open runs only, so a run
+    that completed meanwhile was not found and a second remove_backup completed."""
+    spec = core.add_spec("twice", cron="0 0 0 1 1 *")
+    backup_id = removing_backup(core, spec.id)
+    core.twin.faults.inject(Operation.START_WORKFLOW, FaultKind.BAD_ANSWER)
+    assert start_pending_removals(core.services) == 0  # it did start, unknown to Backtor
+    (lost,) = core.twin.workflows(REMOVE_BACKUP)
+    lookup = core.twin.workflows_by_correlation
+
+    def finished_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        if core.twin.get_workflow(lost.workflow_id).status.is_open:
+            finish_removal(core, lost.workflow_id)  # between the retry's claim and its look
+        return lookup(*args, **kwargs)
+
+    core.twin.workflows_by_correlation = finished_meanwhile  # type: ignore[method-assign]
+    core.advance(1.0)
+    start_pending_removals(core.services)
+    core.twin.workflows_by_correlation = lookup  # type: ignore[method-assign]
+
+    assert [run.workflow_id for run in core.twin.workflows(REMOVE_BACKUP)] == [lost.workflow_id]
+    with core.services.db() as session:
+        assert session.scalar(select(Backup.status).where(Backup.id == backup_id)) == "REMOVED"
+
+
+# --- manual-fire-at-fire-time -----------------------------------------------------------------
+
+
+def test_a_manual_fire_at_the_instant_of_a_fire_time_leaves_that_fire_its_row(
+    core: Core,
+) -> None:
+    """manual-fire-at-fire-time (seed 1438): a trigger at the very instant of a fire time
+    took the (spec, time) key, and the scheduled fire got no row (on conflict, nothing)."""
+    spec_id = core.add_spec("instant", cron="0 0 * * * *").id
+    due = core.due("instant")
+    core.advance_to(due)
+    with core.services.db.begin() as session:
+        manual_id = add_manual_fire(
+            session, repository.require_spec(session, "instant"), core.now()
+        )
+        (job,) = claim_pending(session, core.now(), fire_ids=[manual_id])
+    start_manual_fire(core.services, job)
+
+    run_tick(core.services)
+
+    with core.services.db() as session:
+        rows = session.execute(
+            select(Fire.id, Fire.manual, Fire.status, Fire.skip_reason).where(
+                Fire.spec_id == spec_id, Fire.scheduled_at == due
+            )
+        ).all()
+    by_kind = {row.manual: row for row in rows}
+    assert (by_kind[True].id, by_kind[True].status) == (manual_id, "STARTED")
+    assert (by_kind[False].status, by_kind[False].skip_reason) == ("SKIPPED", "running")

@@ -13,12 +13,12 @@ from typing import Any
 from fastapi import Response
 
 from backtor.api import retention_routes, routes
-from backtor.api.schemas import SpecIn
+from backtor.api.schemas import SpecCreate
 from backtor.core.specs import SpecDraft
 from backtor.runtime.services import Services
 
 
-def body_of(draft: SpecDraft) -> SpecIn:
+def body_of(draft: SpecDraft) -> SpecCreate:
     """The JSON body a client sends for this draft (None fields left out)."""
     fields: dict[str, Any] = {
         "name": draft.name,
@@ -30,9 +30,15 @@ def body_of(draft: SpecDraft) -> SpecIn:
         "workerConfig": draft.worker_config,
         "timeoutSeconds": draft.timeout_seconds,
         "misfireGraceSeconds": draft.misfire_grace_seconds,
+        "overlapPolicy": draft.overlap_policy,
+        "pausedReason": draft.paused_reason,
+        "autoPauseAfterFailures": draft.auto_pause_after_failures,
+        "removalDelaySeconds": draft.removal_delay_seconds,
         **draft.retention,
+        # The scenarios' small policies may keep only the newest: that is meant here.
+        "allowKeepNewestOnly": True,
     }
-    return SpecIn.model_validate({k: v for k, v in fields.items() if v is not None})
+    return SpecCreate.model_validate({k: v for k, v in fields.items() if v is not None})
 
 
 def create(services: Services, draft: SpecDraft) -> str:
@@ -56,11 +62,11 @@ def delete_purge(services: Services, name: str) -> str:
     return str(getattr(answer, "status_code", 200))
 
 
-def trigger(services: Services, name: str) -> str:
-    """POST /backup/{name}/materialized: back up now."""
+def trigger(services: Services, name: str, overlap: str | None = None) -> str:
+    """POST /backup/{name}/materialized[?overlap=…]: back up now."""
     with services.db() as session:
-        accepted = routes.trigger_backup(name, session, services)
-    return f"202 {accepted.workflowId}"
+        accepted = routes.trigger_backup(name, session, services, overlap)
+    return "202 buffered" if accepted.buffered else f"202 {accepted.workflowId}"
 
 
 def pin(services: Services, name: str, backup_id: int, pinned: bool) -> str:

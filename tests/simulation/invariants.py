@@ -8,15 +8,16 @@ model says what data still exists. The database is then judged against them.
 from __future__ import annotations
 
 import itertools
+import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 
-from backtor.conductor.names import BACKUP, CREATE_BACKUP, REMOVE_BACKUP
+from backtor.conductor.names import BACKUP, CREATE_BACKUP, REMOVE_BACKUP, TICK
 from backtor.conductor.payloads import TaskStatus, WorkflowRun, WorkflowStatus
 from backtor.core.cron import CronSchedule, next_fire
 from backtor.core.schedule import MAX_LISTED_MISSES, Timing, first_fire
@@ -24,6 +25,10 @@ from backtor.db.models import Backup, BackupSpec, BackupStatus, Fire, FireStatus
 from backtor.scheduling.recording import plan_for
 from tests.simulation.world import Segment, SpecLife, World
 
+# The true reasons a fire may be SKIPPED for (SkipReason.BUFFERED marks a waiting fire).
+SKIP_REASONS: frozenset[str | None] = frozenset(
+    reason.value for reason in SkipReason if reason is not SkipReason.BUFFERED
+)
 # Listed per check; more of one kind says nothing new.
 MAX_PER_CHECK = 5
 
@@ -47,6 +52,7 @@ class BackupRow:
     data_id: str | None
     pinned: bool
     create_workflow_id: str | None
+    expires_at: datetime | None
 
 
 @dataclass
@@ -88,6 +94,7 @@ class Snapshot:
                         Backup.data_id,
                         Backup.pinned,
                         Backup.create_workflow_id,
+                        Backup.expires_at,
                     ).order_by(Backup.id)
                 )
             ]
@@ -248,6 +255,14 @@ def no_fire_vanishes(snap: Snapshot) -> list[str]:
     for fire in snap.fires:
         if fire.manual and fire.status == FireStatus.PENDING.value:
             found.append(f"[2 nothing vanishes] manual fire {fire.id} still PENDING after settling")
+        # `buffered` marks a PENDING fire (overlapPolicy bufferOne): never a skip, and gone
+        # once the fire starts.
+        allowed = {None} if fire.status == FireStatus.STARTED.value else SKIP_REASONS
+        if fire.status != FireStatus.PENDING.value and fire.skip_reason not in allowed:
+            found.append(
+                f"[2 nothing vanishes] fire {fire.id} is {fire.status} with reason "
+                f"{fire.skip_reason!r}, which is no skip reason"
+            )
     return _limit(found)
 
 
@@ -342,27 +357,28 @@ def removals_once(snap: Snapshot) -> list[str]:
 
 
 def retention_applied(snap: Snapshot) -> list[str]:
-    """5. Each live spec's COMPLETED set is its plan's keep set, unless the cap held the rest;
-    a pinned backup of a spec not being purged is never removed."""
+    """5. Each live spec's COMPLETED and EXPIRING set is its plan's keep set, unless the cap
+    held the rest; a pinned backup of a spec not being purged is never removed."""
     found: list[str] = []
     world = snap.world
     cap = world.settings.max_removals_per_run
+    held = (BackupStatus.COMPLETED.value, BackupStatus.EXPIRING.value)
     for name, spec in snap.specs.items():
         rows = [b for b in snap.backups if b.spec_id == spec.id]
-        completed = {b.id for b in rows if b.status == BackupStatus.COMPLETED.value}
+        completed = {b.id for b in rows if b.status in held}
         keep = snap.keep[name]
         lagging = completed - keep
         if keep - completed:
             found.append(
                 f"[5 retention] {name}: the plan keeps {sorted(keep - completed)}, "
-                "which are not COMPLETED"
+                "which are not COMPLETED (nor EXPIRING)"
             )
         if lagging:
             marked = sum(
                 1
                 for b in rows
                 if world.round_before.get(b.id) == BackupStatus.COMPLETED.value
-                and b.status != BackupStatus.COMPLETED.value
+                and b.status not in held
             )
             if marked < cap:
                 found.append(
@@ -396,6 +412,140 @@ def purge_complete(snap: Snapshot) -> list[str]:
     return _limit(found)
 
 
+EXTRA_TICK = re.compile(r"Backtor runs one scheduler tick \((?P<kept>[^)]+)\)")
+
+
+def one_tick(snap: Snapshot) -> list[str]:
+    """7. (knob `watchdog`) The watchdog keeps exactly one tick, the oldest.
+
+    After the run, one watchdog run with Conductor healthy leaves exactly one tick running,
+    the one scheduler_state names; and no tick was ever terminated as an extra while a
+    younger one was kept.
+    """
+    world = snap.world
+    if not world.scenario.watchdog:
+        return []
+    found: list[str] = []
+    if world.tick_check is None:
+        found.append("[7 one tick] the watchdog was never checked (no settle)")
+    else:
+        kept, running, named = world.tick_check
+        if kept is None or running != [kept] or named != kept:
+            found.append(
+                f"[7 one tick] after a clean watchdog run: it kept {kept}, Conductor runs "
+                f"{running}, scheduler_state names {named}"
+            )
+    ticks = {run.workflow_id: run for run in snap.runs(TICK)}
+    for run in ticks.values():
+        match = EXTRA_TICK.fullmatch(run.reason or "")
+        if match is None:
+            continue
+        kept_run = ticks.get(match["kept"])
+        if kept_run is None or _age(kept_run) > _age(run):
+            found.append(
+                f"[7 one tick] tick {run.workflow_id} was terminated as an extra, but the "
+                f"tick kept ({match['kept']}) is not older"
+            )
+    return _limit(found)
+
+
+def _age(run: WorkflowRun) -> tuple[datetime, str]:
+    return (run.start_time or datetime.max.replace(tzinfo=UTC), run.workflow_id)
+
+
+# The longest the tick may be without a pass, counted from the end of the last pass or the
+# last thing that stopped it (a crash, a stall, a refused call, an outage): the watchdog's
+# STALL (10 s) from the last beat, its next run (2 s) slowed by Conductor (up to 3 s a
+# call), the new tick's delivery (0.6 s) and a slow first step (3 s), about 22 s; the
+# largest seen in 2,000 scenarios was 16 s.
+TICK_DOWNTIME_MAX_MS = 25_000
+
+
+def tick_downtimes(world: World) -> list[tuple[int, int, str]]:
+    """Stretches of the run (up to its horizon) with no pass of the tick running: (from ms,
+    to ms, after what), each from the end of the last pass or disruption (World.disrupt)."""
+    horizon = world.scenario.horizon_ms
+    passes = sorted(
+        (record.at_ms, horizon if record.end_ms is None else min(record.end_ms, horizon))
+        for record in world.passes
+        if record.ran and record.at_ms <= horizon
+    )
+    found = []
+    covered, after = 0, "the start"
+    for start, end in [*passes, (horizon, horizon)]:
+        if start > covered:
+            since, why = covered, after
+            for began, ended, what in world.disruptions:
+                if began <= start and ended > since:
+                    since, why = ended, what
+            if start > since:
+                found.append((since, start, why))
+        if end > covered:
+            covered, after = end, "a pass"
+    return found
+
+
+def the_tick_lives(snap: Snapshot) -> list[str]:
+    """8. (knob `watchdog`) The tick is never gone for long: after a pass, or after whatever
+    stopped it, the next pass comes within TICK_DOWNTIME_MAX_MS."""
+    if not snap.world.scenario.watchdog:
+        return []
+    return _limit(
+        [
+            f"[8 the tick lives] no pass from {since / 1000:.3f}s (after {why}) to "
+            f"{until / 1000:.3f}s"
+            for since, until, why in tick_downtimes(snap.world)
+            if until - since > TICK_DOWNTIME_MAX_MS
+        ]
+    )
+
+
+def auto_pause(snap: Snapshot) -> list[str]:
+    """9. (knob autoPauseAfterFailures) After every commit, each spec's consecutive_failures
+    is the number of failed backups recorded in a row since its last success (or since it
+    was enabled again), an enabled spec is below its threshold, and a spec that paused
+    itself had reached it (tests/simulation/pauses.py)."""
+    return _limit(list(snap.world.pause_model.violations))
+
+
+def removal_delay(snap: Snapshot) -> list[str]:
+    """10. (knob removalDelaySeconds) Every EXPIRING backup ends REMOVED or COMPLETED; none
+    is removed before its expiresAt; and under a delay no backup retention removed skipped
+    the EXPIRING stage (a purge clears expiresAt, and deletes its rows anyway)."""
+    found: list[str] = []
+    delays = {spec.id: (name, spec.removal_delay_seconds) for name, spec in snap.specs.items()}
+    by_key: dict[tuple[str, object], BackupRow] = {
+        (delays[b.spec_id][0], b.id): b for b in snap.backups if b.spec_id in delays
+    }
+    for b in snap.backups:
+        name, delay = delays.get(b.spec_id, ("?", 0))
+        if b.status == BackupStatus.EXPIRING.value:
+            found.append(
+                f"[10 removal delay] {name}: backup {b.id} is still EXPIRING after settling "
+                f"(expiresAt {b.expires_at})"
+            )
+        removed = b.status in (
+            BackupStatus.REMOVING.value,
+            BackupStatus.REMOVE_FAILED.value,
+            BackupStatus.REMOVED.value,
+        )
+        if removed and delay > 0 and b.expires_at is None:
+            found.append(
+                f"[10 removal delay] {name}: backup {b.id} is {b.status} without having been "
+                f"EXPIRING (removalDelaySeconds {delay})"
+            )
+    for run in snap.runs(REMOVE_BACKUP):
+        row = by_key.get((str(run.input.get("backupName")), run.input.get("backupId")))
+        if row is None or row.data_id != run.input.get("dataId") or row.expires_at is None:
+            continue
+        if run.start_time is None or run.start_time < row.expires_at:
+            found.append(
+                f"[10 removal delay] {row.id}: remove_backup {run.workflow_id} started at "
+                f"{run.start_time}, before the backup's expiresAt {row.expires_at}"
+            )
+    return _limit(found)
+
+
 CHECKS: tuple[Check, ...] = (
     one_start_per_fire,
     no_fire_vanishes,
@@ -403,6 +553,10 @@ CHECKS: tuple[Check, ...] = (
     removals_once,
     retention_applied,
     purge_complete,
+    one_tick,
+    the_tick_lives,
+    auto_pause,
+    removal_delay,
 )
 
 

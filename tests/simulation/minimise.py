@@ -30,6 +30,8 @@ def _candidates(scenario: Scenario) -> Iterator[Overrides]:
     yield {"outages": ()}
     yield {"purge_at_ms": None}
     yield {"duplicate_gap_ms": 0}
+    if scenario.watchdog:
+        yield {"watchdog": False}
     yield {"replica_stall": 0.0}
     yield {"storage_hang": 0.0}
     yield {"storage_fail": 0.0}

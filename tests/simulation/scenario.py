@@ -6,6 +6,7 @@ so a seed replays exactly. Scenarios are small on purpose: the CI run needs thou
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -13,6 +14,7 @@ from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from backtor.conductor.twin import FaultKind
+from backtor.core.schedule import OverlapPolicy
 from backtor.core.specs import SpecDraft
 
 # Zones and the years they changed clocks in (São Paulo stopped in 2019).
@@ -66,13 +68,18 @@ class Scenario:
     replica_stall: float = 0.0  # probability that a replica stalls (GC pause) before a pass
     duplicate_gap_ms: int = 0  # mean time between extra deliveries of the tick (0: none)
     api_clients: int = 1
+    # The tick as Backtor runs it: a backtor_scheduler workflow the replicas' watchdogs keep
+    # alive (crashing too), its evaluate_schedule task run by schedule_passes; else the tick
+    # is handed to replicas directly, failover modelled by FAILOVER_MS (tests/simulation/world).
+    watchdog: bool = False
 
     def describe(self) -> str:
         """One line for a failure report."""
         specs = "; ".join(
             f"{s.draft.name} cron={s.draft.backup_cron_string!r} tz={s.draft.timezone} "
             f"grace={s.draft.misfire_grace_seconds} timeout={s.draft.timeout_seconds} "
-            f"at+{s.created_ms}ms"
+            f"delay={s.draft.removal_delay_seconds} autopause={s.draft.auto_pause_after_failures} "
+            f"overlap={s.draft.overlap_policy} at+{s.created_ms}ms"
             for s in self.specs
         )
         return (
@@ -81,7 +88,8 @@ class Scenario:
             f"{[k.value for k in self.fault_kinds]} outages={list(self.outages)} "
             f"crash={self.crash_rate} storage(fail={self.storage_fail},hang={self.storage_hang},"
             f"rmfail={self.remove_fail}) purge_at={self.purge_at_ms} "
-            f"cap={self.max_removals} api_clients={self.api_clients} | {specs}"
+            f"cap={self.max_removals} api_clients={self.api_clients} "
+            f"watchdog={self.watchdog} | {specs}"
         )
 
 
@@ -235,7 +243,7 @@ def generate(seed: int) -> Scenario:
         (rng.randrange(horizon_ms), rng.randrange(3_000, 40_000))
         for _ in range(rng.choice((0, 0, 0, 1, 2)))
     )
-    return Scenario(
+    scenario = Scenario(
         seed=seed,
         start=start,
         zone=zone,
@@ -258,4 +266,52 @@ def generate(seed: int) -> Scenario:
         replica_stall=rng.choice((0.0, 0.0, 0.05)),
         duplicate_gap_ms=rng.choice((0, 0, 15_000)),
         api_clients=rng.choice((1, 1, 2)),
+        watchdog=rng.random() < 0.4,  # drawn last: the other fields of a seed stay as they were
     )
+    return _overlap_policies(_schedule_controls(rng, scenario))
+
+
+# Knobs of issue 12, per spec: a removal delay (s) and autoPauseAfterFailures.
+REMOVAL_DELAYS: tuple[int, ...] = (1, 2, 5, 15)
+AUTO_PAUSES: tuple[int, ...] = (1, 2, 3)
+
+
+def _schedule_controls(rng: random.Random, scenario: Scenario) -> Scenario:
+    """removalDelaySeconds and autoPauseAfterFailures for some specs, drawn after every
+    other field, so a seed's scenario is otherwise what it was before these knobs."""
+    delays = rng.random() < 0.4
+    pauses = rng.random() < 0.4
+    specs = tuple(
+        dataclasses.replace(
+            setup,
+            draft=dataclasses.replace(
+                setup.draft,
+                removal_delay_seconds=rng.choice(REMOVAL_DELAYS) if delays else None,
+                auto_pause_after_failures=rng.choice(AUTO_PAUSES) if pauses else None,
+            ),
+        )
+        for setup in scenario.specs
+    )
+    return dataclasses.replace(scenario, specs=specs)
+
+
+# overlapPolicy of a spec; None: not sent (the default, skip).
+OVERLAP_CHOICES: tuple[str | None, ...] = (
+    None,
+    None,
+    *(policy.value for policy in OverlapPolicy if policy is not OverlapPolicy.SKIP),
+)
+
+
+def _overlap_policies(scenario: Scenario) -> Scenario:
+    """overlapPolicy for each spec, from a stream of its own: every other draw of a seed
+    stays as it was."""
+    rng = random.Random(f"{scenario.seed}:overlap")
+    specs = tuple(
+        dataclasses.replace(
+            setup,
+            draft=dataclasses.replace(setup.draft, overlap_policy=rng.choice(OVERLAP_CHOICES)),
+        )
+        for setup in scenario.specs
+    )
+    return dataclasses.replace(scenario, specs=specs)

@@ -24,24 +24,14 @@ from tests.simulation.runner import Result, forget_process_state, replay_command
 # Those seeds are left out of test_scenarios and replayed by test_known_defect, which is a
 # strict xfail: once the defect is fixed it passes, fails as XPASS, and the entry goes.
 KNOWN_DEFECTS: dict[str, tuple[str, tuple[int, ...]]] = {
-    "removal-bookkeeping-after-purge": (
-        "start_pending_removals records the workflow ids it started with an ORM bulk UPDATE "
-        "by primary key, which raises StaleDataError when the last removal's record_removal "
-        "finished the purge (spec and rows deleted) in between; the pass dies",
-        (429, 667, 720, 736),
-    ),
-    "unfenced-fire-attempt": (
-        "A fire attempt that stalls past its claim still starts (the START_MARGIN check is "
-        "not atomic with the start) and still records its outcome (_record_outcomes updates "
-        "the fire unconditionally): a second create_backup for one fire, a STARTED fire "
-        "overwritten with SKIPPED by the stale attempt, or StaleDataError when the fire's "
-        "spec was purged meanwhile",
-        (606, 977, 1009, 1834, 1887),
-    ),
-    "manual-fire-at-fire-time": (
-        "A manual fire written at the exact instant of a fire time takes its (spec, time) "
-        "key: the scheduled fire time then gets no row (on_conflict_do_nothing)",
-        (1438,),
+    "start-sent-after-the-claim-lapsed": (
+        "A process paused between the START_MARGIN check and its start_workflow request for "
+        "longer than its claim: another attempt took the fire over and started it, then the "
+        "paused request reached Conductor and created a second create_backup. Nothing on "
+        "Backtor's side is atomic with a request Conductor receives later; the ledger keeps "
+        "the run recorded first and the late one is terminated at once "
+        "(fires._record_outcomes), but invariant 1 counts every run ever started",
+        (977,),
     ),
 }
 
@@ -173,12 +163,29 @@ def _retention_marks_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(module, "apply_plan", capped_at_zero)
 
 
+def _watchdog_sees_no_stall(monkeypatch: pytest.MonkeyPatch) -> None:
+    import backtor.scheduling.watchdog as watchdog
+
+    monkeypatch.setattr(watchdog, "stalled", lambda *args: False)
+
+
+def _watchdog_keeps_the_youngest(monkeypatch: pytest.MonkeyPatch) -> None:
+    import backtor.scheduling.watchdog as watchdog
+
+    def youngest_first(runs: Any, key: Any) -> Any:
+        return sorted(runs, key=key, reverse=True)
+
+    monkeypatch.setattr(watchdog, "sorted", youngest_first, raising=False)
+
+
 @pytest.mark.parametrize(
     ("plant", "caught_by", "known"),
     [
         pytest.param(_skip_rows_vanish, "was due but has no fire row", 1, id="skips-not-written"),
         pytest.param(_never_adopt, "the ledger lost the run", 14, id="lost-start-not-adopted"),
         pytest.param(_retention_marks_nothing, "should be removed", 0, id="retention-removes-none"),
+        pytest.param(_watchdog_sees_no_stall, "[8 the tick lives]", 22, id="dead-tick-kept"),
+        pytest.param(_watchdog_keeps_the_youngest, "[7 one tick]", 0, id="youngest-tick-kept"),
     ],
 )
 def test_a_planted_defect_is_caught(

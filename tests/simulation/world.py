@@ -7,6 +7,13 @@ API clients change specs, chaos cuts Conductor off, Conductor's sweeper times ab
 tasks out. Backtor code runs either inline or, in interleaved scenarios, in a fiber that
 pauses at each Conductor call and each transaction, so passes of two replicas, a retention
 run and API requests overlap as they would in production. Nothing sleeps.
+
+With the knob `watchdog` the tick is Backtor's own: each replica runs the watchdog
+(ensure_tick, every WATCHDOG_SECONDS, crashing too), which starts the backtor_scheduler
+workflow; Conductor hands its evaluate_schedule task to one replica at a time, which runs
+schedule_passes (the worker's handler, sleeping in simulated time) and answers IN_PROGRESS
+with a callback. Operators restart or terminate ticks by hand. Without it, the tick is
+handed to replicas directly and failover is modelled (FAILOVER_MS).
 """
 
 from __future__ import annotations
@@ -14,11 +21,12 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import itertools
+import math
 import random
 import traceback
 import uuid
 from collections.abc import Callable, Generator, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
@@ -26,7 +34,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import create_engine, event, func, insert, select
+from sqlalchemy import bindparam, create_engine, event, exists, func, insert, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
@@ -34,13 +42,23 @@ from sqlalchemy.pool import StaticPool
 import backtor.conductor.twin as twin_module
 import backtor.scheduling.fires as fires_module
 import backtor.scheduling.removals as removals_module
-from backtor.conductor.names import APPLY_RETENTION, BACKUP, RECORD_REMOVAL, REMOVE
-from backtor.conductor.payloads import TaskRun, TaskStatus, WorkflowStatus
+import backtor.workers.tasks as tasks_module
+from backtor.conductor.names import (
+    APPLY_RETENTION,
+    BACKUP,
+    EVALUATE_SCHEDULE,
+    RECORD_REMOVAL,
+    REMOVE,
+    TICK,
+    TICK_CORRELATION_ID,
+)
+from backtor.conductor.payloads import TaskRun, TaskStatus, WorkflowRun, WorkflowStatus
 from backtor.conductor.port import Conductor
-from backtor.conductor.registration import register_definitions
+from backtor.conductor.registration import DEFINITIONS, register_definitions
 from backtor.conductor.results import TaskOutcome
 from backtor.conductor.twin import ConductorTwin, FaultKind, Faults
 from backtor.core.errors import BacktorError, ConductorRefused, ConductorUnavailable
+from backtor.core.schedule import OverlapPolicy
 from backtor.core.specs import SpecDraft
 from backtor.db.models import (
     Backup,
@@ -51,15 +69,19 @@ from backtor.db.models import (
     FireStatus,
     SchedulerState,
 )
+from backtor.db.types import UTCDateTime
 from backtor.runtime.services import Services
 from backtor.runtime.settings import Settings
 from backtor.scheduling.handlers import record_backup, record_removed_backup
 from backtor.scheduling.recording import plan_for
 from backtor.scheduling.tick import TickReport, run_tick
-from backtor.workers.tasks import MAX_CALLBACK_SECONDS
+from backtor.scheduling.watchdog import LEASE, ensure_tick
+from backtor.workers.runner import WATCHDOG_SECONDS
+from backtor.workers.tasks import MAX_CALLBACK_SECONDS, schedule_passes
 from tests.simulation import api
 from tests.simulation.fibers import Acting, Crash, Fiber, FiberPool, acting, set_acting
-from tests.simulation.scenario import API_ACTIONS, Scenario
+from tests.simulation.pauses import PauseModel
+from tests.simulation.scenario import API_ACTIONS, OVERLAP_CHOICES, Scenario
 
 T = TypeVar("T")
 Actor = Generator[int, None, None]
@@ -77,6 +99,14 @@ FAILOVER_MS = 12_000
 # and at most (eight times longer at each idle step).
 SETTLE_IDLE = timedelta(seconds=15)
 SETTLE_IDLE_MAX = timedelta(hours=1)
+# Scenarios with the knob `watchdog`: every replica runs the watchdog this often, and
+# Conductor hands evaluate_schedule out within this much of its callback (the poll interval).
+WATCHDOG_MS = int(WATCHDOG_SECONDS * 1000)
+TICK_POLL_MS = 100
+# The delivery looks at the tick's queue at least this often (a tick the watchdog started).
+TICK_LOOK_MS = 500
+# A latency this long is a stop-the-world pause of the process (replica_stall).
+GC_PAUSE_MS = 20_000
 
 
 class SimClock:
@@ -203,6 +233,17 @@ class SpecLife:
 
 
 @dataclass
+class PassRecord:
+    """A scheduler pass a replica began for the tick (knob `watchdog`); `ran`: it held the
+    pass lease (None: it died first)."""
+
+    at_ms: int
+    holder: str
+    ran: bool | None = None
+    end_ms: int | None = None
+
+
+@dataclass
 class StorageJob:
     task: TaskRun
     plan: str  # complete | fail | terminal | hang
@@ -217,6 +258,7 @@ class SteppedSession(Session):
         world: World = self.info["world"]
         world.boundary("db.commit", pause=False)  # a crash here rolls back
         super().commit()
+        world.committed()
         world.boundary("db.commit", after=True)  # a crash here keeps the commit
 
 
@@ -253,6 +295,7 @@ class SteppedDb:
         finally:
             if act is not None:
                 act.depth -= 1
+        self._world.committed()
         self._world.boundary("db.commit", after=True)  # a crash here keeps the commit
 
 
@@ -318,6 +361,8 @@ class World:
         self.crashes_on = scenario.crash_rate > 0
         self.settling = False
         self.agenda: list[tuple[int, int, Actor]] = []
+        self._until_ms = -1  # run_agenda's horizon while it runs
+        self._depth = 0  # actors being stepped, one inside another (start_pass)
         self._order = itertools.count()
         self.in_flight: set[Fiber] = set()
         self.trace: list[tuple[int, str, str]] = []
@@ -336,6 +381,18 @@ class World:
         self.replica_busy: set[str] = set()
         # Backup statuses before the last settle round: what its retention runs marked.
         self.round_before: dict[int, str] = {}
+        self.passes: list[PassRecord] = []  # knob `watchdog`: the tick's passes
+        self.disruptions: list[tuple[int, int, str]] = []  # knob `watchdog`: see disrupt()
+        # knob `watchdog`, at the settle's start: (the tick a clean watchdog run kept, the
+        # running ticks, the tick scheduler_state names)
+        self.tick_check: tuple[str | None, list[str], str | None] | None = None
+        # Knob autoPauseAfterFailures (a spec with it > 0): every commit is followed (the
+        # spec's schedule changes without an API request when it pauses itself) and its
+        # consecutive failures are counted from the records, as the invariant expects them.
+        self.follow_commits = any(
+            (setup.draft.auto_pause_after_failures or 0) > 0 for setup in scenario.specs
+        )
+        self.pause_model = PauseModel()
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -345,6 +402,20 @@ class World:
 
     def note(self, who: str, what: str) -> None:
         self.trace.append((self.clock.now_ms, who, what))
+
+    def committed(self) -> None:
+        """After every commit of Backtor code (knob autoPauseAfterFailures): a spec may have
+        paused itself; note its schedule, and check its count against the records."""
+        if self.follow_commits:
+            self.observe_specs()
+            self.pause_model.observe(self)
+
+    def disrupt(self, what: str, until_ms: int | None = None) -> None:
+        """Something that stops the tick, from now until `until_ms` (knob `watchdog`): the
+        liveness check counts from the end of the last of them."""
+        if self.scenario.watchdog and not self.settling:
+            now = self.clock.now_ms
+            self.disruptions.append((now, now if until_ms is None else until_ms, what))
 
     def count(self, key: str, by: int = 1) -> None:
         self.stats[key] = self.stats.get(key, 0) + by
@@ -396,14 +467,17 @@ class World:
             # the database's write lock, or a second transaction waiting on the first.
             self.fail(f"{act.name}: {kind} while a transaction of its own is open")
             return
-        if act.fiber is not None:
-            act.fiber.pause(self.clock.now_ms + self._latency())
+        if act.fiber is not None and self.interleave:
+            latency = self._latency()
+            if latency >= GC_PAUSE_MS and act.name.startswith("replica-"):
+                self.disrupt(f"{act.name} paused for {latency} ms", self.clock.now_ms + latency)
+            self.pause(act.fiber, self.clock.now_ms + latency)
 
     def _latency(self) -> int:
         rng = self.rng("latency")
         roll = rng.random()
         if roll < self.scenario.replica_stall * 0.2:
-            return rng.randrange(20_000, 60_000)  # a stop-the-world pause mid-action
+            return rng.randrange(GC_PAUSE_MS, 60_000)  # a stop-the-world pause mid-action
         if roll < 0.1:
             return rng.randrange(300, 3_000)
         return rng.randrange(0, 120)
@@ -415,11 +489,15 @@ class World:
         return None
 
     def call(
-        self, name: str, fn: Callable[[], T], crash_at: int | None = None
+        self, name: str, fn: Callable[[], T], crash_at: int | None = None, *, sleeps: bool = False
     ) -> Generator[int, None, T]:
-        """Run Backtor code as process `name`: inline, or in a fiber the agenda interleaves."""
+        """Run Backtor code as process `name`: inline, or in a fiber the agenda interleaves.
+
+        `sleeps`: in a fiber even without interleaving, for code that sleeps (the tick's
+        handler); it then pauses only where it sleeps.
+        """
         act = Acting(name, crash_at if self.crashes_on else None)
-        if not self.interleave:
+        if not self.interleave and not sleeps:
             set_acting(act)
             try:
                 return fn()
@@ -460,9 +538,18 @@ class World:
         scenario = self.scenario
         for setup in scenario.specs:
             self.spawn(self.create_actor(setup.draft), setup.created_ms)
-        self.spawn(self.tick_actor(), self.later("tick", 0, 2_000))
-        if scenario.duplicate_gap_ms:
-            self.spawn(self.duplicate_actor(), self.later("tick", 0, scenario.duplicate_gap_ms))
+        if scenario.watchdog:
+            self.spawn(self.tick_delivery_actor(), 0)
+            for name in self.replica_names():
+                self.spawn(self.watchdog_actor(name), self.later("watchdog", 0, WATCHDOG_MS))
+            if scenario.duplicate_gap_ms:
+                gap = scenario.duplicate_gap_ms
+                self.spawn(self.operator_tick_actor(), self.later("duplicates", 0, gap))
+        else:
+            self.spawn(self.tick_actor(), self.later("tick", 0, 2_000))
+            if scenario.duplicate_gap_ms:
+                gap = scenario.duplicate_gap_ms
+                self.spawn(self.duplicate_actor(), self.later("tick", 0, gap))
         self.spawn(self.storage_actor(), self.later("storage", 0, 1_000))
         for index in range(scenario.backtor_workers):
             self.spawn(self.backtor_actor(f"worker-{index}"), self.later("workers", 0, 1_000))
@@ -475,20 +562,63 @@ class World:
         if scenario.purge_at_ms is not None:
             self.spawn(self.purge_actor(), scenario.purge_at_ms)
         self.set_fault_rates(scenario.fault_rate)
-        self.run_agenda(scenario.horizon_ms)
-        self.settle()
+        with self.recording_passes():
+            self.run_agenda(scenario.horizon_ms)
+            self.settle()
+
+    @contextmanager
+    def recording_passes(self) -> Iterator[None]:
+        """The tick's handler calls run_tick through recorded_run_tick (knob `watchdog`)."""
+        if not self.scenario.watchdog:
+            yield
+            return
+        name = "run_tick"  # set by name, as deterministic() does: tasks.py has no hook
+        saved = getattr(tasks_module, name)
+        setattr(tasks_module, name, self.recorded_run_tick)
+        try:
+            yield
+        finally:
+            setattr(tasks_module, name, saved)
 
     def run_agenda(self, until_ms: int, stop: Callable[[], bool] | None = None) -> None:
-        while self.agenda and self.agenda[0][0] <= until_ms:
-            if stop is not None and stop():
-                return
-            at, _, actor = heapq.heappop(self.agenda)
-            self.clock.set(at)
-            try:
-                wake = next(actor)
-            except StopIteration:
-                continue
-            self.spawn(actor, max(wake, self.clock.now_ms))
+        self._until_ms = until_ms
+        try:
+            while self.agenda and self.agenda[0][0] <= until_ms:
+                if stop is not None and stop():
+                    return
+                at, _, actor = heapq.heappop(self.agenda)
+                self.clock.set(at)
+                self.step(actor)
+        finally:
+            self._until_ms = -1
+
+    def step(self, actor: Actor) -> None:
+        """Run `actor` up to its next yield and put it back on the agenda."""
+        self._depth += 1
+        try:
+            wake = next(actor)
+        except StopIteration:
+            return
+        finally:
+            self._depth -= 1
+        self.spawn(actor, max(wake, self.clock.now_ms))
+
+    def pause(self, fiber: Fiber, wake_ms: int) -> None:
+        """The acting fiber waits until `wake_ms`, as a step the agenda interleaves.
+
+        When run_agenda itself resumed it (not an actor that started it), and nothing else on
+        the agenda comes before `wake_ms`, the agenda would hand it straight back: the clock
+        moves on and the fiber carries on, with no switch of threads. Same events, same
+        order; a switch costs a thread wake-up, slow on a loaded machine.
+        """
+        if (
+            self._depth == 1
+            and wake_ms <= self._until_ms
+            and (not self.agenda or self.agenda[0][0] > wake_ms)
+        ):
+            self.clock.set(wake_ms)
+            return
+        fiber.pause(wake_ms)
 
     def set_fault_rates(self, rate: float) -> None:
         kinds = self.scenario.fault_kinds
@@ -512,7 +642,7 @@ class World:
     def observe_specs(self) -> None:
         """Note each spec's schedule as stored: a new stretch starts at each write of it."""
         with self.db.maker() as session:
-            rows = list(session.scalars(select(BackupSpec)))
+            rows = session.execute(_SPEC_SCHEDULES).all()
         present = set()
         for spec in rows:
             present.add(spec.name)
@@ -597,7 +727,7 @@ class World:
                     fn = partial(api.pin, services, name, backup_id, action == "pin")
                     yield from self.api_call(client, f"{action} {name}/{backup_id}", fn)
             elif action == "trigger":
-                fn = partial(api.trigger, services, name)
+                fn = partial(api.trigger, services, name, self.trigger_overlap())
                 yield from self.api_call(client, f"trigger {name}", fn)
             elif action == "purge":
                 fn = partial(api.delete_purge, services, name)
@@ -605,8 +735,18 @@ class World:
             elif action == "operator_retry":
                 self.operator_retry(rng, name)
 
+    def trigger_overlap(self) -> str | None:
+        """Now and then a trigger overrides the spec's overlapPolicy (`?overlap=`)."""
+        rng = self.rng("overlap")
+        return rng.choice([p.value for p in OverlapPolicy]) if rng.random() < 0.25 else None
+
     def changed(self, rng: random.Random, draft: SpecDraft) -> SpecDraft:
-        """A PUT that changes one thing: retention, grace, timeout, the schedule or enabled."""
+        """A PUT that changes one thing: retention, grace, timeout, the schedule or enabled;
+        and now and then overlapPolicy too (drawn apart, so the other draws stay as they were).
+        """
+        overlap = self.rng("overlap")
+        if overlap.random() < 0.2:
+            draft = dataclasses.replace(draft, overlap_policy=overlap.choice(OVERLAP_CHOICES))
         what = rng.choice(("retention", "grace", "timeout", "cron", "enabled"))
         if what == "retention":
             retention = dict(draft.retention)
@@ -621,7 +761,8 @@ class World:
             cron = rng.choice(("*/2 * * * * *", "*/5 * * * * *", "7 * * * * *", "0/3 * * * * *"))
             return dataclasses.replace(draft, backup_cron_string=cron)
         currently = draft.enabled is not False
-        return dataclasses.replace(draft, enabled=not currently)
+        reason = "paused by a client (simulated)" if currently else None  # with enabled 0 only
+        return dataclasses.replace(draft, enabled=not currently, paused_reason=reason)
 
     def some_backup(self, rng: random.Random, name: str, completed_only: bool) -> int | None:
         with self.db.maker() as session:
@@ -662,6 +803,7 @@ class World:
         self.outages += 1
         self.set_fault_rates(self.scenario.fault_rate)
         self.note("chaos", f"Conductor unreachable for {length} ms")
+        self.disrupt("Conductor unreachable", self.clock.now_ms + length)
         yield self.clock.now_ms + length
         self.outages -= 1
         if not self.settling:
@@ -702,17 +844,14 @@ class World:
     def start_pass(self, name: str) -> dict[str, TickReport | None]:
         """Run a pass now, up to its first pause; the agenda carries it on from there."""
         box: dict[str, TickReport | None] = {}
-        actor = self.pass_actor(name, box)
-        with suppress(StopIteration):
-            self.spawn(actor, next(actor))
+        self.step(self.pass_actor(name, box))
         return box
 
+    def replica_names(self) -> list[str]:
+        return [f"replica-{i}" for i in range(self.scenario.replicas)]
+
     def idle_replicas(self) -> list[str]:
-        return [
-            name
-            for name in (f"replica-{i}" for i in range(self.scenario.replicas))
-            if name not in self.replica_busy
-        ]
+        return [name for name in self.replica_names() if name not in self.replica_busy]
 
     def tick_actor(self) -> Actor:
         """The tick task: Conductor hands it to one replica at a time, at the time it asked.
@@ -763,6 +902,196 @@ class World:
         wait = min(max(wait, 0.0), longest)
         return self.later("tick", int(wait * 1000) + 1, int(wait * 1000) + 250)
 
+    # -- the real tick and the watchdog (knob `watchdog`) ------------------------------------------
+
+    def tick_delivery_actor(self) -> Actor:
+        """Conductor hands each visible evaluate_schedule task to one idle replica.
+
+        The tick is a real backtor_scheduler workflow the watchdog starts; a replica runs its
+        task as the Backtor worker does. Polls that could find nothing are left out (they
+        change nothing), so the delivery wakes when a task becomes visible.
+        """
+        rng = self.rng("delivery")
+        while not self.settling:
+            idle = self.idle_replicas()
+            if idle and self.tick_visible_at() is not None:
+                name = rng.choice(idle)
+                task = self.poll(EVALUATE_SCHEDULE, name)
+                if task is not None:
+                    self.step(self.tick_task_actor(name, task))
+                else:
+                    self.disrupt(f"{name} could not poll evaluate_schedule")
+            yield self.next_tick_look_ms(rng)
+
+    def tick_visible_at(self) -> datetime | None:
+        """When the earliest queued evaluate_schedule task can be polled (None: none queued)."""
+        now = self.clock()
+        moments = [
+            max((task.update_time or now), (task.scheduled_time or now))
+            + timedelta(seconds=task.callback_after_seconds)
+            for task in self.twin.pending_tasks((EVALUATE_SCHEDULE,))
+            if task.status is TaskStatus.SCHEDULED
+        ]
+        return min(moments, default=None) if any(m <= now for m in moments) else None
+
+    def next_tick_look_ms(self, rng: random.Random) -> int:
+        now = self.clock()
+        queued = [
+            max((task.update_time or now), (task.scheduled_time or now))
+            + timedelta(seconds=task.callback_after_seconds)
+            for task in self.twin.pending_tasks((EVALUATE_SCHEDULE,))
+            if task.status is TaskStatus.SCHEDULED
+        ]
+        wake = self.clock.now_ms + TICK_LOOK_MS
+        if queued and self.idle_replicas():
+            wake = min(wake, max(_ms(min(queued) - self.clock.start), self.clock.now_ms))
+        return wake + rng.randrange(1, TICK_POLL_MS + 1)
+
+    def tick_task_actor(self, name: str, task: TaskRun) -> Actor:
+        """Replica `name` runs evaluate_schedule as backtor.workers.tasks does: passes until
+        the next due time is beyond the hold, then IN_PROGRESS with a callback. It dies
+        holding it now and then; the watchdog's stall rule replaces the tick then."""
+        self.replica_busy.add(name)
+        try:
+            services = self.services(name)
+            fn = partial(
+                schedule_passes,
+                services,
+                wait=self.tick_wait,
+                stopping=lambda: self.settling,
+                holder=name,
+            )
+            try:
+                outcome = yield from self.call(name, fn, self.crash_plan(), sleeps=True)
+            except Crash as crash:
+                self.note(name, str(crash))
+                self.count("crash.replica")
+                self.disrupt(str(crash))
+                self.held.discard(task.task_id)  # left IN_PROGRESS, held by no one
+                return
+            except CONDUCTOR_ERRORS as error:  # the SDK reports FAILED; Conductor retries
+                self.note(name, f"evaluate_schedule failed: {type(error).__name__}: {error}")
+                self.count("pass.escaped")
+                self.disrupt(f"{name}: evaluate_schedule failed")
+                outcome = TaskOutcome("FAILED", {"error": str(error)}, str(error))
+            except Exception as error:
+                self.unexpected(f"{name} evaluate_schedule", error)
+                self.disrupt(f"{name}: evaluate_schedule raised")
+                outcome = TaskOutcome("FAILED", {"error": repr(error)}, repr(error))
+            self.count("task.evaluate_schedule")
+            yield from self.report(name, task, outcome)
+        finally:
+            self.replica_busy.discard(name)
+
+    def tick_wait(self, seconds: float) -> bool:
+        """schedule_passes' sleep to a near due time: the fiber waits in simulated time.
+
+        The process may die in its sleep (a step boundary); True: the worker is stopping.
+        """
+        self.boundary("tick.wait", after=True)
+        act = acting()
+        assert act is not None and act.fiber is not None, "the tick's handler runs in a fiber"
+        self.pause(act.fiber, self.clock.now_ms + math.ceil(seconds * 1000))
+        return self.settling
+
+    def recorded_run_tick(self, services: Services, holder: str) -> TickReport:
+        """run_tick as schedule_passes calls it, each pass noted for the liveness check."""
+        record = PassRecord(self.clock.now_ms, holder)
+        self.passes.append(record)
+        try:
+            report = run_tick(services, holder)
+        finally:
+            record.end_ms = self.clock.now_ms
+        record.ran = report.ran
+        self.count("pass" if report.ran else "pass.lease_held")
+        act = acting()
+        if self.clock.now_ms == record.at_ms and act is not None and act.fiber is not None:
+            # A pass takes time: without it, a pass due "now" (a claim lapsing this very
+            # millisecond) would be run again and again at one frozen instant.
+            self.pause(act.fiber, self.clock.now_ms + 1)
+        return report
+
+    def watchdog_actor(self, name: str) -> Actor:
+        """Replica `name`'s watchdog loop (backtor.workers.runner.run_worker): ensure_tick
+        every WATCHDOG_SECONDS; a failure is logged and the next run comes as usual."""
+        holder = f"{name}:watchdog"
+        while not self.settling:
+            fn = partial(ensure_tick, self.services(name), holder)
+            try:
+                kept = yield from self.call(f"{name} watchdog", fn, self.crash_plan())
+                self.count("watchdog.ran" if kept else "watchdog.lease_held")
+            except Crash as crash:
+                self.note(name, str(crash))
+                self.count("crash.watchdog")
+                self.disrupt(str(crash))
+            except CONDUCTOR_ERRORS as error:
+                self.note(name, f"watchdog: {type(error).__name__}: {error}")
+                self.count("watchdog.failed")
+                self.disrupt(f"{name} watchdog failed")
+            except Exception as error:
+                self.unexpected(f"{name} watchdog", error)
+            yield self.clock.now_ms + WATCHDOG_MS
+
+    def running_ticks(self) -> list[WorkflowRun]:
+        return [w for w in self.twin.workflows(TICK) if w.status is WorkflowStatus.RUNNING]
+
+    def operator_tick_actor(self) -> Actor:
+        """Now and then someone restarts a tick by hand beside the running one, or terminates
+        the running one in Conductor's UI: the watchdog must end up with one tick again."""
+        gap = self.scenario.duplicate_gap_ms
+        rng = self.rng("duplicates")
+        while not self.settling:
+            yield self.clock.now_ms + int(rng.expovariate(1.0 / gap)) + 1
+            if self.settling:
+                return
+            running = self.running_ticks()
+            try:
+                if running and rng.random() < 0.4:
+                    victim = rng.choice(running).workflow_id
+                    self.twin.terminate_workflow(victim, "operator: terminated in the UI")
+                    self.note("operator", f"terminated the tick {victim}")
+                    self.count("operator.tick_terminated")
+                    self.disrupt("an operator terminated the tick")
+                else:
+                    started = self.twin.start_workflow(
+                        TICK,
+                        version=DEFINITIONS.workflow_version(TICK),
+                        correlation_id=TICK_CORRELATION_ID,
+                        input={},
+                    )
+                    self.note("operator", f"started a tick by hand: {started}")
+                    self.count("operator.tick_started")
+            except CONDUCTOR_ERRORS as error:
+                self.note("operator", f"tick operation refused: {error}")
+
+    def settle_watchdog(self) -> None:
+        """Faults and crashes off: one watchdog run must leave exactly the tick it names.
+
+        Run by the lease's holder (or any replica once it lapsed), at the settle's start;
+        the ticks then go (the settle loop drives passes itself) and the check is recorded.
+        """
+        with self.db.maker() as session:
+            holder = session.scalar(select(SchedulerState.lease_holder))
+        names = [f"{name}:watchdog" for name in self.replica_names()]
+        holder = holder if holder in names else names[0]
+        until = self.clock.now_ms + 2 * WATCHDOG_MS + int(LEASE.total_seconds() * 1000)
+        kept: str | None = None
+        while kept is None and self.clock.now_ms <= until:
+            try:
+                kept = ensure_tick(self.services("settle"), holder)
+            except CONDUCTOR_ERRORS as error:
+                self.fail(f"[7 one tick] the watchdog failed with Conductor healthy: {error}")
+                return
+            if kept is None:  # another replica's lease: it lapses within LEASE
+                self.clock.set(self.clock.now_ms + WATCHDOG_MS)
+        running = [w.workflow_id for w in self.running_ticks()]
+        with self.db.maker() as session:
+            named = session.scalar(select(SchedulerState.tick_workflow_id))
+        self.tick_check = (kept, running, named)
+        with self.no_faults():
+            for workflow_id in running:
+                self.twin.terminate_workflow(workflow_id, "simulation: settling")
+
     # -- workers --------------------------------------------------------------------------------
 
     def poll(self, task_type: str, worker: str) -> TaskRun | None:
@@ -791,8 +1120,12 @@ class World:
                 )
                 break
             except CONDUCTOR_ERRORS:
+                if task.task_type == EVALUATE_SCHEDULE:
+                    self.disrupt(f"{worker} could not report evaluate_schedule")
                 yield self.clock.now_ms + min(500 * 2**attempt, 5_000)
-        del self.unreported[task.task_id]
+        # Popped, not deleted: a tick task whose IN_PROGRESS landed though its answer was
+        # lost is handed out again (same task id) and may be reported by another replica.
+        self.unreported.pop(task.task_id, None)
         self.held.discard(task.task_id)
 
     def storage_actor(self) -> Actor:
@@ -886,6 +1219,8 @@ class World:
                 self.twin.update_task(task, "FAILED", reason="response timed out (simulated)")
             self.note("conductor", f"{task.task_type} {task.task_id} response timed out")
             self.count("sweeper.timeout")
+            if task.task_type == EVALUATE_SCHEDULE:
+                self.disrupt("evaluate_schedule timed out")
 
     def swept_at(self, task: TaskRun) -> datetime:
         """When Conductor's sweeper times an abandoned task out: its response timeout, plus
@@ -927,6 +1262,8 @@ class World:
         for _, _, actor in self.agenda:
             actor.close()
         self.agenda.clear()
+        if self.scenario.watchdog:
+            self.settle_watchdog()
         self.interleave = False
         self.finish_storage_jobs()
         for task, outcome in list(self.unreported.values()):
@@ -1011,6 +1348,10 @@ class World:
                 worker_config=spec.worker_config,
                 timeout_seconds=spec.timeout_seconds,
                 misfire_grace_seconds=spec.misfire_grace_seconds,
+                paused_reason=spec.paused_reason,
+                auto_pause_after_failures=spec.auto_pause_after_failures,
+                removal_delay_seconds=spec.removal_delay_seconds,
+                overlap_policy=spec.overlap_policy,
                 retention=dict(fallback.retention)
                 | {
                     "retentionMinutely": spec.retention_minutely,
@@ -1070,7 +1411,16 @@ class World:
                 if spec is None:
                     continue
                 plan = plan_for(session, spec)
-                if plan.remove_ids:
+                waiting = {
+                    str(backup_id)
+                    for backup_id in session.scalars(
+                        select(Backup.id).where(
+                            Backup.spec_id == spec.id,
+                            Backup.status == BackupStatus.EXPIRING.value,
+                        )
+                    )
+                }
+                if plan.remove_ids - waiting:  # EXPIRING ones are on their way already
                     return True
         return False
 
@@ -1078,31 +1428,7 @@ class World:
         if self.twin.pending_tasks():
             return False
         with self.db.maker() as session:
-            open_fires = session.scalar(
-                select(func.count())
-                .select_from(Fire)
-                .where(
-                    (Fire.status == FireStatus.PENDING.value)
-                    | ((Fire.status == FireStatus.STARTED.value) & Fire.outcome.is_(None))
-                )
-            )
-            open_backups = session.scalar(
-                select(func.count())
-                .select_from(Backup)
-                .where(
-                    Backup.status.in_(
-                        (
-                            BackupStatus.REMOVING.value,
-                            BackupStatus.REMOVE_FAILED.value,
-                            BackupStatus.RUNNING.value,
-                        )
-                    )
-                )
-            )
-            purging = session.scalar(
-                select(func.count()).select_from(BackupSpec).where(BackupSpec.deleting.is_(True))
-            )
-        return not open_fires and not open_backups and not purging
+            return not any(session.execute(_OPEN_WORK).one())
 
     def next_moment(self, report: TickReport, idle: timedelta) -> datetime:
         """The next moment anything can happen: a fire, a task, a retry, a claim lapsing.
@@ -1114,36 +1440,10 @@ class World:
         """
         now = self.clock()
         with self.db.maker() as session:
-            moments = [
-                session.scalar(
-                    select(func.min(Backup.next_attempt_at)).where(
-                        Backup.status.in_(
-                            (BackupStatus.REMOVING.value, BackupStatus.REMOVE_FAILED.value)
-                        ),
-                        Backup.remove_workflow_id.is_(None),
-                        Backup.next_attempt_at > now,
-                    )
-                ),
-                session.scalar(
-                    select(func.min(Backup.claimed_until)).where(Backup.claimed_until >= now)
-                ),
-                session.scalar(
-                    select(func.min(Fire.claimed_until)).where(
-                        Fire.status == FireStatus.PENDING.value, Fire.claimed_until >= now
-                    )
-                ),
-            ]
+            moments: list[datetime | None] = list(session.execute(_WAKE_TIMES, {"now": now}).one())
             moments += [  # Backtor's own clocks: timeoutSeconds of a run, a dead worker's task
                 started + timedelta(seconds=timeout)
-                for started, timeout in session.execute(
-                    select(Fire.started_at, BackupSpec.timeout_seconds)
-                    .join(BackupSpec, BackupSpec.id == Fire.spec_id)
-                    .where(
-                        Fire.status == FireStatus.STARTED.value,
-                        Fire.outcome.is_(None),
-                        BackupSpec.timeout_seconds.is_not(None),
-                    )
-                )
+                for started, timeout in session.execute(_RUN_TIMEOUTS)
                 if started is not None and timeout is not None
             ]
         moments += [
@@ -1159,14 +1459,8 @@ class World:
         """What changes when anything happens (for the settle loop's idle steps)."""
         tasks = tuple((t.task_id, t.status) for t in self.twin.pending_tasks())
         with self.db.maker() as session:
-            fires = session.execute(
-                select(Fire.status, Fire.outcome, func.count()).group_by(Fire.status, Fire.outcome)
-            ).all()
-            backups = session.execute(
-                select(Backup.status, func.count(), func.sum(Backup.remove_attempts)).group_by(
-                    Backup.status
-                )
-            ).all()
+            fires = session.execute(_FIRE_COUNTS).all()
+            backups = session.execute(_BACKUP_COUNTS).all()
         return tasks, tuple(map(tuple, fires)), tuple(map(tuple, backups))
 
     def unsettled(self) -> str:
@@ -1179,12 +1473,13 @@ class World:
                 )
             ).all()
             backups = session.execute(
-                select(Backup.id, Backup.status, Backup.next_attempt_at).where(
+                select(Backup.id, Backup.status, Backup.next_attempt_at, Backup.expires_at).where(
                     Backup.status.in_(
                         (
                             BackupStatus.REMOVING.value,
                             BackupStatus.REMOVE_FAILED.value,
                             BackupStatus.RUNNING.value,
+                            BackupStatus.EXPIRING.value,
                         )
                     )
                 )
@@ -1196,6 +1491,65 @@ class World:
             f"open tasks {tasks}; open fires {[tuple(f) for f in fires]}; "
             f"open backups {[tuple(b) for b in backups]}; purging {purging}"
         )
+
+
+# The settle loop's questions, built once (they run at every settle step).
+_OPEN_FIRE = (Fire.status == FireStatus.PENDING.value) | (
+    (Fire.status == FireStatus.STARTED.value) & Fire.outcome.is_(None)
+)
+_OPEN_BACKUP = Backup.status.in_(
+    (
+        BackupStatus.REMOVING.value,
+        BackupStatus.REMOVE_FAILED.value,
+        BackupStatus.RUNNING.value,
+        BackupStatus.EXPIRING.value,  # its removal waits for expires_at: not settled yet
+    )
+)
+_OPEN_WORK = select(
+    exists().where(_OPEN_FIRE),
+    exists().where(_OPEN_BACKUP),
+    exists().where(BackupSpec.deleting.is_(True)),
+)
+_NOW = bindparam("now", type_=UTCDateTime())
+_WAKE_TIMES = select(
+    select(func.min(Backup.next_attempt_at))
+    .where(
+        Backup.status.in_((BackupStatus.REMOVING.value, BackupStatus.REMOVE_FAILED.value)),
+        Backup.remove_workflow_id.is_(None),
+        Backup.next_attempt_at > _NOW,
+    )
+    .scalar_subquery(),
+    select(func.min(Backup.claimed_until)).where(Backup.claimed_until >= _NOW).scalar_subquery(),
+    select(func.min(Fire.claimed_until))
+    .where(Fire.status == FireStatus.PENDING.value, Fire.claimed_until >= _NOW)
+    .scalar_subquery(),
+    select(func.min(Backup.expires_at))
+    .where(Backup.status == BackupStatus.EXPIRING.value, Backup.expires_at > _NOW)
+    .scalar_subquery(),
+)
+_RUN_TIMEOUTS = (
+    select(Fire.started_at, BackupSpec.timeout_seconds)
+    .join(BackupSpec, BackupSpec.id == Fire.spec_id)
+    .where(
+        Fire.status == FireStatus.STARTED.value,
+        Fire.outcome.is_(None),
+        BackupSpec.timeout_seconds.is_not(None),
+    )
+)
+_FIRE_COUNTS = select(Fire.status, Fire.outcome, func.count()).group_by(Fire.status, Fire.outcome)
+_BACKUP_COUNTS = select(Backup.status, func.count(), func.sum(Backup.remove_attempts)).group_by(
+    Backup.status
+)
+_SPEC_SCHEDULES = select(
+    BackupSpec.name,
+    BackupSpec.last_update,
+    BackupSpec.cron_string,
+    BackupSpec.timezone,
+    BackupSpec.from_date,
+    BackupSpec.to_date,
+    BackupSpec.enabled,
+    BackupSpec.deleting,
+)
 
 
 def _ms(delta: timedelta) -> int:

@@ -3,7 +3,9 @@
 `backup` writes one file and returns its name as dataId; `remove` deletes it (a missing
 file counts as removed). It polls Conductor over REST in a thread, like any worker would.
 Knobs: `delay` (a slow backup), `fail_backups` and `fail_removals` (how many of the next
-ones fail, terminally, so the workflow fails at once). Tasks for spec names that `accepts`
+ones fail, terminally, so the workflow fails at once), `keep_only_wanted` (as the real
+storage worker does: a backup whose task Conductor cancelled meanwhile, its run terminated,
+keeps no file; listed in `cancelled`). Tasks for spec names that `accepts`
 refuses (another test's leftovers on the shared server) fail without touching anything.
 """
 
@@ -36,6 +38,8 @@ class FileStorageWorker:
         self.delay = 0.0
         self.fail_backups = 0
         self.fail_removals = 0
+        self.keep_only_wanted = False
+        self.cancelled: list[str] = []  # workflow ids whose backup was dropped, unwanted
         self.backups_taken: list[str] = []
         self.removed: list[str] = []
         self._stop = threading.Event()
@@ -45,6 +49,7 @@ class FileStorageWorker:
         ]
         self._session = requests.Session()
         self._lock = threading.Lock()
+        self._current = threading.local()  # the task a loop thread works on
 
     def __enter__(self) -> FileStorageWorker:
         for thread in self._threads:
@@ -75,6 +80,7 @@ class FileStorageWorker:
                 self._stop.wait(self.poll_interval)
                 continue
             task = answer.json()
+            self._current.task = task
             if str(task["inputData"].get("backupName", "")).startswith(self.prefix):
                 status, output, reason = handle(task["inputData"])
             else:
@@ -107,12 +113,27 @@ class FileStorageWorker:
                 return "FAILED_WITH_TERMINAL_ERROR", {}, "test storage: told to fail"
         if self.delay:
             time.sleep(self.delay)
+        if self.keep_only_wanted and not self._still_wanted():
+            with self._lock:
+                self.cancelled.append(self._current.task["workflowInstanceId"])
+            return "FAILED", {}, "test storage: the task was cancelled; no file kept"
         name = f"{data['backupName']}-{uuid.uuid4().hex[:10]}.bak"
         content = f"backup of {data['backupName']}\n".encode()
         (self.directory / name).write_bytes(content)
         with self._lock:
             self.backups_taken.append(name)
         return "COMPLETED", {"dataId": name, "dataSizeMB": len(content) / 1e6}, None
+
+    def _still_wanted(self) -> bool:
+        """Whether Conductor still waits for the current task (backtor's storage worker asks
+        the same before it keeps a backup); when it cannot say, the backup is kept."""
+        task_id = self._current.task["taskId"]
+        try:
+            answer = self._session.get(f"{self.base}/tasks/{task_id}", timeout=10)
+            answer.raise_for_status()
+            return bool(answer.json().get("status") != "CANCELED")
+        except (requests.RequestException, ValueError):
+            return True
 
     def _remove(self, data: dict[str, Any]) -> tuple[str, dict[str, Any], str | None]:
         with self._lock:

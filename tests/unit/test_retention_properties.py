@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backtor.core.policy import UNIT_BY_TIER, RetentionPolicy, Tier, TierRule
+from backtor.core.policy import UNIT_BY_TIER, KeepWithin, RetentionPolicy, Tier, TierRule
 from backtor.core.retention import (
     BackupRecord,
     Decision,
@@ -79,7 +79,16 @@ def policies(draw: st.DrawFn) -> RetentionPolicy:
         count = draw(st.sampled_from([0, 0, 1, 2, 3, 5, 100]))
         reference = draw(st.none() | st.integers(unit.low, unit.high))
         rules[tier.value] = TierRule(count, reference)
-    return RetentionPolicy(**rules)
+    within = draw(
+        st.none()
+        | st.builds(KeepWithin, days=st.integers(1, 40))
+        | st.builds(KeepWithin, hours=st.integers(1, 100), minutes=st.integers(0, 59))
+        | st.builds(
+            KeepWithin, weeks=st.integers(0, 3), days=st.integers(1, 3), hours=st.integers(0, 23)
+        )
+    )
+    last = draw(st.sampled_from([0, 0, 0, 1, 2, 5, 50]))
+    return RetentionPolicy(**rules, keep_within=within, keep_last=last)
 
 
 def newest_candidate(backups: list[BackupRecord]) -> BackupRecord | None:
@@ -228,6 +237,17 @@ def reference_plan(
         )
         reps[tier] = representatives(tier, pool)
     newest = max(candidates, key=newness, default=None)
+    by_age = sorted(candidates, key=newness, reverse=True)
+    last = by_age[: policy.keep_last]
+    within: list[BackupRecord] = []
+    if newest is not None and policy.keep_within is not None:
+        local = newest.time.astimezone(tz).replace(tzinfo=None)
+        rule = policy.keep_within
+        back = local - timedelta(days=7 * rule.weeks + rule.days)
+        cutoff = back.replace(tzinfo=tz).astimezone(UTC) - timedelta(
+            hours=rule.hours, minutes=rule.minutes, seconds=rule.seconds
+        )
+        within = [b for b in candidates if b.time >= cutoff]
     decisions = []
     for b in sorted(backups, key=newness, reverse=True):
         if b.status != "COMPLETED":
@@ -237,6 +257,8 @@ def reference_plan(
         tags = () if b.pinned else tuple(t for t in counted if b in reps[t])
         reasons = [t.value for t in counted if b in reps[t][-policy.rule(t).count :]]
         reasons += ["newest"] if b is newest else []
+        reasons += ["within"] if b in within else []
+        reasons += ["last"] if b in last else []
         reasons += ["pinned"] if b.pinned else []
         decisions.append(
             Decision(b.id, b.time, "keep" if reasons else "remove", tags, tuple(reasons))
@@ -251,3 +273,19 @@ def test_agrees_with_a_direct_transcription_of_the_rules(
 ) -> None:
     backups, tz = history
     assert plan_retention(backups, policy, tz) == reference_plan(backups, policy, tz)
+
+
+@SETTINGS
+@given(history=histories(), policy=policies())
+def test_within_and_last_add_no_tags_and_change_no_tier(
+    history: tuple[list[BackupRecord], ZoneInfo], policy: RetentionPolicy
+) -> None:
+    backups, tz = history
+    plain = replace(policy, keep_within=None, keep_last=0)
+    plan = plan_retention(backups, policy, tz)
+    for with_recent, without in zip(
+        plan.decisions, plan_retention(backups, plain, tz).decisions, strict=True
+    ):
+        assert with_recent.tags == without.tags
+        tiers = [r for r in with_recent.reasons if r not in ("within", "last")]
+        assert tiers == list(without.reasons)

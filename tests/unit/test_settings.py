@@ -36,6 +36,7 @@ FREE_TEXT = {
     "BACKTOR_STORAGE_ROOTS",
     "CONDUCTOR_AUTH_KEY",
     "CONDUCTOR_AUTH_SECRET",
+    "BACKTOR_NOTIFY_SECRET",
 }
 
 BAD_VALUES = [
@@ -45,6 +46,7 @@ BAD_VALUES = [
     ("CONDUCTOR_API_URL", "localhost:8080/api"),
     ("CONDUCTOR_API_URL", "/"),
     ("CONDUCTOR_API_URL", "   "),
+    ("CONDUCTOR_UI_URL", "conductor.example:5000"),
     ("DATABASE_URL", "backtor.db"),
     ("DATABASE_URL", "  "),
     ("LOG_LEVEL", "verbose"),
@@ -68,6 +70,8 @@ BAD_VALUES = [
     ("BACKTOR_WORKER_HEALTH_PORT", "-1"),
     ("BACKTOR_MIGRATE_ON_START", "yes"),
     ("BACKTOR_MIGRATE_ON_START", "2"),
+    ("BACKTOR_NOTIFY_URL", "ftp://hooks.example/backtor"),
+    ("BACKTOR_NOTIFY_URL", "hooks.example/backtor"),
 ]
 
 

@@ -1,0 +1,21 @@
+"""The dialect's own INSERT, for insert-or-ignore and upserts (`ON CONFLICT ...`).
+
+PostgreSQL and SQLite both have `ON CONFLICT DO NOTHING` / `DO UPDATE`; SQLAlchemy spells
+them on each dialect's Insert. One helper picks it from the session's bind.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+DialectInsert = postgresql.Insert | sqlite.Insert
+
+
+def dialect_insert(session: Session, entity: Any) -> DialectInsert:
+    """`INSERT INTO entity` for the session's database, with its `on_conflict_*` methods."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(entity)
+    return sqlite.insert(entity)

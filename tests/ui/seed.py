@@ -1,0 +1,371 @@
+"""Specs and backups for the /ui tests, made the way the running system makes them.
+
+Specs go through the REST API (`POST`/`PUT /backup`, the pin route), as a user makes them.
+Backups go through the scheduler's own recording code, minute by minute on a settable
+clock: `record_taken` for each backup a storage worker reported, `apply_plan` for the
+retention run that follows (it marks the plan's removals REMOVING), then the removal
+outbox's steps (a remove_backup workflow id, `record_removed`). Only what Conductor would
+have done (the workflow ids) and what the tick leaves behind (next fire, last skip) are
+written directly.
+
+`demo` is `make run`'s demo spec (scripts/run): the same body, ten minutes of its life.
+`www` and `orders` are the README's examples with a history; `archive` is paused; `events`
+holds 100,000 backups, to show that a page stays bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import requests
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from backtor.core.policy import RetentionPolicy
+from backtor.core.retention import BackupRecord, plan_retention
+from backtor.db.models import Backup, BackupSpec, BackupStatus, SkipReason
+from backtor.scheduling.recording import TakenBackup, apply_plan, record_failed, record_taken
+from backtor.scheduling.removals import record_removed
+from backtor.storage.output import backup_file_name
+
+DEMO_DIR = "/srv/backtor/data/demo"  # make run's $DATA_DIR/demo, here only a path in a config
+BULK_BACKUPS = 100_000
+
+
+class Clock:
+    """The app's clock (`create_app(clock=...)`): the seed moves it, the pages read it."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def demo_body() -> dict[str, Any]:
+    """The body scripts/run posts for the demo spec (tests check the script still does)."""
+    config = {"kind": "filesystem", "source": DEMO_DIR + "/source", "target": DEMO_DIR + "/store"}
+    return {
+        "name": "demo",
+        "backupCronString": "0 * * * * *",
+        "retentionMinutely": "3",
+        "workerConfig": json.dumps(config),
+    }
+
+
+@dataclass
+class Seeded:
+    """What the tests compare the pages with."""
+
+    view_time: datetime
+    pinned: dict[str, int] = field(default_factory=dict)  # spec -> the pinned backup's id
+    failed: dict[str, list[int]] = field(default_factory=dict)  # spec -> FAILED/TIMED_OUT ids
+    remove_failed: dict[str, int] = field(default_factory=dict)
+    hostile_error: str = ""
+
+
+class Seeder:
+    def __init__(self, base_url: str, clock: Clock, sessions: sessionmaker[Session]) -> None:
+        self.base_url = base_url
+        self.clock = clock
+        self.sessions = sessions
+        self.http = requests.Session()
+
+    def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        answer = self.http.request(method, f"{self.base_url}{path}", json=body, timeout=30)
+        assert answer.status_code < 300, (method, path, answer.status_code, answer.text)
+        return answer.json() if answer.content else None
+
+    @contextmanager
+    def spec(self, name: str) -> Iterator[tuple[Session, BackupSpec]]:
+        with self.sessions() as session:
+            spec = session.scalars(select(BackupSpec).where(BackupSpec.name == name)).one()
+            yield session, spec
+            session.commit()
+
+    def take(
+        self,
+        name: str,
+        fire: datetime,
+        *,
+        took: timedelta = timedelta(seconds=2),
+        size_mb: float = 0.02,
+        max_removals: int = 20,
+        remove: bool = True,
+    ) -> int:
+        """One backup taken at `fire`, its retention run, and the removals it started
+        (finished at once unless `remove` is false). Returns the backup's id."""
+        self.clock.now = fire + took + timedelta(seconds=1)
+        task = uuid.uuid4().hex
+        with self.spec(name) as (session, spec):
+            backup = record_taken(
+                session,
+                spec,
+                TakenBackup(
+                    spec_name=name,
+                    task_id=task,
+                    workflow_id=str(uuid.uuid4()),
+                    data_id=backup_file_name(name, fire, task, ".tar.gz"),
+                    size_mb=size_mb,
+                    scheduled_at=fire,
+                    start_time=fire + timedelta(milliseconds=300),
+                    end_time=fire + took,
+                ),
+            )
+            backup_id = backup.id
+            removals = apply_plan(session, spec, self.clock.now, max_removals)
+        self._remove(removals, finish=remove)
+        return backup_id
+
+    def _remove(self, ids: list[int], *, finish: bool) -> None:
+        """The removal outbox: a remove_backup per backup, then (if `finish`) its record."""
+        if not ids:
+            return
+        with self.sessions() as session:
+            for backup_id in ids:
+                session.execute(
+                    update(Backup)
+                    .where(Backup.id == backup_id)
+                    .values(remove_workflow_id=str(uuid.uuid4()), remove_attempts=1)
+                )
+                if finish:
+                    record_removed(session, backup_id, self.clock.now + timedelta(seconds=20))
+            session.commit()
+
+    def fail(self, name: str, fire: datetime, status: BackupStatus, error: str) -> int:
+        self.clock.now = fire + timedelta(minutes=5)
+        workflow = str(uuid.uuid4())
+        with self.spec(name) as (session, spec):
+            record_failed(
+                session,
+                spec,
+                workflow_id=workflow,
+                status=status,
+                scheduled_at=fire,
+                start_time=fire,
+                end_time=self.clock.now,
+                error=error,
+            )
+            session.flush()
+            found = session.scalar(select(Backup.id).where(Backup.create_workflow_id == workflow))
+        assert found is not None
+        return found
+
+    def tick_leaves(self, name: str, **values: Any) -> None:
+        """What the scheduler's tick writes on the spec (next fire, last skip, running run)."""
+        with self.spec(name) as (_session, spec):
+            for key, value in values.items():
+                setattr(spec, key, value)
+
+
+def _minute(moment: datetime) -> datetime:
+    return moment.replace(second=0, microsecond=0)
+
+
+def seed_demo(seeder: Seeder, view: datetime) -> None:
+    """Ten minutes of make run's demo: a backup a minute, the newest 3 kept (minutely 3)."""
+    last = _minute(view)
+    seeder.clock.now = last - timedelta(minutes=10) + timedelta(seconds=20)
+    seeder.api("POST", "/backup", demo_body())
+    fires = [last - timedelta(minutes=9 - i) for i in range(10)]
+    for index, fire in enumerate(fires):
+        # The last removal is still under way when the page is looked at.
+        seeder.take("demo", fire, remove=index < len(fires) - 1)
+    seeder.tick_leaves("demo", next_fire_at=last + timedelta(minutes=1))
+
+
+def seed_www(seeder: Seeder, view: datetime, seeded: Seeded) -> None:
+    """The README's `www`: the derived daily schedule, 60 days of history, a pin, a failed
+    backup (its error holds markup), a removal that keeps failing, then a policy edit
+    (daily 7 -> 3) whose extra removals wait for the next retention run: of the four
+    days it drops, at most a Saturday (weekly) and a month's end (monthly) stay kept."""
+    body: dict[str, Any] = {
+        "name": "www",
+        "workerConfig": json.dumps(
+            {"kind": "filesystem", "source": "/srv/www", "target": "/backups/www"}
+        ),
+        "retentionDaily": "7",
+        "retentionWeekly": "4",
+        "retentionMonthly": "3",
+        "retentionYearly": "0",
+    }
+    day = view.date()
+    fires = [
+        datetime(day.year, day.month, day.day, 23, 59, 59, tzinfo=UTC) - timedelta(days=k)
+        for k in range(60, 0, -1)
+    ]
+    seeder.clock.now = fires[0] - timedelta(hours=3)
+    seeder.api("POST", "/backup", body)
+    seeded.hostile_error = (
+        "<script>alert('x')</script> tar: /srv/www/uploads: Cannot open: Permission denied"
+    )
+    for index, fire in enumerate(fires):
+        if index == len(fires) - 12:
+            seeded.failed["www"] = [
+                seeder.fail("www", fire, BackupStatus.FAILED, seeded.hostile_error)
+            ]
+            continue
+        backup_id = seeder.take("www", fire, took=timedelta(minutes=3), size_mb=812.4)
+        if index == 14:  # pinned while it was held: kept ever since, outside the policy
+            seeder.api("PUT", f"/backup/www/materialized/{backup_id}/pin")
+            seeded.pinned["www"] = backup_id
+    # A removal that failed three times: REMOVE_FAILED, still retried (scheduling.removals).
+    with seeder.sessions() as session:
+        stuck = session.scalar(
+            select(Backup.id)
+            .join(BackupSpec, BackupSpec.id == Backup.spec_id)
+            .where(BackupSpec.name == "www", Backup.status == BackupStatus.REMOVED.value)
+            .order_by(Backup.scheduled_at.desc())
+            .limit(1)
+        )
+        assert stuck is not None
+        session.execute(
+            update(Backup)
+            .where(Backup.id == stuck)
+            .values(
+                status=BackupStatus.REMOVE_FAILED.value,
+                removed_at=None,
+                remove_attempts=3,
+                last_error="remove: /backups/www: Read-only file system",
+            )
+        )
+        session.commit()
+    seeded.remove_failed["www"] = stuck
+    seeder.clock.now = view - timedelta(hours=2)
+    seeder.api("PUT", "/backup/www", {**body, "retentionDaily": "3"})
+    seeder.tick_leaves("www", next_fire_at=fires[-1] + timedelta(days=1))
+
+
+def seed_orders(seeder: Seeder, view: datetime, seeded: Seeded) -> None:
+    """The README's `orders`, hourly: no success for 9 hours (a failure, a time-out, then a
+    backup that hangs, so the next fires are skipped): overdue."""
+    body = {
+        "name": "orders",
+        "backupCronString": "0 0 * * * *",
+        "workerConfig": json.dumps(
+            {
+                "kind": "postgres",
+                "dsn": "postgresql://app:secret@db/orders",
+                "target": "/backups/orders",
+            }
+        ),
+        "retentionHourly": "24",
+        "retentionDaily": "7",
+    }
+    hour = view.replace(minute=0, second=0, microsecond=0)
+    seeder.clock.now = hour - timedelta(days=3, minutes=10)
+    seeder.api("POST", "/backup", body)
+    for k in range(72, 9, -1):
+        seeder.take("orders", hour - timedelta(hours=k), took=timedelta(seconds=40), size_mb=96.0)
+    seeded.failed["orders"] = [
+        seeder.fail(
+            "orders",
+            hour - timedelta(hours=8),
+            BackupStatus.FAILED,
+            'pg_dump: error: connection to server at "db" failed: timeout expired',
+        ),
+        seeder.fail("orders", hour - timedelta(hours=7), BackupStatus.TIMED_OUT, "timed out"),
+    ]
+    seeder.tick_leaves(
+        "orders",
+        running_create_workflow_id=str(uuid.uuid4()),
+        last_skip_at=hour,
+        last_skip_reason=SkipReason.RUNNING.value,
+        next_fire_at=hour + timedelta(hours=1),
+    )
+
+
+def seed_archive(seeder: Seeder, view: datetime) -> None:
+    """A monthly spec with a year of backups, paused ten days ago."""
+    body = {
+        "name": "archive",
+        "backupCronString": "0 0 3 1 * *",
+        "workerConfig": json.dumps(
+            {"kind": "filesystem", "source": "/srv/archive", "target": "/backups/archive"}
+        ),
+        "retentionDaily": "0",
+        "retentionWeekly": "0",
+        "retentionMonthly": "12",
+        "retentionYearly": "3",
+    }
+    first = datetime(view.year - 1, view.month, 1, 3, tzinfo=UTC)
+    seeder.clock.now = first - timedelta(days=2)
+    seeder.api("POST", "/backup", body)
+    month = first
+    while month < view - timedelta(days=10):
+        seeder.take("archive", month, took=timedelta(minutes=20), size_mb=20480.0)
+        month = (month + timedelta(days=32)).replace(day=1)
+    seeder.tick_leaves("archive", next_fire_at=month)  # as the tick left it: not due yet
+    seeder.clock.now = view - timedelta(days=10)
+    seeder.api("PUT", "/backup/archive", {**body, "enabled": 0})
+
+
+def seed_bulk(seeder: Seeder, view: datetime) -> None:
+    """`events`: BULK_BACKUPS backups, every 5 minutes, as retention left them (the plan's
+    keeps COMPLETED, the rest REMOVED, but the newest 40 removals still COMPLETED: the cap)."""
+    fields = {
+        "retentionMinutely": "0",
+        "retentionHourly": "48",
+        "retentionDaily": "30",
+        "retentionWeekly": "8",
+        "retentionMonthly": "12",
+        "retentionYearly": "2",
+    }
+    body = {
+        "name": "events",
+        "backupCronString": "0 */5 * * * *",
+        "workerConfig": json.dumps({"kind": "filesystem", "source": "/srv/ev", "target": "/b/ev"}),
+        **fields,
+    }
+    last = _minute(view) - timedelta(minutes=view.minute % 5)
+    fires = [last - timedelta(minutes=5 * k) for k in range(BULK_BACKUPS - 1, -1, -1)]
+    seeder.clock.now = fires[0] - timedelta(minutes=1)
+    seeder.api("POST", "/backup", body)
+    plan = plan_retention(
+        [BackupRecord(str(i), fire) for i, fire in enumerate(fires)],
+        RetentionPolicy.from_fields(fields),
+        ZoneInfo("UTC"),
+    )
+    removed = sorted((int(i) for i in plan.remove_ids), reverse=True)
+    still_held = set(removed[:40])
+    with seeder.spec("events") as (session, spec):
+        rows = []
+        for i, fire in enumerate(fires):
+            gone = str(i) in plan.remove_ids and i not in still_held
+            rows.append(
+                {
+                    "spec_id": spec.id,
+                    "status": (BackupStatus.REMOVED if gone else BackupStatus.COMPLETED).value,
+                    "scheduled_at": fire,
+                    "start_time": fire,
+                    "end_time": fire + timedelta(seconds=4),
+                    "size_mb": 1.5,
+                    "data_id": f"events-{fire:%Y%m%dT%H%M%SZ}-{i:06d}.tar.gz",
+                    "create_workflow_id": f"events-create-{i}",
+                    "backup_task_id": f"events-task-{i}",
+                    "remove_workflow_id": f"events-remove-{i}" if gone else None,
+                    "removed_at": fire + timedelta(minutes=6) if gone else None,
+                    "tags": "",
+                    "pinned": False,
+                }
+            )
+        session.execute(insert(Backup), rows)
+    seeder.tick_leaves("events", next_fire_at=last + timedelta(minutes=5))
+
+
+def seed_all(seeder: Seeder, view: datetime) -> Seeded:
+    seeded = Seeded(view)
+    seed_demo(seeder, view)
+    seed_www(seeder, view, seeded)
+    seed_orders(seeder, view, seeded)
+    seed_archive(seeder, view)
+    seed_bulk(seeder, view)
+    seeder.clock.now = view
+    return seeded
