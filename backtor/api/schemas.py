@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainValidator,
+    StrictBool,
     StrictStr,
     StringConstraints,
 )
@@ -141,7 +142,8 @@ MisfireGraceSeconds = Annotated[
     int, PlainValidator(_json_integer), _int_schema(MIN_MISFIRE_GRACE_SECONDS)
 ]
 KeepWithinText = Annotated[
-    StrictStr,
+    str,
+    _RETENTION_LENGTH,
     WithJsonSchema(
         {
             "type": "string",
@@ -186,7 +188,47 @@ _INSTANT_RULE = (
 )
 
 
-class SpecIn(BaseModel):
+class RetentionIn(BaseModel):
+    """The retention fields a spec and a policy preview share."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    retentionMinutely: RetentionMinutely | None = _retention(Tier.MINUTELY, "second")
+    retentionHourly: RetentionHourly | None = _retention(Tier.HOURLY, "minute")
+    retentionDaily: RetentionDaily | None = _retention(Tier.DAILY, "hour")
+    retentionWeekly: RetentionWeekly | None = _retention(
+        Tier.WEEKLY, "weekday (0 = Sunday, or SUN..SAT)"
+    )
+    retentionMonthly: RetentionMonthly | None = _retention(Tier.MONTHLY, "day of the month")
+    retentionYearly: RetentionYearly | None = _retention(Tier.YEARLY, "month")
+    retentionKeepWithin: KeepWithinText | None = Field(
+        default=None,
+        description=(
+            "Keep every backup taken within this duration of the newest one (reason "
+            "`within`): '36h', '7d', '2w', '1d12h' (units w, d, h, m, s, largest first; "
+            "weeks and days on the zone's calendar, the rest elapsed); empty = off."
+        ),
+    )
+    retentionLast: RetentionLast | None = Field(
+        default=None,
+        description="Keep the N newest backups (reason `last`), 0..100000 (default 0).",
+    )
+
+    def retention(self) -> dict[str, object]:
+        """The retention fields as sent (None = the field's default)."""
+        return {
+            "retentionMinutely": self.retentionMinutely,
+            "retentionHourly": self.retentionHourly,
+            "retentionDaily": self.retentionDaily,
+            "retentionWeekly": self.retentionWeekly,
+            "retentionMonthly": self.retentionMonthly,
+            "retentionYearly": self.retentionYearly,
+            KEEP_WITHIN_FIELD: self.retentionKeepWithin,
+            LAST_FIELD: self.retentionLast,
+        }
+
+
+class SpecIn(RetentionIn):
     """A backup specification as a client sends it (POST and PUT: full replacement)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -251,27 +293,7 @@ class SpecIn(BaseModel):
             "Treated as a secret: never logged."
         ),
     )
-    retentionMinutely: RetentionMinutely | None = _retention(Tier.MINUTELY, "second")
-    retentionHourly: RetentionHourly | None = _retention(Tier.HOURLY, "minute")
-    retentionDaily: RetentionDaily | None = _retention(Tier.DAILY, "hour")
-    retentionWeekly: RetentionWeekly | None = _retention(
-        Tier.WEEKLY, "weekday (0 = Sunday, or SUN..SAT)"
-    )
-    retentionMonthly: RetentionMonthly | None = _retention(Tier.MONTHLY, "day of the month")
-    retentionYearly: RetentionYearly | None = _retention(Tier.YEARLY, "month")
-    retentionKeepWithin: KeepWithinText | None = Field(
-        default=None,
-        description=(
-            "Keep every backup taken within this duration of the newest one (reason "
-            "`within`): '36h', '7d', '2w', '1d12h' (units w, d, h, m, s, largest first; "
-            "weeks and days on the zone's calendar, the rest elapsed); empty = off."
-        ),
-    )
-    retentionLast: RetentionLast | None = Field(
-        default=None,
-        description="Keep the N newest backups (reason `last`), 0..100000 (default 0).",
-    )
-    allowKeepNewestOnly: bool | None = Field(
+    allowKeepNewestOnly: StrictBool | None = Field(
         default=None,
         description=(
             "A policy that would never keep anything but the newest backup (every tier 0, "
@@ -352,16 +374,7 @@ class SpecIn(BaseModel):
             misfire_grace_seconds=self.misfireGraceSeconds,
             overlap_policy=self.overlapPolicy,
             notify_url=self.notifyUrl,
-            retention={
-                "retentionMinutely": self.retentionMinutely,
-                "retentionHourly": self.retentionHourly,
-                "retentionDaily": self.retentionDaily,
-                "retentionWeekly": self.retentionWeekly,
-                "retentionMonthly": self.retentionMonthly,
-                "retentionYearly": self.retentionYearly,
-                KEEP_WITHIN_FIELD: self.retentionKeepWithin,
-                LAST_FIELD: self.retentionLast,
-            },
+            retention=self.retention(),
             allow_keep_newest_only=self.allowKeepNewestOnly,
             paused_reason=self.pausedReason,
             auto_pause_after_failures=self.autoPauseAfterFailures,
@@ -571,42 +584,15 @@ SPEC_EXAMPLES: dict[str, Example] = {
 # -- retention: the plan, a preview of another policy, pins -----------------------------
 
 
-class PolicyCandidateIn(BaseModel):
+class PolicyCandidateIn(RetentionIn):
     """A retention policy to try on a spec's backups; validated as POST /backup does."""
 
     model_config = ConfigDict(extra="forbid")
 
-    retentionMinutely: RetentionMinutely | None = _retention(Tier.MINUTELY, "second")
-    retentionHourly: RetentionHourly | None = _retention(Tier.HOURLY, "minute")
-    retentionDaily: RetentionDaily | None = _retention(Tier.DAILY, "hour")
-    retentionWeekly: RetentionWeekly | None = _retention(
-        Tier.WEEKLY, "weekday (0 = Sunday, or SUN..SAT)"
-    )
-    retentionMonthly: RetentionMonthly | None = _retention(Tier.MONTHLY, "day of the month")
-    retentionYearly: RetentionYearly | None = _retention(Tier.YEARLY, "month")
-    retentionKeepWithin: KeepWithinText | None = Field(
-        default=None, description="As in POST /backup (empty = off)."
-    )
-    retentionLast: RetentionLast | None = Field(
-        default=None, description="As in POST /backup (default 0)."
-    )
     timezone: Timezone | None = Field(
         default=None,
         description=f"Zone the periods are read in: {_ZONE_RULE} (default: the spec's own).",
     )
-
-    def retention(self) -> dict[str, object]:
-        """The retention fields as sent (None = the field's default)."""
-        return {
-            KEEP_WITHIN_FIELD: self.retentionKeepWithin,
-            LAST_FIELD: self.retentionLast,
-            "retentionMinutely": self.retentionMinutely,
-            "retentionHourly": self.retentionHourly,
-            "retentionDaily": self.retentionDaily,
-            "retentionWeekly": self.retentionWeekly,
-            "retentionMonthly": self.retentionMonthly,
-            "retentionYearly": self.retentionYearly,
-        }
 
 
 class PolicyFields(BaseModel):

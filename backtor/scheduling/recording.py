@@ -219,6 +219,7 @@ def _auto_pause(session: Session, spec: BackupSpec, now: datetime, count: int, e
     spec.paused_reason = reason[:MAX_PAUSED_REASON_CHARS]
     spec.last_update = now
     session.flush()
+    notices.auto_paused(session, spec, count, spec.paused_reason, now)
     log.warning(
         "spec %s: %s",
         spec.name,

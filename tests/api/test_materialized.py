@@ -62,6 +62,7 @@ def test_lists_every_field_newest_first(client: TestClient, add_backup: AddBacku
         "createWorkflowId": "cw-2",
         "removeWorkflowId": None,
         "expiresAt": None,
+        "lastError": None,
     }
     assert listed[1]["tags"] == []
     assert listed[1]["removeWorkflowId"] == "rw-1"

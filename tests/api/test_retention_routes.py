@@ -81,6 +81,8 @@ def test_plan_lists_every_backup_newest_first(client: TestClient, ids: dict[str,
         "retentionWeekly": "0@L",
         "retentionMonthly": "0@L",
         "retentionYearly": "0@L",
+        "retentionKeepWithin": "",
+        "retentionLast": 0,
     }
     assert body["summary"] == {"keep": 2, "remove": 2, "ignore": 1}
     assert body["backups"] == [
@@ -93,6 +95,7 @@ def test_plan_lists_every_backup_newest_first(client: TestClient, ids: dict[str,
             "action": "keep",
             "reasons": ["daily", "newest"],
             "pinned": False,
+            "expiresAt": None,
         },
         {
             "id": ids["f"],
@@ -103,6 +106,7 @@ def test_plan_lists_every_backup_newest_first(client: TestClient, ids: dict[str,
             "action": "ignore",
             "reasons": [],
             "pinned": False,
+            "expiresAt": None,
         },
         {
             "id": ids["c"],
@@ -113,6 +117,7 @@ def test_plan_lists_every_backup_newest_first(client: TestClient, ids: dict[str,
             "action": "keep",
             "reasons": ["daily"],
             "pinned": False,
+            "expiresAt": None,
         },
         {
             "id": ids["b"],
@@ -123,6 +128,7 @@ def test_plan_lists_every_backup_newest_first(client: TestClient, ids: dict[str,
             "action": "remove",
             "reasons": [],
             "pinned": False,
+            "expiresAt": None,
         },
         {
             "id": ids["a"],
@@ -133,6 +139,7 @@ def test_plan_lists_every_backup_newest_first(client: TestClient, ids: dict[str,
             "action": "remove",
             "reasons": [],
             "pinned": False,
+            "expiresAt": None,
         },
     ]
     # Reading the plan changes nothing: no removal, no stored tag.
@@ -199,6 +206,8 @@ def test_preview_fields_left_out_take_the_defaults(client: TestClient, ids: dict
         "retentionWeekly": "4@L",
         "retentionMonthly": "3@L",
         "retentionYearly": "2@L",
+        "retentionKeepWithin": "",
+        "retentionLast": 0,
     }
     assert body["additionalKeeps"] == [ids["b"]]
     assert body["additionalRemovals"] == []
@@ -394,3 +403,13 @@ def test_openapi_documents_the_retention_routes(client: TestClient) -> None:
     body = paths["/backup/{name}/retention/preview"]["post"]["requestBody"]
     examples = body["content"]["application/json"]["examples"]
     assert examples["hourly"]["value"] == {"retentionHourly": "24", "retentionDaily": "7"}
+
+
+def test_preview_with_keep_within_and_last(client: TestClient, ids: dict[str, int]) -> None:
+    """The preview takes the new fields and echoes them canonical; `last` keeps the 3 newest."""
+    body = preview(client, {**DAILY_2, "retentionKeepWithin": " 0D ", "retentionLast": 3})
+    assert body["policy"]["retentionKeepWithin"] == ""
+    assert body["policy"]["retentionLast"] == 3
+    kept_by_last = [b["id"] for b in body["backups"] if "last" in b["reasons"]]
+    assert len(kept_by_last) == 3
+    assert body["summary"]["keep"] >= 3

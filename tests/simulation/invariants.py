@@ -565,6 +565,10 @@ def check_all(world: World) -> list[str]:
     world.stats["workflows.create_backup"] = len(snap.runs(CREATE_BACKUP))
     world.stats["workflows.remove_backup"] = len(snap.runs(REMOVE_BACKUP))
     world.stats["faults"] = len(world.twin.faults.fired)
+    world.stats["auto_pauses"] = world.pause_model.pauses
+    world.stats["removed_after_delay"] = sum(
+        1 for b in snap.backups if b.expires_at is not None and b.status == "REMOVED"
+    )
     found: list[str] = []
     for check in CHECKS:
         found.extend(check(snap))

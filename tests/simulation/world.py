@@ -767,8 +767,10 @@ class World:
     def some_backup(self, rng: random.Random, name: str, completed_only: bool) -> int | None:
         with self.db.maker() as session:
             query = select(Backup.id).join(BackupSpec).where(BackupSpec.name == name)
-            if completed_only:
-                query = query.where(Backup.status == BackupStatus.COMPLETED.value)
+            if completed_only:  # what can be pinned: an EXPIRING one is rescued by it
+                query = query.where(
+                    Backup.status.in_((BackupStatus.COMPLETED.value, BackupStatus.EXPIRING.value))
+                )
             else:
                 query = query.where(Backup.pinned.is_(True))
             ids = list(session.scalars(query.order_by(Backup.id)))
@@ -914,34 +916,28 @@ class World:
         rng = self.rng("delivery")
         while not self.settling:
             idle = self.idle_replicas()
-            if idle and self.tick_visible_at() is not None:
+            queued = self.tick_queued_at()
+            if idle and queued and min(queued) <= self.clock():
                 name = rng.choice(idle)
                 task = self.poll(EVALUATE_SCHEDULE, name)
                 if task is not None:
                     self.step(self.tick_task_actor(name, task))
                 else:
                     self.disrupt(f"{name} could not poll evaluate_schedule")
-            yield self.next_tick_look_ms(rng)
+                queued = self.tick_queued_at()  # the poll took one
+            yield self.next_tick_look_ms(rng, queued)
 
-    def tick_visible_at(self) -> datetime | None:
-        """When the earliest queued evaluate_schedule task can be polled (None: none queued)."""
+    def tick_queued_at(self) -> list[datetime]:
+        """When each queued evaluate_schedule task can be polled."""
         now = self.clock()
-        moments = [
+        return [
             max((task.update_time or now), (task.scheduled_time or now))
             + timedelta(seconds=task.callback_after_seconds)
             for task in self.twin.pending_tasks((EVALUATE_SCHEDULE,))
             if task.status is TaskStatus.SCHEDULED
         ]
-        return min(moments, default=None) if any(m <= now for m in moments) else None
 
-    def next_tick_look_ms(self, rng: random.Random) -> int:
-        now = self.clock()
-        queued = [
-            max((task.update_time or now), (task.scheduled_time or now))
-            + timedelta(seconds=task.callback_after_seconds)
-            for task in self.twin.pending_tasks((EVALUATE_SCHEDULE,))
-            if task.status is TaskStatus.SCHEDULED
-        ]
+    def next_tick_look_ms(self, rng: random.Random, queued: list[datetime]) -> int:
         wake = self.clock.now_ms + TICK_LOOK_MS
         if queued and self.idle_replicas():
             wake = min(wake, max(_ms(min(queued) - self.clock.start), self.clock.now_ms))
