@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
 from backtor import __version__
-from backtor.api import health, retention_routes, routes, ui
+from backtor.api import health, restore_routes, retention_routes, routes, ui
 from backtor.api.auth import install_auth
 from backtor.api.errors import install_error_handlers
 from backtor.api.metrics import install_metrics
@@ -80,6 +80,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(routes.router)
     app.include_router(retention_routes.router)
+    app.include_router(restore_routes.router)
     app.include_router(ui.router)  # /ui: read-only pages, not in the OpenAPI document
     if not settings.api_token:
         log.warning("BACKTOR_API_TOKEN is not set: the API is open to anyone who can reach it")

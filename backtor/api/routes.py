@@ -106,7 +106,9 @@ def create_spec(
     body: NewSpecBody, response: Response, session: SessionDep, services: ServicesDep
 ) -> SpecOut:
     """Create a backup spec; 409 when the name is taken."""
-    values = normalise_spec(body.to_draft(body.name))
+    values = normalise_spec(
+        body.to_draft(body.name), default_jitter_seconds=services.settings.jitter_seconds
+    )
     body.check_cron_syntax()
     spec = repository.create_spec(session, values, services.clock())  # SpecExists: 409
     session.commit()
@@ -122,7 +124,9 @@ def _replace(session: Session, services: Services, name: str, body: SpecIn) -> S
             "name in the body must match the name in the path (renaming is not supported)",
             "name",
         )
-    values = normalise_spec(body.to_draft(name))
+    values = normalise_spec(
+        body.to_draft(name), default_jitter_seconds=services.settings.jitter_seconds
+    )
     body.check_cron_syntax()
     spec = repository.require_spec(session, name, for_update=True)
     if spec.deleting:

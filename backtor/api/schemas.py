@@ -30,6 +30,7 @@ from backtor.core.schedule import OverlapPolicy
 from backtor.core.specs import (
     MAX_DATE_CHARS,
     MAX_INT32,
+    MAX_JITTER_SECONDS,
     MAX_NOTIFY_URL_CHARS,
     MAX_PAUSED_REASON_CHARS,
     MAX_WORKER_CONFIG_CHARS,
@@ -171,6 +172,7 @@ PausedReason = Annotated[
 ]
 AutoPauseAfterFailures = Annotated[int, PlainValidator(_json_integer), _int_schema(0)]
 RemovalDelaySeconds = Annotated[int, PlainValidator(_json_integer), _int_schema(0)]
+JitterSeconds = Annotated[int, PlainValidator(_json_integer), _int_schema(0, MAX_JITTER_SECONDS)]
 OVERLAP_POLICIES = [policy.value for policy in OverlapPolicy]
 OverlapPolicyText = Annotated[
     StrictStr, WithJsonSchema({"type": "string", "enum": OVERLAP_POLICIES})
@@ -327,6 +329,16 @@ class SpecIn(RetentionIn):
             "again. 0 = removed at once (default)."
         ),
     )
+    jitterSeconds: JitterSeconds | None = Field(
+        default=None,
+        description=(
+            "Every fire comes this spec's fixed offset later than its cron says: an offset "
+            "from 0 to jitterSeconds drawn from a hash of the name, the same in every "
+            "process and release (nextFireTime shows it). Specs sharing a cron then spread "
+            "over the window instead of hitting storage in the same second. Default: "
+            f"BACKTOR_JITTER_SECONDS (0 unless set); at most {MAX_JITTER_SECONDS}."
+        ),
+    )
     consecutiveFailures: Any = Field(default=None, description=_READ_ONLY)
     runningCreateWorkflowID: Any = Field(default=None, description=_READ_ONLY)
     RunningCreateWorkflowID: Any = Field(
@@ -379,6 +391,7 @@ class SpecIn(RetentionIn):
             paused_reason=self.pausedReason,
             auto_pause_after_failures=self.autoPauseAfterFailures,
             removal_delay_seconds=self.removalDelaySeconds,
+            jitter_seconds=self.jitterSeconds,
         )
 
 
@@ -415,6 +428,7 @@ class SpecOut(BaseModel):
     pausedReason: str | None
     autoPauseAfterFailures: int
     removalDelaySeconds: int
+    jitterSeconds: int
     consecutiveFailures: int = Field(
         description="FAILED or TIMED_OUT backups in a row since the last COMPLETED one (or "
         "since the spec was enabled again); autoPauseAfterFailures acts on it."
@@ -455,6 +469,7 @@ class SpecOut(BaseModel):
             pausedReason=spec.paused_reason,
             autoPauseAfterFailures=spec.auto_pause_after_failures,
             removalDelaySeconds=spec.removal_delay_seconds,
+            jitterSeconds=spec.jitter_seconds,
             consecutiveFailures=spec.consecutive_failures,
             **retention_fields(spec),
         )
@@ -489,6 +504,30 @@ class BackupOut(BaseModel):
             "or why its last removal failed; else null."
         ),
     )
+    checksum: str | None = Field(
+        default=None,
+        description="SHA-256 of the stored backup, as its backup task output it; else null.",
+    )
+    verifyStatus: Literal["VERIFIED", "FAILED", "NEVER"] = Field(
+        default="NEVER",
+        description=(
+            "The last verification's verdict: VERIFIED (intact, restores), FAILED (damaged, "
+            "missing or unreadable: verifyDetails says why), NEVER (not verified yet)."
+        ),
+    )
+    lastVerifiedAt: datetime | None = Field(
+        default=None, description="When the last verdict was reached (checkedAt); else null."
+    )
+    verifyDetails: str | None = Field(
+        default=None,
+        description="What the last verification checked or found, or why its run failed.",
+    )
+    lastVerify: RunOut | None = Field(
+        default=None, description="The last verify_backup run; null when none was requested."
+    )
+    lastRestore: RunOut | None = Field(
+        default=None, description="The last restore_backup run; null when none was requested."
+    )
 
     @classmethod
     def of(cls, backup: Backup) -> BackupOut:
@@ -506,7 +545,114 @@ class BackupOut(BaseModel):
             removeWorkflowId=backup.remove_workflow_id,
             expiresAt=backup.expires_at,
             lastError=backup.last_error,
+            checksum=backup.checksum,
+            verifyStatus=_verify_status(backup.verify_status),
+            lastVerifiedAt=backup.last_verified_at,
+            verifyDetails=backup.verify_details,
+            lastVerify=RunOut.of(
+                backup.verify_workflow_id, backup.verify_run_status, backup.verify_requested_at
+            ),
+            lastRestore=RunOut.of(
+                backup.restore_workflow_id,
+                backup.restore_status,
+                backup.restore_requested_at,
+                backup.restore_details,
+            ),
         )
+
+
+def _verify_status(value: str) -> Literal["VERIFIED", "FAILED", "NEVER"]:
+    if value == "VERIFIED":
+        return "VERIFIED"
+    return "FAILED" if value == "FAILED" else "NEVER"
+
+
+RunStatus = Literal["STARTING", "RUNNING", "COMPLETED", "FAILED", "TIMED_OUT", "TERMINATED"]
+
+
+class RunOut(BaseModel):
+    """A restore_backup or verify_backup run Backtor started and follows."""
+
+    workflowId: str | None = Field(
+        description="The Conductor workflow; null while its start is unconfirmed (STARTING)."
+    )
+    status: RunStatus = Field(
+        description=(
+            "STARTING (its start is in flight), RUNNING, then how it ended: COMPLETED, "
+            "FAILED, TIMED_OUT or TERMINATED."
+        ),
+    )
+    requestedAt: datetime | None = Field(description="When it was requested.")
+    details: str | None = Field(
+        default=None,
+        description=(
+            "A restore's outcome: where it restored to, or why it failed (the storage worker's "
+            "reason). Null for a verification (see verifyDetails) and while running."
+        ),
+    )
+
+    @classmethod
+    def of(
+        cls,
+        workflow_id: str | None,
+        status: str | None,
+        requested_at: datetime | None,
+        details: str | None = None,
+    ) -> RunOut | None:
+        if status is None:
+            return None
+        return cls.model_validate(
+            {
+                "workflowId": workflow_id,
+                "status": status,
+                "requestedAt": requested_at,
+                "details": details,
+            }
+        )
+
+
+RunConfig = Annotated[
+    StrictStr,
+    WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_WORKER_CONFIG_CHARS,
+            "pattern": patterns.NO_NUL,
+        }
+    ),
+]
+
+
+class RestoreIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    restoreConfig: RunConfig = Field(
+        description=(
+            "Where and how to restore, a JSON object as a string, handed to the storage "
+            'worker\'s restore task untouched: filesystem `{"target": "/abs/dir", '
+            '"overwrite": false}`, postgres `{"dsn": "postgresql://...", "overwrite": false}` '
+            "(docs/storage-workers.md). Not empty, no NUL character. Secret: never logged."
+        )
+    )
+
+
+class VerifyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    verifyConfig: RunConfig | None = Field(
+        default=None,
+        description=(
+            'How to verify, a JSON object as a string: `{"deep": true}` (postgres: restore '
+            "into a throwaway database and compare row counts). Optional; no NUL character."
+        ),
+    )
+
+
+class RunAccepted(BaseModel):
+    name: str
+    backupId: int
+    workflowId: str = Field(description="The restore_backup or verify_backup run started.")
 
 
 class TriggerAccepted(BaseModel):

@@ -7,6 +7,8 @@ from typing import Final
 # Workflows
 CREATE_BACKUP: Final = "create_backup"
 REMOVE_BACKUP: Final = "remove_backup"
+RESTORE_BACKUP: Final = "restore_backup"
+VERIFY_BACKUP: Final = "verify_backup"
 TICK: Final = "backtor_scheduler"
 TICK_CORRELATION_ID: Final = "backtor-scheduler"
 
@@ -18,7 +20,9 @@ RECORD_REMOVAL: Final = "record_removal"
 # The storage workers' tasks (theirs to implement, ours to register when absent)
 BACKUP: Final = "backup"
 REMOVE: Final = "remove"
-STORAGE_TASKS: Final = frozenset({BACKUP, REMOVE})
+VERIFY: Final = "verify"
+RESTORE: Final = "restore"
+STORAGE_TASKS: Final = frozenset({BACKUP, REMOVE, VERIFY, RESTORE})
 
 # Failure notifications (docs/notifications.md): one backtor_notify per notice,
 # correlationId = the notice's idempotency key; its one task is Backtor's own.

@@ -91,6 +91,10 @@ class TaskRun:
     reason: str | None = None
 
 
+# How the reason of a fenced create_backup begins (its TERMINATE task, create_backup.json).
+FENCED = "start fenced: "
+
+
 @dataclass(frozen=True)
 class WorkflowRun:
     """One workflow execution, as Conductor reports it."""
@@ -116,6 +120,12 @@ class WorkflowRun:
 
     def tasks_of_type(self, task_type: str) -> tuple[TaskRun, ...]:
         return tuple(task for task in self.tasks if task.task_type == task_type)
+
+    @property
+    def fenced(self) -> bool:
+        """A create_backup that its start fence ended before any backup: Conductor received
+        the start after its `startBy` (docs/scheduling.md, "The start fence")."""
+        return self.output.get("fenced") is True or (self.reason or "").startswith(FENCED)
 
 
 def from_epoch_ms(epoch_ms: Any) -> datetime | None:

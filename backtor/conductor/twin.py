@@ -8,6 +8,23 @@ with a callback shows as SCHEDULED). Time comes from an injected clock and is ev
 each call: no threads, no sleeping. Not modelled, because the real server does not do it
 dependably: a task's response timeout (a task held by a dead worker stays IN_PROGRESS) and
 task-level timeouts. Faults (`twin.faults`) raise exactly what `ConductorClient` raises.
+
+System tasks, minimally: the ones create_backup's start fence is made of (docs/scheduling.md,
+"The start fence"), run synchronously when the sequence reaches them, as the server's
+decider does (in the start call itself for the first ones), each recorded COMPLETED:
+- NOOP; SET_VARIABLE (its input merged into the workflow's variables, which a restart keeps,
+  `${workflow.variables.x}` reads them);
+- SWITCH with evaluatorType value-param: the case named by `input[expression]`, else the
+  defaultCase; a branch may hold system tasks only (run in place, they carry the SWITCH's
+  position, so the next top-level task follows them);
+- TERMINATE: the workflow ends with its terminationStatus, terminationReason (the server's
+  default reason when blank) and, as output, its workflowOutput;
+- JSON_JQ_TRANSFORM only for the jq programs in `JQ_PROGRAMS`, matched on the exact
+  queryExpression text, each with a Python equivalent (the twin runs no jq). Anything else
+  (another program, INLINE, another evaluator, a SIMPLE task inside a branch) is refused
+  with NotImplementedError when the definition is registered, so a changed fence cannot
+  go unnoticed: the contract tests (tests/contract/test_start_fence.py) hold the Python
+  equivalent to the server's jq.
 """
 
 from __future__ import annotations
@@ -68,6 +85,19 @@ _UPDATES = frozenset(
 )
 _VALIDATION = "Validation failed, check below errors for detail."
 _EXPRESSION = re.compile(r"\$\{([^}]+)\}")
+SIMPLE = "SIMPLE"
+_TERMINATION = {
+    "COMPLETED": WorkflowStatus.COMPLETED,
+    "FAILED": WorkflowStatus.FAILED,
+    "TERMINATED": WorkflowStatus.TERMINATED,
+}
+# The jq program of create_backup's `start_fence`, verbatim (workflows/create_backup.json).
+START_FENCE_QUERY = (
+    'if .admittedAt != null then {verdict: "readmitted", admittedAt: .admittedAt} '
+    'elif .startBy == null then {verdict: "unfenced", admittedAt: .receivedAt} '
+    'elif .receivedAt > (.startBy | tonumber) then {verdict: "late", admittedAt: null} '
+    'else {verdict: "admitted", admittedAt: .receivedAt} end'
+)
 
 
 class Operation(StrEnum):
@@ -242,7 +272,7 @@ class _Task:
 class _Workflow:
     workflow_id: str
     definition: JsonObject  # a snapshot taken at start, as the server embeds it
-    task_defs: dict[str, JsonObject]  # likewise: later edits do not reach this execution
+    task_defs: dict[str, Mapping[str, Any]]  # likewise: later edits do not reach this execution
     correlation_id: str | None
     input: JsonObject
     start_time: datetime
@@ -253,6 +283,7 @@ class _Workflow:
     update_time: datetime | None = None
     reason: str | None = None
     last_retried: datetime | None = None
+    variables: JsonObject = field(default_factory=dict)  # SET_VARIABLE's; a restart keeps them
 
     @property
     def name(self) -> str:
@@ -410,8 +441,7 @@ class ConductorTwin:
         for d in definitions:
             if not d.get("name") or not d.get("tasks"):
                 raise ConductorRefused(Operation.PUT_WORKFLOWDEFS, 400, _VALIDATION)
-            if any(t.get("type", "SIMPLE") != "SIMPLE" for t in d["tasks"]):
-                raise NotImplementedError("the twin models SIMPLE tasks only")
+            _check_modelled(d["tasks"], top_level=True)
             checked.append({**copy.deepcopy(dict(d)), "version": int(d.get("version", 1))})
         self._workflow_defs.update(((d["name"], d["version"]), d) for d in checked)
 
@@ -435,18 +465,22 @@ class ConductorTwin:
             )
         workflow = _Workflow(
             workflow_id=str(uuid.uuid4()),
-            definition=copy.deepcopy(definition),
+            # Snapshots without a copy: registered definitions are replaced, never changed in
+            # place (put_workflow_defs, create_task_defs and update_task_def store fresh copies).
+            definition=definition,
             task_defs={
-                t["name"]: copy.deepcopy(dict(self._task_defs.get(t["name"], DEFAULT_TASK_DEF)))
+                t["name"]: self._task_defs.get(t["name"], DEFAULT_TASK_DEF)
                 for t in definition["tasks"]
+                if t.get("type", SIMPLE) == SIMPLE
             },
             correlation_id=correlation_id or None,
             input=copy.deepcopy(dict(input)),
             start_time=now,
             update_time=now,
+            variables=copy.deepcopy(dict(definition.get("variables") or {})),
         )
         self._workflows[workflow.workflow_id] = self._open[workflow.workflow_id] = workflow
-        self._schedule(workflow, 0, now)
+        self._advance(workflow, 0, now)
         return workflow.workflow_id
 
     def workflows_by_correlation(
@@ -514,12 +548,12 @@ class ConductorTwin:
                 f"Workflow: {workflow.label}.{workflow.status} is not in terminal state, "
                 "unable to restart.",
             )
-        workflow.tasks.clear()
+        workflow.tasks.clear()  # its variables stay, as on the server
         workflow.status, workflow.reason, workflow.output = WorkflowStatus.RUNNING, None, {}
         workflow.start_time = workflow.update_time = now
         workflow.end_time = workflow.last_retried = None
         self._open[workflow.workflow_id] = workflow
-        self._schedule(workflow, 0, now)
+        self._advance(workflow, 0, now)
 
     @_operation(Operation.PAUSE_WORKFLOW)
     def pause_workflow(self, workflow_id: str) -> None:
@@ -640,9 +674,75 @@ class ConductorTwin:
             raise ConductorNotFound(operation, 404, f"No such workflow found by id: {workflow_id}")
         return workflow
 
-    def _schedule(self, workflow: _Workflow, index: int, now: datetime) -> None:
-        spec = workflow.definition["tasks"][index]
-        self._enqueue(workflow, index, now, 0, _resolve(spec.get("inputParameters", {}), workflow))
+    def _advance(self, workflow: _Workflow, index: int, now: datetime) -> None:
+        """From the top-level task at `index`: run system tasks until a SIMPLE one is queued,
+        the workflow ends (TERMINATE), or the sequence does (the workflow completes)."""
+        tasks = workflow.definition["tasks"]
+        while index < len(tasks):
+            spec = tasks[index]
+            if spec.get("type", SIMPLE) == SIMPLE:
+                task_input = _resolve(spec.get("inputParameters", {}), workflow)
+                self._enqueue(workflow, index, now, 0, task_input)
+                return
+            if not self._run_system(workflow, spec, index, now):
+                return
+            index += 1
+        self._finish(workflow, WorkflowStatus.COMPLETED, None, now)
+
+    def _run_system(
+        self, workflow: _Workflow, spec: Mapping[str, Any], index: int, now: datetime
+    ) -> bool:
+        """One system task (a SWITCH with its branch), COMPLETED; False if the workflow ended."""
+        kind = spec["type"]
+        task_input = _resolve(spec.get("inputParameters", {}), workflow)
+        self._order += 1
+        task = _Task(
+            task_id=str(uuid.uuid4()),
+            task_type=kind,
+            reference_name=spec["taskReferenceName"],
+            index=index,
+            workflow_id=workflow.workflow_id,
+            input=task_input,
+            scheduled_time=now,
+            visible_at=now,
+            order=self._order,
+            response_timeout_seconds=0,
+            status=TaskStatus.COMPLETED,
+            start_time=now,
+            end_time=now,
+            update_time=now,
+        )
+        workflow.tasks.append(task)
+        workflow.update_time = now
+        if kind == "SET_VARIABLE":
+            workflow.variables.update(copy.deepcopy(task_input))
+        elif kind == "JSON_JQ_TRANSFORM":
+            result = JQ_PROGRAMS[task_input["queryExpression"]](task_input)
+            task.output = {"result": result, "resultList": [copy.deepcopy(result)]}
+        elif kind == "SWITCH":
+            case = _java(task_input.get(spec["expression"]))
+            task.output = {"evaluationResult": [case], "selectedCase": case}
+            branch = (spec.get("decisionCases") or {}).get(case) or spec.get("defaultCase") or []
+            return all(self._run_system(workflow, inner, index, now) for inner in branch)
+        elif kind == "TERMINATE":
+            status = _TERMINATION[task_input["terminationStatus"]]
+            given = task_input.get("workflowOutput")
+            task.output = (
+                dict(given)
+                if isinstance(given, Mapping)
+                else ({} if given is None else {"output": given})
+            )
+            reason = task_input.get("terminationReason") or (
+                f"Workflow is {status} by TERMINATE task: {task.task_id}"
+            )
+            output = copy.deepcopy(task.output)
+            if status is WorkflowStatus.COMPLETED:  # completed, and the reason still set
+                self._finish(workflow, status, None, now, output=output)
+                workflow.reason = reason
+            else:
+                self._finish(workflow, status, reason, now, output=output)
+            return False
+        return True
 
     def _enqueue(
         self,
@@ -689,10 +789,7 @@ class ConductorTwin:
         last = workflow.tasks[-1]
         if last.status is not TaskStatus.COMPLETED:
             return
-        if last.index + 1 < len(workflow.definition["tasks"]):
-            self._schedule(workflow, last.index + 1, now)
-        else:
-            self._finish(workflow, WorkflowStatus.COMPLETED, None, now)
+        self._advance(workflow, last.index + 1, now)
 
     def _failed(self, workflow: _Workflow, task: _Task, now: datetime) -> None:
         task_def = workflow.task_defs[task.task_type]
@@ -711,7 +808,13 @@ class ConductorTwin:
         self._finish(workflow, WorkflowStatus.FAILED, why, now)
 
     def _finish(
-        self, workflow: _Workflow, status: WorkflowStatus, reason: str | None, now: datetime
+        self,
+        workflow: _Workflow,
+        status: WorkflowStatus,
+        reason: str | None,
+        now: datetime,
+        *,
+        output: JsonObject | None = None,  # a TERMINATE task's: instead of outputParameters
     ) -> None:
         for task in workflow.tasks:
             if task.status.is_open:
@@ -719,7 +822,11 @@ class ConductorTwin:
                 task.status, task.end_time = TaskStatus.CANCELED, now
         workflow.status, workflow.reason = status, reason
         workflow.end_time = workflow.update_time = now
-        workflow.output = _resolve(workflow.definition.get("outputParameters", {}), workflow)
+        workflow.output = (
+            output
+            if output is not None
+            else _resolve(workflow.definition.get("outputParameters", {}), workflow)
+        )
         self._open.pop(workflow.workflow_id, None)
 
     def _expire(self, now: datetime) -> None:
@@ -736,6 +843,57 @@ class ConductorTwin:
                 "Timeout policy configured to TIME_OUT_WF"
             )
             self._finish(workflow, WorkflowStatus.TIMED_OUT, why, now)
+
+
+def _start_fence(given: Mapping[str, Any]) -> JsonObject:
+    """START_FENCE_QUERY in Python: a start received after its startBy is late, unless this
+    run was admitted before (a restart of it keeps its variables); no startBy, no fence."""
+    admitted, received, start_by = given.get("admittedAt"), given["receivedAt"], given["startBy"]
+    if admitted is not None:
+        return {"verdict": "readmitted", "admittedAt": admitted}
+    if start_by is None:
+        return {"verdict": "unfenced", "admittedAt": received}
+    if received > _jq_number(start_by):
+        return {"verdict": "late", "admittedAt": None}
+    return {"verdict": "admitted", "admittedAt": received}
+
+
+def _jq_number(value: Any) -> float:
+    """jq's `tonumber`: a number as it is, a string parsed."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise NotImplementedError(f"the twin does not model jq failing on tonumber({value!r})")
+    try:
+        return float(value)
+    except ValueError:
+        raise NotImplementedError(f"the twin does not model jq failing on {value!r}") from None
+
+
+# The jq programs the twin runs, by their exact text: each one's Python equivalent.
+JQ_PROGRAMS: Mapping[str, Callable[[Mapping[str, Any]], Any]] = {
+    START_FENCE_QUERY: _start_fence,
+}
+_SYSTEM_TASKS = frozenset({"NOOP", "SET_VARIABLE", "SWITCH", "TERMINATE", "JSON_JQ_TRANSFORM"})
+
+
+def _check_modelled(tasks: Sequence[Mapping[str, Any]], *, top_level: bool) -> None:
+    """Refuse, at registration, a workflow the twin would run differently from the server."""
+    for spec in tasks:
+        kind = spec.get("type", SIMPLE)
+        if kind == SIMPLE and top_level:
+            continue
+        if kind not in _SYSTEM_TASKS:
+            where = "at the top level" if kind == SIMPLE else "of this type"
+            raise NotImplementedError(f"the twin does not model task {spec.get('name')} {where}")
+        given = spec.get("inputParameters") or {}
+        if kind == "JSON_JQ_TRANSFORM" and given.get("queryExpression") not in JQ_PROGRAMS:
+            raise NotImplementedError(f"the twin does not model the jq of {spec.get('name')}")
+        if kind == "TERMINATE" and given.get("terminationStatus") not in _TERMINATION:
+            raise NotImplementedError("the twin models a literal terminationStatus only")
+        if kind == "SWITCH":
+            if spec.get("evaluatorType") != "value-param" or not spec.get("expression"):
+                raise NotImplementedError("the twin models SWITCH with value-param only")
+            for branch in [*(spec.get("decisionCases") or {}).values(), spec.get("defaultCase")]:
+                _check_modelled(branch or [], top_level=False)
 
 
 def _no_sleep(seconds: float) -> None:
@@ -821,8 +979,8 @@ def _lookup(path: str, workflow: _Workflow) -> Any:
     if head == "workflow":
         if not rest:
             return None
-        if rest[0] == "input":
-            return _dig(workflow.input, rest[1:])
+        if rest[0] in ("input", "variables"):
+            return _dig(workflow.input if rest[0] == "input" else workflow.variables, rest[1:])
         field_of = _WORKFLOW_FIELDS.get(rest[0])
         return field_of(workflow) if field_of and len(rest) == 1 else None
     task = workflow.latest(head)

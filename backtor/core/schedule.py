@@ -6,6 +6,7 @@ an indexed column and asks `decide` only for specs whose time has come.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -23,13 +24,35 @@ _TICK = timedelta(microseconds=1)
 
 @dataclass(frozen=True)
 class Timing:
-    """What decides a spec's fire times."""
+    """What decides a spec's fire times.
+
+    `offset` (jitterSeconds, see jitter_offset) shifts every cron time by the same amount:
+    a spec fires `offset` after each time its cron names.
+    """
 
     schedule: CronSchedule
     tz: ZoneInfo
     from_date: datetime | None = None
     to_date: datetime | None = None
     misfire_grace: timedelta = timedelta(hours=1)
+    offset: timedelta = timedelta(0)
+
+    def next_after(self, moment: datetime) -> datetime:
+        return next_fire(self.schedule, moment - self.offset, self.tz) + self.offset
+
+    def latest_at_or_before(self, moment: datetime) -> datetime | None:
+        latest = latest_fire_at_or_before(self.schedule, moment - self.offset, self.tz)
+        return None if latest is None else latest + self.offset
+
+
+def jitter_offset(name: str, jitter_seconds: int) -> timedelta:
+    """A spec's fixed offset in [0, jitter_seconds]: a hash of its name, the same in every
+    process and release, so thousands of specs on one cron spread over the jitter window
+    and each one's schedule stays predictable (it shows in nextFireTime)."""
+    if jitter_seconds <= 0:
+        return timedelta(0)
+    digest = hashlib.sha256(name.encode()).digest()
+    return timedelta(seconds=int.from_bytes(digest[:8], "big") % (jitter_seconds + 1))
 
 
 @dataclass(frozen=True)
@@ -55,7 +78,7 @@ def first_fire(timing: Timing, now: datetime) -> datetime | None:
     if timing.from_date is not None and timing.from_date > now:
         # A fire exactly at fromDate belongs to the window.
         start = timing.from_date - _TICK
-    candidate = next_fire(timing.schedule, start, timing.tz)
+    candidate = timing.next_after(start)
     if timing.to_date is not None and candidate >= timing.to_date:
         return None
     return candidate
@@ -68,7 +91,7 @@ def decide(timing: Timing, due_at: datetime, now: datetime) -> Decision:
     earlier ones are missed, never caught up in a burst.
     """
     horizon = now if timing.to_date is None else min(now, timing.to_date - _TICK)
-    latest = latest_fire_at_or_before(timing.schedule, horizon, timing.tz)
+    latest = timing.latest_at_or_before(horizon)
     following = first_fire(timing, now)
     if latest is None or latest < due_at:
         return Decision(None, (), 0, None, following)
@@ -84,14 +107,14 @@ def _between(timing: Timing, first: datetime, last: datetime) -> tuple[tuple[dat
     moment = first
     while moment < last and len(listed) < MAX_LISTED_MISSES:
         listed.append(moment)
-        moment = next_fire(timing.schedule, moment, timing.tz)
+        moment = timing.next_after(moment)
     if moment >= last:
         return tuple(listed), 0
     more = 0
     counted_from = moment
     while moment < last and more < MAX_COUNTED_MISSES:
         more += 1
-        moment = next_fire(timing.schedule, moment, timing.tz)
+        moment = timing.next_after(moment)
     if moment < last:
         # A long outage: estimate the rest from the mean gap so far, instead of walking
         # (possibly millions of) fire times inside the caller's row lock.

@@ -17,7 +17,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 from backtor.core.cron import CronError, CronSchedule, parse_cron
 from backtor.core.errors import InvalidField
 from backtor.core.policy import FIELD_BY_TIER, PolicyError, RetentionPolicy, derive_cron
-from backtor.core.schedule import DEFAULT_OVERLAP_POLICY, OverlapPolicy, Timing, first_fire
+from backtor.core.schedule import (
+    DEFAULT_OVERLAP_POLICY,
+    OverlapPolicy,
+    Timing,
+    first_fire,
+    jitter_offset,
+)
 
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 _NAME_RE = re.compile(NAME_PATTERN, re.ASCII)
@@ -34,6 +40,7 @@ DEFAULT_MISFIRE_GRACE_SECONDS = 3600
 # pass itself. A grace below that loses fires (0: every fire). 10 s is twice the shortened
 # interval; docs/scheduling.md, "Grace rules".
 MIN_MISFIRE_GRACE_SECONDS = 10
+MAX_JITTER_SECONDS = 86_400
 RETENTION_FIELDS: tuple[str, ...] = tuple(FIELD_BY_TIER.values())
 
 
@@ -61,6 +68,7 @@ class SpecDraft:
     removal_delay_seconds: int | None = None
     overlap_policy: str | None = None
     notify_url: str | None = None
+    jitter_seconds: int | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,7 @@ class SpecValues:
     removal_delay_seconds: int = 0  # 0 = removed at once (no EXPIRING stage)
     overlap_policy: OverlapPolicy = DEFAULT_OVERLAP_POLICY
     notify_url: str | None = None  # None: BACKTOR_NOTIFY_URL, if set
+    jitter_seconds: int = 0  # fires shift by jitter_offset(name, this); 0 = none
 
 
 def validate_name(name: str) -> str:
@@ -234,10 +243,11 @@ def _check_paused_reason(value: str | None) -> str | None:
     return value
 
 
-def normalise_spec(draft: SpecDraft) -> SpecValues:
+def normalise_spec(draft: SpecDraft, *, default_jitter_seconds: int = 0) -> SpecValues:
     """Apply every rule and every default; raise SpecError naming the first bad field.
 
-    Omitted optional fields take their defaults, so the result is a full replacement.
+    Omitted optional fields take their defaults, so the result is a full replacement;
+    jitterSeconds defaults to `default_jitter_seconds` (BACKTOR_JITTER_SECONDS).
     """
     name = validate_name(draft.name)
     from_date = None if draft.from_date is None else parse_instant("fromDate", draft.from_date)
@@ -272,6 +282,12 @@ def normalise_spec(draft: SpecDraft) -> SpecValues:
     _check_int("removalDelaySeconds", removal_delay, 0, "of at least 0 (0 = no delay)")
     overlap_policy = parse_overlap_policy("overlapPolicy", draft.overlap_policy)
     notify_url = _check_notify_url(draft.notify_url)
+    jitter = default_jitter_seconds if draft.jitter_seconds is None else draft.jitter_seconds
+    if not 0 <= jitter <= MAX_JITTER_SECONDS:
+        raise SpecError(
+            "jitterSeconds",
+            f"jitterSeconds must be an integer from 0 to {MAX_JITTER_SECONDS} (one day)",
+        )
     # Last: every field is checked alone before the rule between two of them, so a client
     # (or a fuzzer) hears of a bad field before of the window.
     if from_date is not None and to_date is not None and to_date <= from_date:
@@ -303,11 +319,14 @@ def normalise_spec(draft: SpecDraft) -> SpecValues:
         removal_delay_seconds=removal_delay,
         overlap_policy=overlap_policy,
         notify_url=notify_url,
+        jitter_seconds=jitter,
     )
 
 
 def compute_next_fire_at(
     *,
+    name: str,
+    jitter_seconds: int,
     cron_string: str,
     timezone: str,
     enabled: bool,
@@ -322,7 +341,10 @@ def compute_next_fire_at(
     """
     if not enabled:
         return None
-    timing = Timing(CronSchedule(cron_string), ZoneInfo(timezone), from_date, to_date)
+    offset = jitter_offset(name, jitter_seconds)
+    timing = Timing(
+        CronSchedule(cron_string), ZoneInfo(timezone), from_date, to_date, offset=offset
+    )
     try:
         return first_fire(timing, now)
     except (CronError, OverflowError):

@@ -9,14 +9,15 @@ transaction take counter locks in the same order, so two of them never deadlock 
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import event, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Table, bindparam, event, select
 from sqlalchemy.orm import Session, SessionTransaction
 
+from backtor.db.inserts import DialectInsert, insert_for
 from backtor.db.models import BackupSpec, MetricCounter
 
 # Families (the exported name, without `_total`) and the name of their one extra label.
@@ -117,26 +118,30 @@ def _write(session: Session) -> None:
         # A spec deleted in this very transaction takes its series with it.
         if not backup or backup in spec_ids
     ]
-    if not rows:
-        return
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(MetricCounter)
-    statement = statement.on_conflict_do_update(
+    if rows:
+        session.execute(_upsert(session.get_bind().dialect.name), rows)
+
+
+@functools.cache
+def _upsert(dialect: str) -> DialectInsert:
+    """Built once per dialect, on the table (Core): it runs before almost every commit."""
+    table = cast(Table, MetricCounter.__table__)
+    statement = insert_for(dialect, table)
+    return statement.on_conflict_do_update(
         index_elements=["name", "backup", "label"],
-        set_={"value": MetricCounter.value + statement.excluded.value},
+        set_={"value": table.c.value + statement.excluded.value},
     )
-    session.execute(statement, rows)
+
+
+_SPEC = BackupSpec.__table__.c
+_SPEC_IDS = select(_SPEC.name, _SPEC.id).where(_SPEC.name.in_(bindparam("names", expanding=True)))
 
 
 def _spec_ids(session: Session, names: Iterable[str]) -> dict[str, int]:
     wanted = sorted(names)
     if not wanted:
         return {}
-    found = session.execute(
-        select(BackupSpec.name, BackupSpec.id).where(BackupSpec.name.in_(wanted))
-    ).all()
-    return {name: spec_id for name, spec_id in found}
+    return {name: spec_id for name, spec_id in session.execute(_SPEC_IDS, {"names": wanted})}
 
 
 @event.listens_for(Session, "before_commit")

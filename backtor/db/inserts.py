@@ -16,6 +16,11 @@ DialectInsert = postgresql.Insert | sqlite.Insert
 
 def dialect_insert(session: Session, entity: Any) -> DialectInsert:
     """`INSERT INTO entity` for the session's database, with its `on_conflict_*` methods."""
-    if session.get_bind().dialect.name == "postgresql":
+    return insert_for(session.get_bind().dialect.name, entity)
+
+
+def insert_for(dialect: str, entity: Any) -> DialectInsert:
+    """`INSERT INTO entity` for the dialect named (for statements built once per dialect)."""
+    if dialect == "postgresql":
         return postgresql.insert(entity)
     return sqlite.insert(entity)

@@ -136,6 +136,10 @@ class BackupSpec(Base):
     removal_delay_seconds: Mapped[int] = mapped_column(
         Integer, nullable=False, default=0, server_default=text("0")
     )
+    # jitterSeconds: fires shift by a fixed offset in [0, jitter_seconds] (core.schedule).
+    jitter_seconds: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=0, server_default=text("0")
+    )
     notify_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
     # A failure, overdue or auto-pause notice went out and no success since: the next
     # success sends "recovered". overdue_notified_at: one overdue notice per episode.
@@ -192,6 +196,25 @@ class Backup(Base):
     removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # EXPIRING: its remove_backup starts at expires_at unless a pin or a plan keeps it.
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Restore and verify (backtor.scheduling.restores, docs/restore.md). What the backup
+    # task output: the stored file's SHA-256 and, for postgres, {"schema.table": rows} (JSON).
+    checksum: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    row_counts: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The last finished verification: VERIFIED, FAILED or NEVER, when and what it found.
+    verify_status: Mapped[str] = mapped_column(
+        String(16), nullable=False, default="NEVER", server_default="NEVER"
+    )
+    last_verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    verify_details: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    # The last verify_backup / restore_backup run: STARTING (its start in flight since
+    # *_requested_at), RUNNING, then how it ended. STARTING and RUNNING hold off removal.
+    verify_workflow_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    verify_run_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    verify_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    restore_workflow_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    restore_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    restore_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    restore_details: Mapped[str | None] = mapped_column(String(500), nullable=True)
 
     @property
     def tag_list(self) -> list[str]:

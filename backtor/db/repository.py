@@ -125,6 +125,7 @@ def _apply(spec: BackupSpec, values: SpecValues, now: datetime) -> None:
     spec.auto_pause_after_failures = values.auto_pause_after_failures
     spec.removal_delay_seconds = values.removal_delay_seconds
     spec.notify_url = values.notify_url
+    spec.jitter_seconds = values.jitter_seconds
     for api_field, column in _RETENTION_COLUMNS.items():
         setattr(spec, column, values.retention[api_field])
     spec.retention_keep_within = values.keep_within
@@ -132,6 +133,8 @@ def _apply(spec: BackupSpec, values: SpecValues, now: datetime) -> None:
     spec.allow_keep_newest_only = values.allow_keep_newest_only
     spec.last_update = now
     spec.next_fire_at = compute_next_fire_at(
+        name=values.name,
+        jitter_seconds=values.jitter_seconds,
         cron_string=values.cron_string,
         timezone=values.timezone,
         enabled=values.enabled and not spec.deleting,
@@ -197,6 +200,7 @@ def _schedule_of(spec: BackupSpec) -> tuple[Any, ...]:
         spec.from_date,
         spec.to_date,
         spec.misfire_grace_seconds,
+        spec.jitter_seconds,
         spec.enabled and not spec.deleting,
     )
 
@@ -208,6 +212,7 @@ def _schedule_of_values(values: SpecValues, *, deleting: bool) -> tuple[Any, ...
         values.from_date,
         values.to_date,
         values.misfire_grace_seconds,
+        values.jitter_seconds,
         values.enabled and not deleting,
     )
 

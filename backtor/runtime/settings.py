@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from backtor.conductor.auth import DEFAULT_REFRESH_MINUTES, ConductorAuth, header_parts
 from backtor.core.errors import SettingError
+from backtor.core.specs import MAX_JITTER_SECONDS
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
@@ -57,6 +58,8 @@ class Settings:
     # own notifyUrl (its query may hold a token: kept out of the repr), and the signing key.
     notify_url: str | None = field(default=None, repr=False)
     notify_secret: str | None = field(default=None, repr=False)
+    # jitterSeconds of a spec created or replaced without one.
+    jitter_seconds: int = 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -220,14 +223,17 @@ def _header(variable: str, text: str) -> tuple[str, str]:
     return parts
 
 
-def _positive_minutes(variable: str, text: str) -> float:
-    try:
-        minutes = float(text.strip())
-    except ValueError:
-        minutes = math.nan
-    if not (math.isfinite(minutes) and minutes > 0):
-        raise SettingError(variable, text, "must be a number of minutes above 0")
-    return minutes
+def _positive(unit: str) -> Callable[[str, str], float]:
+    def parse(variable: str, text: str) -> float:
+        try:
+            amount = float(text.strip())
+        except ValueError:
+            amount = math.nan
+        if not (math.isfinite(amount) and amount > 0):
+            raise SettingError(variable, text, f"must be a number of {unit} above 0")
+        return amount
+
+    return parse
 
 
 def _port(first: int, why: str) -> Callable[[str, str], int]:
@@ -253,14 +259,16 @@ def _positive_int(variable: str, text: str) -> int:
     return number
 
 
-def _positive_seconds(variable: str, text: str) -> float:
+def _jitter(variable: str, text: str) -> int:
     try:
-        seconds = float(text.strip())
+        number = int(text.strip())
     except ValueError:
-        seconds = math.nan
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise SettingError(variable, text, "must be a number of seconds above 0")
-    return seconds
+        number = -1
+    if not 0 <= number <= MAX_JITTER_SECONDS:
+        raise SettingError(
+            variable, text, f"must be a whole number of seconds, 0 to {MAX_JITTER_SECONDS}"
+        )
+    return number
 
 
 def _choice(choices: tuple[str, ...], upper: bool = False) -> Callable[[str, str], str]:
@@ -302,7 +310,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("LOG_FORMAT", "log_format", "text", _choice(LOG_FORMATS)),
     Variable("BACKTOR_API_TOKEN", "api_token", None, _text),
     Variable("BACKTOR_MAX_REMOVALS_PER_RUN", "max_removals_per_run", "20", _positive_int),
-    Variable("BACKTOR_REMOVAL_RETRY_SECONDS", "removal_retry_seconds", "30", _positive_seconds),
+    Variable("BACKTOR_REMOVAL_RETRY_SECONDS", "removal_retry_seconds", "30", _positive("seconds")),
     Variable("HOST", "api_host", "0.0.0.0", _text),
     Variable("PORT", "api_port", "6000", _port(1, "must be a port number, 1 to 65535")),
     Variable("BACKTOR_MIGRATE_ON_START", "migrate_on_start", "0", _flag),
@@ -321,10 +329,11 @@ VARIABLES: tuple[Variable, ...] = (
         "CONDUCTOR_AUTH_REFRESH_MINUTES",
         "conductor_auth_refresh_minutes",
         "45",
-        _positive_minutes,
+        _positive("minutes"),
     ),
     Variable("CONDUCTOR_UI_URL", "conductor_ui_url", None, _conductor_url),
     Variable("BACKTOR_NOTIFY_URL", "notify_url", None, _notify_url),
     Variable("BACKTOR_NOTIFY_SECRET", "notify_secret", None, _secret),
+    Variable("BACKTOR_JITTER_SECONDS", "jitter_seconds", "0", _jitter),
 )
 AUTH_VARIABLES = tuple(v for v in VARIABLES if v.name.startswith("CONDUCTOR_AUTH_"))

@@ -22,12 +22,21 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, and_, exists, or_, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    and_,
+    bindparam,
+    exists,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Session, aliased
 
 from backtor.conductor.names import CREATE_BACKUP
-from backtor.conductor.payloads import ConductorBadAnswer, WorkflowRun
+from backtor.conductor.payloads import ConductorBadAnswer, WorkflowRun, to_epoch_ms
 from backtor.conductor.port import Conductor
 from backtor.conductor.registration import DEFINITIONS
 from backtor.core.cron import CronSchedule
@@ -39,10 +48,13 @@ from backtor.core.schedule import (
     OverlapPolicy,
     Timing,
     decide,
+    jitter_offset,
     on_overlap,
 )
 from backtor.db import counters
+from backtor.db.inserts import dialect_insert
 from backtor.db.models import SCHEDULED_ONLY, BackupSpec, Fire, FireStatus, SkipReason
+from backtor.db.types import UTCDateTime
 from backtor.runtime.services import Services
 from backtor.scheduling.outcomes import record_stray_data
 from backtor.scheduling.stalls import dead_run
@@ -56,6 +68,11 @@ CLAIM = timedelta(seconds=12)
 # client's start timeout (backtor.conductor.http.START_TIMEOUT_SECONDS), so the start has
 # landed in Conductor, or never will, before the claim can be retaken and looked for.
 START_MARGIN = timedelta(seconds=6)
+# The start fence (docs/scheduling.md): a start Conductor receives later than this before
+# the claim lapses ends before its backup. Half the margin: 3 s for the request in flight
+# and Conductor's clock ahead, 3 s for its clock behind, before another attempt may retake
+# the fire and look for runs.
+FENCE_MARGIN = timedelta(seconds=3)
 START_CONCURRENCY = 8
 # A spec whose stored schedule cannot be evaluated is looked at again this much later.
 UNSCHEDULABLE_RETRY = timedelta(minutes=5)
@@ -64,6 +81,10 @@ UNSCHEDULABLE_RETRY = timedelta(minutes=5)
 # Conductor), no ledger row says when that run ends, so it is asked at most this often.
 BUFFER_POLL = timedelta(seconds=2)
 BUFFERED = SkipReason.BUFFERED.value
+
+
+# One alias for every use: building an alias costs more than running the query it is in.
+_RUN = aliased(Fire, name="run")
 
 
 def not_waiting(fire: Any, since: Any) -> ColumnElement[bool]:
@@ -76,7 +97,7 @@ def not_waiting(fire: Any, since: Any) -> ColumnElement[bool]:
     once: no pass asks Conductor about it in vain. Written without NOT, which SQL's NULLs
     would turn against every unmarked fire.
     """
-    run = aliased(Fire)
+    run = _RUN
     return or_(
         fire.skip_reason.is_(None),
         fire.skip_reason != BUFFERED,
@@ -99,6 +120,7 @@ def timing_of(spec: BackupSpec) -> Timing:
         from_date=spec.from_date,
         to_date=spec.to_date,
         misfire_grace=timedelta(seconds=spec.misfire_grace_seconds),
+        offset=jitter_offset(spec.name, spec.jitter_seconds),
     )
 
 
@@ -227,9 +249,7 @@ def _insert_fires(session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
     """
     if not rows:
         return
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(Fire).on_conflict_do_nothing(
+    statement = dialect_insert(session, Fire).on_conflict_do_nothing(
         index_elements=["spec_id", "scheduled_at"], index_where=text(SCHEDULED_ONLY)
     )
     session.execute(statement, list(rows))
@@ -309,53 +329,27 @@ def claim_pending(
     two are decided together, so a fire that finds the run ended (before the ledger shows
     it) never starts ahead of the one that waited for it.
     """
-    unclaimed = and_(
-        Fire.status == FireStatus.PENDING.value,
-        or_(Fire.claimed_until.is_(None), Fire.claimed_until < now),
-    )
-    query = (
-        select(Fire.id, Fire.spec_id)
-        .where(unclaimed, not_waiting(Fire, now - BUFFER_POLL))
-        .order_by(Fire.scheduled_at, Fire.id)
-        .limit(limit)
-    )
-    if fire_ids is not None:
-        query = query.where(Fire.id.in_(list(fire_ids)))
-    candidates = list(session.execute(query).all())
+    now_and_since = {"now": now, "since": now - BUFFER_POLL}
+    if fire_ids is None:
+        candidates = list(session.execute(_CANDIDATES, {**now_and_since, "limit": limit}))
+    else:
+        wanted = {**now_and_since, "limit": limit, "fire_ids": list(fire_ids)}
+        candidates = list(session.execute(_CANDIDATES_AMONG, wanted))
     if not candidates:
         return []
     spec_ids = sorted({row.spec_id for row in candidates})
     if fire_ids is None:
-        candidates += session.execute(
-            select(Fire.id, Fire.spec_id).where(
-                unclaimed,
-                Fire.spec_id.in_(spec_ids),
-                Fire.skip_reason == BUFFERED,
-                Fire.id.not_in([row.id for row in candidates]),
-            )
-        ).all()
-    session.execute(
-        select(BackupSpec.id)
-        .where(BackupSpec.id.in_(spec_ids))
-        .order_by(BackupSpec.id)
-        .with_for_update()
-    )
-    busy = set(
-        session.scalars(
-            select(Fire.spec_id).where(
-                Fire.spec_id.in_(spec_ids),
-                Fire.status == FireStatus.PENDING.value,
-                Fire.claimed_until >= now,
-            )
-        )
-    )
+        others = {"now": now, "spec_ids": spec_ids, "fire_ids": [row.id for row in candidates]}
+        candidates += session.execute(_BUFFERED_BESIDE, others).all()
+    session.execute(_LOCK_SPECS, {"spec_ids": spec_ids})
+    busy = set(session.scalars(_BUSY_SPECS, {"now": now, "spec_ids": spec_ids}))
     ids = [row.id for row in candidates if row.spec_id not in busy]
     if not ids:
         return []
     claimed = set(
         session.scalars(
             update(Fire)
-            .where(Fire.id.in_(ids), unclaimed)
+            .where(Fire.id.in_(ids), _unclaimed(now))
             .values(attempts=Fire.attempts + 1, claimed_until=now + CLAIM)
             .returning(Fire.id)
         )
@@ -387,6 +381,42 @@ def claim_pending(
         )
         for row in rows
     ]
+
+
+def _unclaimed(now: Any) -> ColumnElement[bool]:
+    return and_(
+        Fire.status == FireStatus.PENDING.value,
+        or_(Fire.claimed_until.is_(None), Fire.claimed_until < now),
+    )
+
+
+# claim_pending's reads, built once (they run in every pass).
+_NOW = bindparam("now", type_=UTCDateTime())
+_SPEC_IDS: BindParameter[list[int]] = bindparam("spec_ids", expanding=True)
+_CANDIDATES = (
+    select(Fire.id, Fire.spec_id)
+    .where(_unclaimed(_NOW), not_waiting(Fire, bindparam("since", type_=UTCDateTime())))
+    .order_by(Fire.scheduled_at, Fire.id)
+    .limit(bindparam("limit"))
+)
+_CANDIDATES_AMONG = _CANDIDATES.where(Fire.id.in_(bindparam("fire_ids", expanding=True)))
+_BUFFERED_BESIDE = select(Fire.id, Fire.spec_id).where(
+    _unclaimed(_NOW),
+    Fire.spec_id.in_(_SPEC_IDS),
+    Fire.skip_reason == BUFFERED,
+    Fire.id.not_in(bindparam("fire_ids", expanding=True)),
+)
+_LOCK_SPECS = (
+    select(BackupSpec.id)
+    .where(BackupSpec.id.in_(_SPEC_IDS))
+    .order_by(BackupSpec.id)
+    .with_for_update()
+)
+_BUSY_SPECS = select(Fire.spec_id).where(
+    Fire.spec_id.in_(_SPEC_IDS),
+    Fire.status == FireStatus.PENDING.value,
+    Fire.claimed_until >= _NOW,
+)
 
 
 def _policy(stored: str | None) -> OverlapPolicy:
@@ -609,6 +639,8 @@ def _started_for(job: FireJob, workflows: Iterable[WorkflowRun]) -> str | None:
     """
     expected = _scheduled_time(job.scheduled_at)
     for workflow in workflows:
+        if workflow.fenced:  # it took no backup: the fire is still to start
+            continue
         if workflow.fire_id == job.fire_id and (
             workflow.input.get("scheduledTime", expected) == expected
         ):
@@ -649,6 +681,7 @@ def _start_one(
                 "scheduledTime": _scheduled_time(job.scheduled_at),
                 "fireId": job.fire_id,
                 "manual": job.manual,
+                **_start_by(job),
             },
         )
     except ConductorUnavailable as exc:
@@ -671,6 +704,13 @@ def _start_one(
         )
         outcome = _started(job, workflow_id, services.clock())
     return dataclass_replace(outcome, terminated=terminated, terminate_reason=reason)
+
+
+def _start_by(job: FireJob) -> dict[str, int]:
+    """The fence's input: no start under this claim may take a backup once it lapses."""
+    if job.claimed_until is None:  # claimed by the caller's own transaction (manual)
+        return {}
+    return {"startBy": to_epoch_ms(job.claimed_until - FENCE_MARGIN)}
 
 
 def _claim_lapsing(services: Services, job: FireJob) -> bool:
@@ -1147,6 +1187,6 @@ class _LostStartLookup:
             )
             return None
         for run in runs.get(correlation_id, []):
-            if run.fire_id == self._fire_id:
+            if run.fire_id == self._fire_id and not run.fenced:
                 return run.workflow_id
         return None

@@ -18,7 +18,14 @@ from backtor.conductor.payloads import from_epoch_ms
 from backtor.conductor.results import TaskOutcome, completed, terminal
 from backtor.db.models import BackupSpec
 from backtor.runtime.services import Services
-from backtor.scheduling.recording import TakenBackup, apply_plan, parse_size, record_taken
+from backtor.scheduling.recording import (
+    TakenBackup,
+    apply_plan,
+    parse_checksum,
+    parse_row_counts,
+    parse_size,
+    record_taken,
+)
 from backtor.scheduling.removals import record_removed
 
 log = logging.getLogger(__name__)
@@ -43,6 +50,8 @@ def record_backup(services: Services, data: Mapping[str, Any], workflow_id: str)
         scheduled_at=scheduled_at,
         start_time=from_epoch_ms(data.get("backupStartTime")),
         end_time=from_epoch_ms(data.get("backupEndTime")),
+        checksum=parse_checksum(data.get("checksum")),
+        row_counts=parse_row_counts(data.get("rowCounts")),
     )
     with services.db.begin() as session:
         spec = session.scalar(select(BackupSpec).where(BackupSpec.name == name))

@@ -37,7 +37,6 @@ from backtor.conductor.registration import DEFINITIONS
 from backtor.conductor.results import TaskOutcome, completed, failed, terminal
 from backtor.core.errors import (
     BacktorError,
-    ConductorNotFound,
     ConductorRefused,
     ConductorUnavailable,
 )
@@ -55,6 +54,7 @@ from backtor.observability.freshness import (
 )
 from backtor.runtime.services import SETTINGS_INFO, Services
 from backtor.runtime.settings import Settings
+from backtor.scheduling.following import ended_runs
 
 log = logging.getLogger(__name__)
 
@@ -461,28 +461,19 @@ def follow_notices(services: Services, limit: int = FOLLOW_BATCH) -> None:
         ).all()
     if not rows:
         return
-    open_ids = {
-        run.workflow_id
-        for runs in services.conductor.workflows_by_correlation(
-            BACKTOR_NOTIFY, sorted({row.key for row in rows}), include_closed=False
-        ).values()
-        for run in runs
-        if run.status.is_open
-    }
-    for row in rows:
-        if row.notify_workflow_id in open_ids:
-            continue
-        try:
-            run = services.conductor.get_workflow(row.notify_workflow_id, include_tasks=False)
-            status, reason = run.status, run.reason
-        except ConductorNotFound:
-            status, reason = WorkflowStatus.FAILED, "the workflow is gone from Conductor"
-        except (ConductorUnavailable, ConductorRefused) as exc:
-            # One run Conductor cannot show now must not hold up the others.
-            log.warning("notice %s: backtor_notify not followed this pass: %s", row.key, exc)
-            continue
-        if status.is_open:
-            continue
+
+    def unseen(row: Any, exc: Exception) -> None:
+        log.warning("notice %s: backtor_notify not followed this pass: %s", row.key, exc)
+
+    for row, status, reason in ended_runs(
+        services.conductor,
+        BACKTOR_NOTIFY,
+        rows,
+        correlation_of=lambda row: row.key,
+        workflow_id_of=lambda row: row.notify_workflow_id,
+        gone="the workflow is gone from Conductor",
+        unseen=unseen,
+    ):
         with services.db.begin() as session:
             _finish(session, row, status, reason)
 

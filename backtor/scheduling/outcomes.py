@@ -26,6 +26,8 @@ from backtor.runtime.services import Services
 from backtor.scheduling.recording import (
     TakenBackup,
     apply_plan,
+    parse_checksum,
+    parse_row_counts,
     parse_size,
     record_failed,
     record_taken,
@@ -201,6 +203,45 @@ def _reopen(services: Services, fire_id: int, spec_name: str, workflow_id: str) 
     )
 
 
+def _fire_again(services: Services, fire_id: int, spec_name: str, run: WorkflowRun) -> None:
+    """The fire's run was fenced (its start reached Conductor after the claim's startBy):
+    it took no backup, so the fire is PENDING again, under its grace like any fire left
+    PENDING. No other attempt can have started it: this run was the fire's recorded one,
+    written under the claim (a later attempt's write would have replaced it)."""
+    with services.db.begin() as session:
+        session.execute(
+            update(Fire)
+            .where(
+                Fire.id == fire_id,
+                Fire.status == FireStatus.STARTED.value,
+                Fire.workflow_id == run.workflow_id,
+            )
+            .values(
+                status=FireStatus.PENDING.value,
+                workflow_id=None,
+                started_at=None,
+                claimed_until=None,
+                checked_at=None,
+                error=run.reason,
+            )
+        )
+        session.execute(
+            update(BackupSpec)
+            .where(
+                BackupSpec.name == spec_name,
+                BackupSpec.running_create_workflow_id == run.workflow_id,
+            )
+            .values(running_create_workflow_id=None)
+        )
+    log.warning(
+        "spec %s: create_backup %s was fenced (%s); its fire is PENDING again",
+        spec_name,
+        run.workflow_id,
+        run.reason,
+        extra={"backup": spec_name, "workflow_id": run.workflow_id},
+    )
+
+
 def record_outcome(
     services: Services,
     fire_id: int,
@@ -209,6 +250,9 @@ def record_outcome(
     scheduled_at: datetime,
     workflow: WorkflowRun,
 ) -> None:
+    if workflow.fenced:
+        _fire_again(services, fire_id, spec_name, workflow)
+        return
     status = workflow.status.value
     now = services.clock()
     with services.db.begin() as session:
@@ -325,4 +369,6 @@ def _taken_from_task(
         scheduled_at=scheduled_at,
         start_time=task.start_time,
         end_time=task.end_time,
+        checksum=parse_checksum(task.output.get("checksum")),
+        row_counts=parse_row_counts(task.output.get("rowCounts")),
     )

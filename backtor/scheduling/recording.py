@@ -7,6 +7,7 @@ ever left without one.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -14,13 +15,13 @@ from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Table, bindparam, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from backtor.core.policy import KEEP_WITHIN_FIELD, LAST_FIELD, RetentionPolicy
 from backtor.core.retention import COMPLETED, BackupRecord, RetentionPlan, plan_retention
 from backtor.core.specs import MAX_PAUSED_REASON_CHARS
 from backtor.db import counters
+from backtor.db.inserts import dialect_insert
 from backtor.db.models import Backup, BackupSpec, BackupStatus
 from backtor.db.repository import retention_fields
 from backtor.scheduling import notices
@@ -46,6 +47,32 @@ class TakenBackup:
     scheduled_at: datetime
     start_time: datetime | None
     end_time: datetime | None
+    # The backup task's checksum (SHA-256) and, for postgres, its rowCounts as a JSON
+    # object's text: handed back to verify and restore (docs/restore.md).
+    checksum: str | None = None
+    row_counts: str | None = None
+
+
+def parse_checksum(value: Any) -> str | None:
+    """A backup task's checksum: kept as given when it is a plausible digest string."""
+    if not isinstance(value, str) or not value.strip() or len(value.strip()) > 80:
+        return None
+    return value.strip()
+
+
+def parse_row_counts(value: Any) -> str | None:
+    """A backup task's rowCounts ({"schema.table": rows}, or its JSON text) as JSON text;
+    anything else is unknown (a verify then compares no counts)."""
+    if isinstance(value, str) and value.strip():
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    if not isinstance(value, dict) or not all(
+        isinstance(rows, int) and not isinstance(rows, bool) for rows in value.values()
+    ):
+        return None
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def parse_size(value: Any) -> float | None:
@@ -95,6 +122,8 @@ def record_taken(session: Session, spec: BackupSpec, taken: TakenBackup) -> Back
     backup.scheduled_at = taken.scheduled_at
     backup.start_time = taken.start_time
     backup.end_time = taken.end_time
+    backup.checksum = taken.checksum
+    backup.row_counts = taken.row_counts
     backup.last_error = None
     session.flush()
     reset_failures(session, spec.id)
@@ -147,10 +176,8 @@ def record_failed(
     )
     if exists is not None:
         return FailureRecorded(recorded=False)
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     written = session.execute(
-        insert(Backup)
+        dialect_insert(session, Backup)
         .values(
             spec_id=spec.id,
             create_workflow_id=workflow_id,
@@ -172,10 +199,18 @@ def record_failed(
         return FailureRecorded(recorded=True)
     moment = now or end_time or scheduled_at
     notices.backup_failed(session, spec, status.value, workflow_id, error, moment)
-    return count_failure(session, spec, moment, error or f"create_backup {status.value}")
+    return count_failure(
+        session, spec, moment, error or f"create_backup {status.value}", workflow_id
+    )
 
 
-def count_failure(session: Session, spec: BackupSpec, now: datetime, error: str) -> FailureRecorded:
+def count_failure(
+    session: Session,
+    spec: BackupSpec,
+    now: datetime,
+    error: str,
+    workflow_id: str | None = None,
+) -> FailureRecorded:
     """One more consecutive failed backup of `spec`; auto-pause it at its threshold.
 
     The count is incremented in SQL (`consecutive_failures + 1`), so concurrent recordings
@@ -202,11 +237,18 @@ def count_failure(session: Session, spec: BackupSpec, now: datetime, error: str)
     count, threshold, enabled, deleting = row
     if threshold <= 0 or count < threshold or not enabled or deleting:
         return FailureRecorded(recorded=True, consecutive=count)
-    _auto_pause(session, spec, now, count, error)
+    _auto_pause(session, spec, now, count, error, workflow_id)
     return FailureRecorded(recorded=True, consecutive=count, paused=True)
 
 
-def _auto_pause(session: Session, spec: BackupSpec, now: datetime, count: int, error: str) -> None:
+def _auto_pause(
+    session: Session,
+    spec: BackupSpec,
+    now: datetime,
+    count: int,
+    error: str,
+    workflow_id: str | None,
+) -> None:
     # Imported here: fires imports outcomes, which imports this module.
     from backtor.scheduling.fires import settle_due_fire
 
@@ -219,7 +261,7 @@ def _auto_pause(session: Session, spec: BackupSpec, now: datetime, count: int, e
     spec.paused_reason = reason[:MAX_PAUSED_REASON_CHARS]
     spec.last_update = now
     session.flush()
-    notices.auto_paused(session, spec, count, spec.paused_reason, now)
+    notices.auto_paused(session, spec, count, spec.paused_reason, now, workflow_id)
     log.warning(
         "spec %s: %s",
         spec.name,

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Table, and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session
@@ -22,12 +22,14 @@ from sqlalchemy.orm import Session
 from backtor.conductor.names import REMOVE_BACKUP
 from backtor.conductor.payloads import WorkflowStatus
 from backtor.conductor.registration import DEFINITIONS
-from backtor.core.errors import ConductorNotFound, ConductorRefused, ConductorUnavailable
+from backtor.core.errors import ConductorRefused, ConductorUnavailable
 from backtor.db import counters
 from backtor.db.models import Backup, BackupSpec, BackupStatus
 from backtor.db.repository import finish_purge_if_done, mark_purge_removals
 from backtor.runtime.services import Services
 from backtor.scheduling import notices
+from backtor.scheduling.following import ended_runs
+from backtor.scheduling.restores import no_open_run
 
 log = logging.getLogger(__name__)
 
@@ -275,6 +277,8 @@ def _claim(session: Session, now: datetime, limit: int) -> list[RemovalJob]:
         Backup.remove_workflow_id.is_(None),
         or_(Backup.next_attempt_at.is_(None), Backup.next_attempt_at <= now),
         or_(Backup.claimed_until.is_(None), Backup.claimed_until < now),
+        # A restore or verification under way holds the removal off until it ends.
+        no_open_run(),
     )
     candidates = session.execute(
         select(Backup.id, Backup.claimed_until, Backup.last_error)
@@ -341,38 +345,25 @@ def reconcile_removals(services: Services, limit: int = 500) -> None:
         ).all()
     if not tracked:
         return
-    names = sorted({row.name for row in tracked})
-    open_ids = {
-        w.workflow_id
-        for workflows in services.conductor.workflows_by_correlation(
-            REMOVE_BACKUP, names, include_closed=False
-        ).values()
-        for w in workflows
-        if w.status.is_open
-    }
-    for row in tracked:
-        if row.remove_workflow_id in open_ids:
-            continue
-        try:
-            workflow = services.conductor.get_workflow(row.remove_workflow_id, include_tasks=False)
-            status, reason = workflow.status, workflow.reason
-        except ConductorNotFound:
-            status, reason = (
-                WorkflowStatus.FAILED,
-                "the remove_backup workflow is gone from Conductor",
-            )
-        except (ConductorUnavailable, ConductorRefused) as exc:
-            # One run Conductor cannot show now must not hold up the removals behind it.
-            log.warning(
-                "spec %s: remove_backup %s not followed this pass: %s",
-                row.name,
-                row.remove_workflow_id,
-                exc,
-                extra={"backup": row.name, "workflow_id": row.remove_workflow_id},
-            )
-            continue
-        if status.is_open:
-            continue
+
+    def unseen(row: Any, exc: Exception) -> None:
+        log.warning(
+            "spec %s: remove_backup %s not followed this pass: %s",
+            row.name,
+            row.remove_workflow_id,
+            exc,
+            extra={"backup": row.name, "workflow_id": row.remove_workflow_id},
+        )
+
+    for row, status, reason in ended_runs(
+        services.conductor,
+        REMOVE_BACKUP,
+        tracked,
+        correlation_of=lambda row: row.name,
+        workflow_id_of=lambda row: row.remove_workflow_id,
+        gone="the remove_backup workflow is gone from Conductor",
+        unseen=unseen,
+    ):
         now = services.clock()
         with services.db.begin() as session:
             if status is WorkflowStatus.COMPLETED:

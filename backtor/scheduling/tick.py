@@ -28,6 +28,7 @@ from backtor.scheduling.fires import (
 from backtor.scheduling.notices import notice_step
 from backtor.scheduling.outcomes import reconcile_fires
 from backtor.scheduling.removals import advance_purges, reconcile_removals, start_pending_removals
+from backtor.scheduling.restores import follow_runs
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,13 @@ def run_tick(services: Services, holder: str = PROCESS_HOLDER) -> TickReport:
             if not lease.keep(services.clock()):
                 break
         healthy = waiting == 0
-        for stage in (reconcile_fires, _advance_purges, start_pending_removals, reconcile_removals):
+        for stage in (
+            reconcile_fires,
+            _advance_purges,
+            follow_runs,  # before removals: a verification that ended lets its removal start
+            start_pending_removals,
+            reconcile_removals,
+        ):
             if services.clock() >= deadline or not lease.keep(services.clock()):
                 break  # out of budget: the rest waits for the next pass
             # Each stage stands alone: Conductor refusing one call must not stop the others.

@@ -9,11 +9,12 @@ leaving an orphan beside it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +36,7 @@ class Budget:
     # Asked once, before a finished backup is kept: False when its run was terminated
     # meanwhile (Conductor then ignores the result, and the file would be orphaned).
     still_wanted: Callable[[], bool] = lambda: True
+    activity: str = "backup"  # what runs, in messages: backup, verify, restore
 
     @classmethod
     def start(
@@ -42,13 +44,14 @@ class Budget:
         timeout_seconds: object,
         stopping: Callable[[], bool],
         still_wanted: Callable[[], bool] = lambda: True,
+        activity: str = "backup",
     ) -> Budget:
         seconds: float | None = None
         if isinstance(timeout_seconds, int | float) and not isinstance(timeout_seconds, bool):
             seconds = float(timeout_seconds) if timeout_seconds > 0 else None
         elif isinstance(timeout_seconds, str) and timeout_seconds.strip().isdigit():
             seconds = float(timeout_seconds) or None
-        return cls(stopping, seconds, time.monotonic(), still_wanted)
+        return cls(stopping, seconds, time.monotonic(), still_wanted, activity)
 
     def confirm(self) -> None:
         """Raise TerminalError when the finished backup is no longer wanted: it is not kept."""
@@ -62,15 +65,51 @@ class Budget:
             raise Stopping("the storage worker is stopping")
         limit = self.timeout_seconds
         if limit is not None and time.monotonic() - self.started > limit:
-            raise RetryableError(f"the backup took longer than its timeoutSeconds ({limit:g})")
+            raise RetryableError(
+                f"the {self.activity} took longer than its timeoutSeconds ({limit:g})"
+            )
 
 
 @dataclass(frozen=True)
 class Taken:
-    """A finished backup: its file name in the target (the dataId) and its size."""
+    """A finished backup: its file name in the target (the dataId), its size, the SHA-256 of
+    its bytes (hex) and, for postgres, the rows per table in the dump's snapshot."""
 
     data_id: str
     size_bytes: int
+    checksum: str = ""
+    row_counts: Mapping[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What `verify` found: whether the backup restores, and a short account of why."""
+
+    verified: bool
+    details: str
+    checksum: str  # SHA-256 of the backup file as read now, hex
+
+
+@dataclass(frozen=True)
+class Restored:
+    """A finished restore: where to, whether existing data was replaced, what was read."""
+
+    restored_to: str  # a directory, or user@host:port/dbname (never a password)
+    replaced: bool
+    checksum: str  # SHA-256 of the backup file as read, hex
+    entries: int | None = None  # members extracted (filesystem)
+    leftover: str | None = None  # the replaced tree, when it could not be deleted
+
+
+def checksum_account(expected: str | None, actual: str) -> tuple[bool, str]:
+    """Compare with the checksum recorded at backup time: (matches, a phrase for details)."""
+    if expected is None:
+        return True, f"no checksum recorded at backup time to compare (SHA-256 now {actual})"
+    if expected == actual:
+        return True, "SHA-256 matches the checksum recorded at backup time"
+    return False, (
+        f"SHA-256 {actual} differs from {expected}, recorded at backup time: the file changed since"
+    )
 
 
 def backup_file_name(backup_name: str, when: datetime, task_id: str, suffix: str) -> str:
@@ -128,18 +167,38 @@ class PendingOutput:
 
 
 class GuardedWriter:
-    """A write-only file that checks the budget before each write, so a stop is prompt."""
+    """A write-only file that checks the budget before each write, so a stop is prompt, and
+    hashes what it writes (SHA-256: the backup's checksum)."""
 
     def __init__(self, file: BinaryIO, budget: Budget) -> None:
         self._file = file
         self._budget = budget
+        self._hash = hashlib.sha256()
 
     def write(self, data: bytes) -> int:
         self._budget.check()
-        return self._file.write(data)
+        written = self._file.write(data)
+        self._hash.update(data)
+        return written
+
+    def checksum(self) -> str:
+        return self._hash.hexdigest()
 
     def flush(self) -> None:
         self._file.flush()
+
+
+CHUNK = 1 << 20
+
+
+def file_checksum(path: Path, budget: Budget) -> str:
+    """SHA-256 (hex) of a whole file, read in chunks, the budget checked between them."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(CHUNK):
+            budget.check()
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def remove_data(directory: Path, data_id: str) -> bool:

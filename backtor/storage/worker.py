@@ -1,4 +1,5 @@
-"""`backtor storage-worker`: serves the `backup` and `remove` tasks for chosen kinds.
+"""`backtor storage-worker`: serves the `backup`, `remove`, `verify` and `restore` tasks for
+chosen kinds.
 
 One process serves a fixed set of kinds under fixed allowed roots (given at start and
 pickled into the runner processes with the task functions). A task whose kind this process
@@ -9,6 +10,8 @@ How a task ends: COMPLETED; FAILED_WITH_TERMINAL_ERROR when its input can never 
 (worker_config.py, paths.py); FAILED, which Conductor retries, when the storage failed
 (full disk, database down) — partial output is deleted first; handed back (IN_PROGRESS, no
 delay) when the worker stops mid-backup, so another worker takes it without spending a retry.
+`verify` completes whatever it finds (`verified` false names the fault); only a backup that
+is missing, or input that cannot work, fails it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from functools import partial
 from typing import Any
 
 from backtor.conductor.http import ConductorClient
-from backtor.conductor.names import BACKUP, REMOVE
+from backtor.conductor.names import BACKUP, REMOVE, RESTORE, VERIFY
 from backtor.conductor.payloads import TaskRun, TaskStatus
 from backtor.conductor.port import Conductor
 from backtor.conductor.results import TaskOutcome, completed, failed, handed_back, terminal
@@ -32,11 +35,20 @@ from backtor.observability.logs import configure_logging
 from backtor.runtime.settings import Settings
 from backtor.storage import filesystem, postgres
 from backtor.storage.errors import RetryableError, Stopping, TerminalError
-from backtor.storage.output import Budget, Taken, remove_data
+from backtor.storage.output import Budget, Restored, Taken, Verification, remove_data
 from backtor.storage.paths import AllowedRoots, check_backup_name, check_data_id
+from backtor.storage.task_input import (
+    FilesystemRestore,
+    PostgresRestore,
+    parse_checksum,
+    parse_restore_config,
+    parse_row_counts,
+    parse_verify_config,
+)
 from backtor.storage.worker_config import (
     KINDS,
     FilesystemConfig,
+    PostgresConfig,
     WorkerConfig,
     check_served,
     mask,
@@ -117,9 +129,14 @@ def backup_task(settings: StorageWorkerSettings, task: TaskRun) -> TaskOutcome:
             taken.size_bytes,
             extra={"backup": name, "workflow_id": task.workflow_id},
         )
-        return completed(
-            {"dataId": taken.data_id, "dataSizeMB": round(taken.size_bytes / 1_000_000, 6)}
-        )
+        output: dict[str, Any] = {
+            "dataId": taken.data_id,
+            "dataSizeMB": round(taken.size_bytes / 1_000_000, 6),
+            "checksum": taken.checksum,
+        }
+        if taken.row_counts is not None:
+            output["rowCounts"] = dict(taken.row_counts)
+        return completed(output)
 
 
 def remove_task(settings: StorageWorkerSettings, task: TaskRun) -> TaskOutcome:
@@ -142,6 +159,95 @@ def remove_task(settings: StorageWorkerSettings, task: TaskRun) -> TaskOutcome:
             extra={"backup": name, "workflow_id": task.workflow_id},
         )
         return completed({"dataId": data_id, "removed": removed})
+
+
+def verify_task(settings: StorageWorkerSettings, task: TaskRun) -> TaskOutcome:
+    """Check that one backup restores; output verified, details, checkedAt (and checksum)."""
+    with in_flight():
+        checked = _checked_input(settings, task, "verify")
+        if not isinstance(checked, TaskInput):
+            return checked
+        name, config, data = checked.name, checked.config, checked.data
+        secrets = checked.secrets
+        try:
+            data_id = check_data_id(data.get("dataId"), SUFFIXES[config.kind])
+            verify = parse_verify_config(data.get("verifyConfig"), config.kind)
+            secrets = (*secrets, *verify.secrets())
+            expected = parse_checksum(data.get("checksum"))
+            budget = Budget.start(data.get("timeoutSeconds"), stopping, activity="verify")
+            found: Verification
+            if isinstance(config, FilesystemConfig):
+                found = filesystem.verify_backup(config, settings.roots, data_id, expected, budget)
+            else:
+                recorded = parse_row_counts(data.get("rowCounts"))
+                found = postgres.verify_backup(
+                    config, settings.roots, data_id, expected, recorded, verify, budget
+                )
+        except Exception as exc:
+            return _failure(task, "verify", name, exc, secrets)
+        details = mask(found.details, secrets)
+        context = {"backup": name, "workflow_id": task.workflow_id}
+        if found.verified:
+            log.info("backup %s verified: %s", data_id, details, extra=context)
+        else:
+            log.warning("backup %s failed verification: %s", data_id, details, extra=context)
+        return completed(
+            {
+                "dataId": data_id,
+                "verified": found.verified,
+                "details": details,
+                "checkedAt": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "checksum": found.checksum,
+            }
+        )
+
+
+def restore_task(settings: StorageWorkerSettings, task: TaskRun) -> TaskOutcome:
+    """Restore one backup where restoreConfig says; the user's data is never left half-done."""
+    with in_flight():
+        checked = _checked_input(settings, task, "restore")
+        if not isinstance(checked, TaskInput):
+            return checked
+        name, config, data = checked.name, checked.config, checked.data
+        secrets = checked.secrets
+        try:
+            data_id = check_data_id(data.get("dataId"), SUFFIXES[config.kind])
+            restore = parse_restore_config(data.get("restoreConfig"), config.kind)
+            secrets = (*secrets, *restore.secrets())
+            expected = parse_checksum(data.get("checksum"))
+            budget = Budget.start(data.get("timeoutSeconds"), stopping, activity="restore")
+            done: Restored
+            if isinstance(config, FilesystemConfig):
+                assert isinstance(restore, FilesystemRestore)
+                still_wanted = partial(_still_wanted, task.task_id)
+                done = filesystem.restore_backup(
+                    config, restore, settings.roots, data_id, expected, budget, still_wanted
+                )
+            else:
+                assert isinstance(config, PostgresConfig) and isinstance(restore, PostgresRestore)
+                done = postgres.restore_backup(
+                    config, restore, settings.roots, data_id, expected, budget
+                )
+        except Exception as exc:
+            return _failure(task, "restore", name, exc, secrets)
+        log.info(
+            "backup %s restored into %s%s",
+            data_id,
+            mask(done.restored_to, secrets),
+            " (replacing what was there)" if done.replaced else "",
+            extra={"backup": name, "workflow_id": task.workflow_id},
+        )
+        output: dict[str, Any] = {
+            "dataId": data_id,
+            "restoredTo": mask(done.restored_to, secrets),
+            "replaced": done.replaced,
+            "checksum": done.checksum,
+        }
+        if done.entries is not None:
+            output["entries"] = done.entries
+        if done.leftover is not None:
+            output["leftover"] = done.leftover
+        return completed(output)
 
 
 def _failure(
@@ -204,6 +310,8 @@ def storage_settings(
         raise ValueError(f"unknown kind(s) {', '.join(unknown)} (known: {', '.join(KINDS)})")
     if "postgres" in served and not postgres.pg_dump_available():
         raise ValueError("kind postgres needs pg_dump on PATH (Debian: postgresql-client)")
+    if "postgres" in served and not postgres.pg_restore_available():
+        raise ValueError("kind postgres needs pg_restore on PATH (Debian: postgresql-client)")
     if allow_roots or not env_roots:
         return StorageWorkerSettings(served, AllowedRoots.from_paths(allow_roots))
     try:
@@ -214,7 +322,7 @@ def storage_settings(
 
 
 def run_storage_worker(storage: StorageWorkerSettings, settings: Settings, threads: int) -> int:
-    """Poll `backup` and `remove` until SIGTERM or SIGINT; a running backup is handed back."""
+    """Poll the storage tasks until SIGTERM or SIGINT; a running backup is handed back."""
     # Imported here: importing conductor-python's automator switches multiprocessing to spawn.
     from backtor.conductor import sdk
     from backtor.workers.runner import stop_on_signals
@@ -238,11 +346,13 @@ def run_storage_worker(storage: StorageWorkerSettings, settings: Settings, threa
         [
             worker(BACKUP, partial(backup_task, storage)),
             worker(REMOVE, partial(remove_task, storage)),
+            worker(VERIFY, partial(verify_task, storage)),
+            worker(RESTORE, partial(restore_task, storage)),
         ],
     )
     handler.start_processes()
     log.info(
-        "storage worker serving %s under %s; polling backup, remove at %s",
+        "storage worker serving %s under %s; polling backup, remove, verify, restore at %s",
         ", ".join(storage.kinds),
         storage.roots.describe(),
         settings.conductor_api_url,

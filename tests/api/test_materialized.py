@@ -63,6 +63,12 @@ def test_lists_every_field_newest_first(client: TestClient, add_backup: AddBacku
         "removeWorkflowId": None,
         "expiresAt": None,
         "lastError": None,
+        "checksum": None,
+        "verifyStatus": "NEVER",
+        "lastVerifiedAt": None,
+        "verifyDetails": None,
+        "lastVerify": None,
+        "lastRestore": None,
     }
     assert listed[1]["tags"] == []
     assert listed[1]["removeWorkflowId"] == "rw-1"

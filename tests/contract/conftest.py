@@ -147,12 +147,13 @@ class Flow:
     """A registered test workflow and its task types."""
 
     workflow: str
-    tasks: tuple[str, ...]
+    tasks: tuple[str, ...]  # its SIMPLE tasks' types, in order
     correlation_id: str
+    version: int = 1
 
     def start(self, backend: Backend, **input: Any) -> str:
         return backend.conductor.start_workflow(
-            self.workflow, input=input, correlation_id=self.correlation_id, version=1
+            self.workflow, input=input, correlation_id=self.correlation_id, version=self.version
         )
 
 
@@ -171,21 +172,34 @@ def register_flow(
     return Flow(workflow, tasks, unique("corr"))
 
 
-def register_create_backup_shape(backend: Backend) -> Flow:
-    """Backtor's shipped create_backup, verbatim but for unique workflow and task names.
+def create_backup_shape() -> tuple[JsonObject, list[JsonObject]]:
+    """Backtor's shipped create_backup and its SIMPLE tasks' definitions, verbatim but for
+    unique workflow and task names (not registered).
 
     The shipped `backup` task type may be polled by other tests' workers on the shared
-    server; the renamed copy keeps every input and output expression as shipped.
+    server; the renamed copy keeps every input and output expression as shipped, and its
+    system tasks (the start fence) as they are: they have no queue.
     """
     shipped = copy.deepcopy(DEFINITIONS.workflow_defs["create_backup"])
     suffix = uuid.uuid4().hex[:10]
     renamed: dict[str, str] = {}
     for task in shipped["tasks"]:
+        if task.get("type", "SIMPLE") != "SIMPLE":
+            continue
         renamed[task["name"]] = f"{task['name']}_{suffix}"
         task["name"] = renamed[task["name"]]
-    backend.conductor.create_task_defs(
-        [{**DEFINITIONS.task_defs[old], "name": new} for old, new in renamed.items()]
-    )
     shipped["name"] = f"create_backup_{suffix}"
+    return shipped, [{**DEFINITIONS.task_defs[old], "name": new} for old, new in renamed.items()]
+
+
+def register_create_backup_shape(backend: Backend) -> Flow:
+    """`create_backup_shape()`, registered."""
+    shipped, task_defs = create_backup_shape()
+    backend.conductor.create_task_defs(task_defs)
     backend.conductor.put_workflow_defs([shipped])
-    return Flow(shipped["name"], tuple(renamed.values()), unique("spec"))
+    return Flow(
+        shipped["name"],
+        tuple(d["name"] for d in task_defs),
+        unique("spec"),
+        version=int(shipped["version"]),
+    )

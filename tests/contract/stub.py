@@ -1,13 +1,13 @@
-"""A tiny local HTTP server that answers every request the same scripted way."""
+"""A tiny local HTTP server (tests.support.http_server) that answers every request the
+same scripted way."""
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from tests.support.http_server import LocalHttpServer
 
 
 @dataclass
@@ -18,7 +18,7 @@ class Answer:
     content_type: str = "application/json"
 
 
-class StubServer:
+class StubServer(LocalHttpServer):
     def __init__(self) -> None:
         self.answer = Answer()
         stub = self
@@ -45,17 +45,5 @@ class StubServer:
             def log_message(self, format: str, *args: object) -> None:
                 return None
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/api"
-
-    @contextmanager
-    def running(self) -> Iterator[StubServer]:
-        thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield self
-        finally:
-            self._server.shutdown()
-            self._server.server_close()
-            thread.join(timeout=5)
+        super().__init__(Handler)
+        self.url = f"{self.base}/api"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from backtor.conductor.registration import DEFINITIONS, register_definitions
@@ -76,9 +78,20 @@ def test_shipped_definitions_register_idempotently(backend: Backend) -> None:
     for name, definition in DEFINITIONS.workflow_defs.items():
         registered = backend.conductor.get_workflow_def(name, int(definition["version"]))
         assert registered is not None
-        assert registered["tasks"] == [
-            {**registered_task, **shipped_task}
-            for registered_task, shipped_task in zip(
-                registered["tasks"], definition["tasks"], strict=True
-            )
-        ]
+        assert _kept(registered["tasks"], definition["tasks"]), name
+
+
+def _kept(registered: Any, shipped: Any) -> bool:
+    """Every field shipped, at any depth (a SWITCH's branches too), registered as it is; the
+    server may add its defaults beside them."""
+    if isinstance(shipped, dict):
+        return isinstance(registered, dict) and all(
+            key in registered and _kept(registered[key], value) for key, value in shipped.items()
+        )
+    if isinstance(shipped, list):
+        return (
+            isinstance(registered, list)
+            and len(registered) == len(shipped)
+            and all(_kept(r, s) for r, s in zip(registered, shipped, strict=True))
+        )
+    return bool(registered == shipped)

@@ -44,20 +44,23 @@ def test_create_backup_shape_resolves_inputs_and_output(backend: Backend) -> Non
         "timeoutSeconds": None,
     }
     assert backend.queue.poll_task(backup_type, "storage-2") is None  # handed out once
-    backend.queue.update_task(
-        backup, "COMPLETED", {"dataId": "d-1", "dataSizeMB": 3.5}, worker_id="storage-1"
-    )
+    taken = {"dataId": "d-1", "dataSizeMB": 3.5, "checksum": "ab" * 32, "rowCounts": {"t": 3}}
+    backend.queue.update_task(backup, "COMPLETED", taken, worker_id="storage-1")
 
     retention = backend.poll(retention_type, "backtor")
-    done_backup = backend.conductor.get_workflow(workflow_id).tasks[0]
+    [done_backup] = [
+        t for t in backend.conductor.get_workflow(workflow_id).tasks if t.reference_name == "backup"
+    ]
     assert done_backup.status == TaskStatus.COMPLETED
     assert done_backup.start_time is not None and done_backup.end_time is not None
-    assert dict(done_backup.output) == {"dataId": "d-1", "dataSizeMB": 3.5}
+    assert dict(done_backup.output) == taken
     assert dict(retention.input) == {
         "backupName": "www",
         "scheduledTime": "2030-01-01T00:00:00Z",
         "dataId": "d-1",
         "dataSizeMB": 3.5,
+        "checksum": "ab" * 32,
+        "rowCounts": {"t": 3},
         "backupTaskId": backup.task_id,
         "backupStartTime": int(done_backup.start_time.timestamp() * 1000),
         "backupEndTime": int(done_backup.end_time.timestamp() * 1000),

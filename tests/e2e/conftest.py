@@ -129,6 +129,7 @@ WRITABLE = {
     "retentionLast",
     "allowKeepNewestOnly",
     "notifyUrl",
+    "jitterSeconds",  # issue 14
 }
 
 

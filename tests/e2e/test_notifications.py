@@ -1,6 +1,10 @@
 """Failure notifications end to end: real Conductor, PostgreSQL, worker and API processes,
 and a receiver in the test (http.server in a thread) that verifies every signature.
 
+One stack carries every kind a receiver is told about: backups that fail and then succeed
+(failure, recovery), a spec with no success for too long (overdue, recovery), and a spec
+whose storage target is broken that pauses itself (auto-pause, sent to its own notifyUrl).
+
 A receiver that is down (a closed port) delays nothing: backups are taken on schedule
 while backtor_notify fails and is retried, and the failures are counted on /metrics.
 """
@@ -34,6 +38,7 @@ pytestmark = pytest.mark.integration
 
 SECRET = "e2e-notify-s3cret"
 TOKEN = "e2e-url-token"
+AUTO_PAUSED = "auto-paused after 2 consecutive failed backups; last: create_backup FAILED"
 
 
 def notices_of(stack: Stack, name: str) -> list[Notice]:
@@ -95,19 +100,32 @@ def logs_hold_no_secret(stack: Stack) -> None:
         assert SECRET not in text, f"{log.name} holds the signing secret"
 
 
-def test_a_receiver_gets_signed_notices_for_failure_overdue_and_recovery(stack: Stack) -> None:
+def test_a_receiver_gets_signed_notices_for_failure_overdue_auto_pause_and_recovery(
+    stack: Stack,
+) -> None:
     with Receiver().running() as receiver:
         env = {
             **stack.env,
             "BACKTOR_NOTIFY_URL": receiver.url("/hook", f"token={TOKEN}"),
             "BACKTOR_NOTIFY_SECRET": SECRET,
         }
-        stack.storage.fail_backups = 2
+        stack.storage.fail_backups = 2  # the next two backups fail: flaky's first two
+        broken = f"{stack.prefix}-pausing"
+        stack.storage.broken_for.add(broken)  # every backup of this spec fails
         names: list[str] = []
         try:
             with processes.workers(env, stack.logs):
                 flaky = stack.create("flaky", backupCronString="*/2 * * * * *")
                 names.append(flaky)
+                # Its own receiver URL (notifyUrl beats BACKTOR_NOTIFY_URL): a path of its own.
+                pausing = stack.create(
+                    "pausing",
+                    backupCronString="*/2 * * * * *",
+                    autoPauseAfterFailures=2,
+                    notifyUrl=receiver.url("/paused"),
+                )
+                assert pausing == broken
+                names.append(pausing)
                 late = stack.create("late", backupCronString="0 0 0 1 1 *")  # once a year
                 names.append(late)
                 backdate(stack, late, timedelta(days=3 * 366))
@@ -121,6 +139,12 @@ def test_a_receiver_gets_signed_notices_for_failure_overdue_and_recovery(stack: 
                     what="two failures and the recovery of the flaky spec",
                 )
                 wait_until(
+                    lambda: [r for r in receiver.events(pausing) if r.event == "spec.auto_paused"],
+                    timeout=60,
+                    what="the auto-pause notice",
+                )
+                paused = stack.spec(pausing)  # GET /backup/{name}
+                wait_until(
                     lambda: [r for r in receiver.events(late) if r.event == "spec.overdue"],
                     timeout=60,
                     what="the overdue notice",
@@ -132,8 +156,24 @@ def test_a_receiver_gets_signed_notices_for_failure_overdue_and_recovery(stack: 
                     timeout=60,
                     what="the late spec's recovery",
                 )
+
+                def pausing_settled() -> bool:
+                    """Each of its failed backups recorded (a fire due at the pause may still
+                    have started, and failed too) and notified, every notice delivered."""
+                    runs = stack.creates(pausing)
+                    kinds = Counter(n.kind for n in notices_of(stack, pausing))
+                    return (
+                        not any(w["status"] == "RUNNING" for w in runs)
+                        and len(stack.backups(pausing, status="FAILED")) == len(runs)
+                        and kinds == Counter({"backup.failed": len(runs), "spec.auto_paused": 1})
+                    )
+
+                wait_until(pausing_settled, timeout=30, what="the paused spec settled")
                 wait_until(
-                    lambda: all(n.status == "DELIVERED" for n in notices_of(stack, flaky)),
+                    lambda: all(
+                        n.status == "DELIVERED"
+                        for n in notices_of(stack, flaky) + notices_of(stack, pausing)
+                    ),
                     timeout=30,
                     what="every notice recorded DELIVERED",
                 )
@@ -145,24 +185,52 @@ def test_a_receiver_gets_signed_notices_for_failure_overdue_and_recovery(stack: 
     for got in received:
         payload = got.payload
         assert got.verified(SECRET), payload
-        assert (got.path, got.query) == ("/hook", f"token={TOKEN}")
+        if payload["spec"] == pausing:
+            assert (got.path, got.query) == ("/paused", "")  # the spec's own notifyUrl
+        else:
+            assert (got.path, got.query) == ("/hook", f"token={TOKEN}")
         assert payload["schemaVersion"] == 1
         assert got.headers[KEY_HEADER] == payload["idempotencyKey"]
         assert got.headers[EVENT_HEADER] == payload["event"]
     by_key = {got.payload["idempotencyKey"]: got.payload for got in received}
     flaky_events = Counter(p["event"] for p in by_key.values() if p["spec"] == flaky)
     assert flaky_events["backup.failed"] == 2 and flaky_events["spec.recovered"] == 1
-    failures = [p for p in by_key.values() if p["event"] == "backup.failed"]
+    failures = [p for p in by_key.values() if p["event"] == "backup.failed" and p["spec"] == flaky]
     assert {p["workflowId"] for p in failures} == {
         w["workflowId"] for w in stack.creates(flaky) if w["status"] == "FAILED"
     }
     assert all("told to fail" in str(p["details"]["error"]) for p in failures)
+    # The broken spec: a notice per failed backup, then one that it paused itself, which
+    # says what GET says; no recovery. GET shows it paused, with the reason.
+    assert (paused["enabled"], paused["nextFireTime"]) == (0, None)
+    assert paused["pausedReason"].startswith(AUTO_PAUSED), paused["pausedReason"]
+    assert "test storage: target broken" in paused["pausedReason"]
+    assert stack.spec(pausing)["pausedReason"] == paused["pausedReason"]
+    pausing_runs = stack.creates(pausing)
+    # (A fire due when it paused may still start, and fail: test_pause_and_delay counts them.)
+    assert len(pausing_runs) >= 2 and {w["status"] for w in pausing_runs} == {"FAILED"}
+    pausing_events = Counter(p["event"] for p in by_key.values() if p["spec"] == pausing)
+    assert pausing_events == Counter({"backup.failed": len(pausing_runs), "spec.auto_paused": 1}), (
+        pausing_events
+    )
+    (auto_paused,) = [p for p in by_key.values() if p["event"] == "spec.auto_paused"]
+    assert auto_paused["spec"] == pausing
+    assert auto_paused["details"] == {
+        "consecutiveFailures": 2,
+        "pausedReason": paused["pausedReason"],
+    }
+    pausing_failures = [
+        p for p in by_key.values() if p["event"] == "backup.failed" and p["spec"] == pausing
+    ]
+    assert {p["workflowId"] for p in pausing_failures} == {w["workflowId"] for w in pausing_runs}
+    # The auto-pause names the failed run that reached the threshold.
+    assert auto_paused["workflowId"] in {p["workflowId"] for p in pausing_failures}
     late_events = [p["event"] for p in by_key.values() if p["spec"] == late]
     assert late_events == ["spec.overdue", "spec.recovered"]  # one notice per episode
     overdue = next(p for p in by_key.values() if p["event"] == "spec.overdue")
     assert overdue["details"]["lastSuccessAt"] is None
     # Every notice went through its own backtor_notify, correlated by its key.
-    for notice in notices_of(stack, flaky) + notices_of(stack, late):
+    for notice in notices_of(stack, flaky) + notices_of(stack, late) + notices_of(stack, pausing):
         runs = workflows(stack.conductor, BACKTOR_NOTIFY, notice.key)
         assert [r["workflowId"] for r in runs] == [notice.notify_workflow_id]
         assert TOKEN not in str(runs[0]["input"])

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -56,11 +58,36 @@ def wait_for_tick(stack: Stack) -> None:
     wait_until(lambda: tick_alive(stack), timeout=TIMEOUT, what="the scheduler's tick")
 
 
-def slow_storage(stack: Stack) -> None:
+@contextmanager
+def slow_backups(stack: Stack) -> Iterator[None]:
+    """Every test's setup: a storage whose backups take DELAY seconds (and, as the real
+    storage worker, keep no file for a cancelled task), Backtor's workers, and the tick
+    running before any spec is made."""
     stack.storage.delay = DELAY
-    stack.storage.keep_only_wanted = (
-        True  # as the real storage worker: no file for a cancelled task
-    )
+    stack.storage.keep_only_wanted = True
+    with processes.workers(stack.env, stack.logs):
+        wait_for_tick(stack)
+        yield
+
+
+@contextmanager
+def fired_under(stack: Stack, policy: str, cron: str) -> Iterator[str]:
+    """A spec under `policy` whose fires (on `cron`, from soon()) come faster than a backup
+    takes; yields its name. The block waits for what the test is about; then the spec is
+    disabled (its policy kept) and everything of it settles, the workers stop, the ledger
+    is printed, and each fire is shown started once."""
+    with slow_backups(stack):
+        name = stack.create(
+            policy,  # the spec's name: {prefix}-{policy}
+            backupCronString=cron,
+            fromDate=soon(),
+            overlapPolicy=policy,
+            retentionMinutely="9",
+        )
+        yield name
+        stop_firing(stack, name, policy)
+    print(table(stack, name))
+    assert_each_fire_started_once(stack, name)
 
 
 def ledger(stack: Stack, name: str) -> list[Fire]:
@@ -151,16 +178,7 @@ def assert_nothing_orphaned(stack: Stack, name: str) -> None:
 
 
 def test_skip_records_the_fires_behind_a_running_backup_as_skipped(stack: Stack) -> None:
-    slow_storage(stack)
-    with processes.workers(stack.env, stack.logs):
-        wait_for_tick(stack)
-        name = stack.create(
-            "skip",
-            backupCronString="*/2 * * * * *",
-            fromDate=soon(),
-            overlapPolicy="skip",
-            retentionMinutely="9",
-        )
+    with fired_under(stack, "skip", "*/2 * * * * *") as name:
         wait_until(
             lambda: (
                 [w for w in stack.creates(name) if w["status"] == "COMPLETED"]
@@ -169,11 +187,8 @@ def test_skip_records_the_fires_behind_a_running_backup_as_skipped(stack: Stack)
             timeout=TIMEOUT,
             what="a backup taken while fires were skipped",
         )
-        stop_firing(stack, name, "skip")
     shown = table(stack, name)
-    print(shown)
     assert stack.spec(name)["overlapPolicy"] == "skip"
-    assert_each_fire_started_once(stack, name)
     assert_no_overlap(stack, name)
     skipped = [f for f in ledger(stack, name) if f.status == "SKIPPED"]
     assert skipped and {f.skip_reason for f in skipped} == {"running"}, shown
@@ -183,25 +198,14 @@ def test_skip_records_the_fires_behind_a_running_backup_as_skipped(stack: Stack)
 
 
 def test_buffer_one_starts_one_waiting_fire_when_the_running_backup_ends(stack: Stack) -> None:
-    slow_storage(stack)
-    with processes.workers(stack.env, stack.logs):
-        wait_for_tick(stack)
-        name = stack.create(
-            "buffer",
-            backupCronString="*/2 * * * * *",
-            fromDate=soon(),
-            overlapPolicy="bufferOne",
-            retentionMinutely="9",
-        )
+    with fired_under(stack, "bufferOne", "*/2 * * * * *") as name:
         wait_until(
             lambda: len(stack.creates(name)) >= 2,
             timeout=TIMEOUT,
             what="a second backup, started when the first ended",
         )
-        stop_firing(stack, name, "bufferOne")
     shown = table(stack, name)
-    print(shown)
-    assert_each_fire_started_once(stack, name)
+    assert stack.spec(name)["overlapPolicy"] == "bufferOne"
     assert_no_overlap(stack, name)
     fires = ledger(stack, name)
     assert not [f for f in fires if f.status == "PENDING"], shown
@@ -233,25 +237,14 @@ def test_buffer_one_starts_one_waiting_fire_when_the_running_backup_ends(stack: 
 
 
 def test_allow_starts_every_fire_beside_the_running_backups(stack: Stack) -> None:
-    slow_storage(stack)
-    with processes.workers(stack.env, stack.logs):
-        wait_for_tick(stack)
-        name = stack.create(
-            "allow",
-            backupCronString="*/2 * * * * *",
-            fromDate=soon(),
-            overlapPolicy="allow",
-            retentionMinutely="9",
-        )
+    with fired_under(stack, "allow", "*/2 * * * * *") as name:
         wait_until(
             lambda: len([f for f in ledger(stack, name) if f.status == "STARTED"]) >= 3,
             timeout=TIMEOUT,
             what="three fires started",
         )
-        stop_firing(stack, name, "allow")
     shown = table(stack, name)
-    print(shown)
-    assert_each_fire_started_once(stack, name)
+    assert stack.spec(name)["overlapPolicy"] == "allow"
     fires = ledger(stack, name)
     assert {f.status for f in fires} == {"STARTED"}, shown  # none skipped
     listed = runs(stack, name)
@@ -263,25 +256,15 @@ def test_allow_starts_every_fire_beside_the_running_backups(stack: Stack) -> Non
 
 
 def test_terminate_other_terminates_the_running_backup_then_starts(stack: Stack) -> None:
-    slow_storage(stack)
-    with processes.workers(stack.env, stack.logs):
-        wait_for_tick(stack)
-        name = stack.create(
-            "term",
-            backupCronString="*/3 * * * * *",
-            fromDate=soon(),
-            overlapPolicy="terminateOther",
-            retentionMinutely="9",
-        )
+    # The spec disabled at the block's end, the last backup runs to its end.
+    with fired_under(stack, "terminateOther", "*/3 * * * * *") as name:
         wait_until(
             lambda: len([w for w in stack.creates(name) if w["status"] == "TERMINATED"]) >= 2,
             timeout=TIMEOUT,
             what="two backups terminated by later fires",
         )
-        stop_firing(stack, name, "terminateOther")  # the last one runs to its end
     shown = table(stack, name)
-    print(shown)
-    assert_each_fire_started_once(stack, name)
+    assert stack.spec(name)["overlapPolicy"] == "terminateOther"
     fires = ledger(stack, name)
     assert {f.status for f in fires} == {"STARTED"}, shown  # none skipped
     listed = runs(stack, name)
@@ -311,9 +294,7 @@ def test_terminate_other_terminates_the_running_backup_then_starts(stack: Stack)
 
 
 def test_a_manual_trigger_follows_the_policy_unless_overlap_overrides_it(stack: Stack) -> None:
-    slow_storage(stack)
-    with processes.workers(stack.env, stack.logs):
-        wait_for_tick(stack)
+    with slow_backups(stack):
         name = stack.create("manual", backupCronString="0 0 0 1 1 ?", retentionMinutely="9")
         trigger = f"{stack.api}/backup/{name}/materialized"
         first = requests.post(trigger, timeout=10)

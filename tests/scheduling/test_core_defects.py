@@ -14,13 +14,15 @@ import pytest
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from backtor.conductor.names import CREATE_BACKUP, RECORD_REMOVAL, REMOVE, REMOVE_BACKUP
+from backtor.conductor.names import BACKUP, CREATE_BACKUP, RECORD_REMOVAL, REMOVE, REMOVE_BACKUP
+from backtor.conductor.registration import DEFINITIONS
 from backtor.conductor.twin import FaultKind, Operation
 from backtor.core.cron import CronSchedule
 from backtor.core.schedule import MAX_LISTED_MISSES, Timing, decide
 from backtor.db import repository
 from backtor.db.models import Backup, BackupSpec, BackupStatus, Fire, FireStatus, SkipReason
 from backtor.scheduling.fires import (
+    FireJob,
     add_manual_fire,
     claim_pending,
     give_up_fire,
@@ -70,7 +72,7 @@ def started_fire(core: Core, spec_id: int, workflow_id: str, at: datetime, **mor
 
 def terminated_run(core: Core, name: str) -> str:
     workflow_id = core.twin.start_workflow(
-        CREATE_BACKUP, input={"backupName": name}, correlation_id=name, version=1
+        CREATE_BACKUP, input={"backupName": name}, correlation_id=name
     )
     core.twin.terminate_workflow(workflow_id, "test: ended without data")
     return workflow_id
@@ -462,7 +464,7 @@ def test_a_fire_an_earlier_attempt_started_is_adopted_before_any_newer_fire_wins
         CREATE_BACKUP,
         input={"backupName": "adopt", "fireId": job.fire_id},
         correlation_id="adopt",
-        version=1,
+        version=DEFINITIONS.workflow_version(CREATE_BACKUP),
     )
 
     core.advance(35.0)  # the claim lapses; newer fire times are due
@@ -519,6 +521,76 @@ def test_an_attempt_that_stalls_into_its_start_never_replaces_the_run_recorded(
     ]
 
 
+def claim_the_due_fire(core: Core, name: str, **fields: Any) -> FireJob:
+    """A spec whose first fire is due, written and claimed for one start attempt."""
+    core.add_spec(name, cron="0 0 * * * *", **fields)
+    core.advance_to(core.due(name), plus=0.2)
+    with core.services.db.begin() as session:
+        schedule_due_fires(session, core.now())
+    with core.services.db.begin() as session:
+        (job,) = claim_pending(session, core.now())
+    return job
+
+
+def start_arrives_late(core: Core, seconds: float, meanwhile: Any = None) -> None:
+    """The next start_workflow reaches the twin `seconds` later; `meanwhile` runs then."""
+    start = core.twin.start_workflow
+
+    def late_start(*args: Any, **kwargs: Any) -> str:
+        core.twin.start_workflow = start  # type: ignore[method-assign]
+        core.advance(seconds)
+        if meanwhile is not None:
+            meanwhile()
+        return start(*args, **kwargs)
+
+    core.twin.start_workflow = late_start  # type: ignore[method-assign]
+
+
+def test_a_start_that_reaches_conductor_after_its_claim_lapsed_takes_no_backup(
+    core: Core,
+) -> None:
+    """start-sent-after-the-claim-lapsed (seeds 307, 517, 799, 1147 of session 3): the stale
+    attempt's start reached Conductor after another pass had started the fire. The run it
+    made was terminated on sight, but it was a second start of the fire, and its `backup`
+    task was already scheduled. Now its startBy fences it inside Conductor: no backup."""
+    job = claim_the_due_fire(core, "stall")
+    takeovers: list[int] = []
+    # Paused between the check and the request for longer than the claim: another pass runs.
+    start_arrives_late(core, 20.0, lambda: takeovers.append(run_tick(core.services).started))
+    start_fires(core.services, [job])
+
+    assert takeovers == [1]
+    first, late = core.twin.workflows(CREATE_BACKUP)
+    assert late.fenced and late.reason is not None and late.reason.startswith("start fenced: ")
+    assert [bool(run.tasks_of_type(BACKUP)) for run in (first, late)] == [True, False]
+    assert fire_row(core, job.fire_id).workflow_id == first.workflow_id
+    assert len(core.twin.pending_tasks([BACKUP])) == 1  # one backup for the fire, not two
+
+
+def test_a_fenced_run_the_fire_recorded_puts_the_fire_back_to_pending(core: Core) -> None:
+    """A start that arrived past its startBy while nobody took the fire over: the fire's
+    recorded run took no backup. Following it, the tick makes the fire PENDING again and
+    starts it, within its grace; nothing is recorded as a failed backup."""
+    job = claim_the_due_fire(core, "late", misfire_grace_seconds=3600)
+    start_arrives_late(core, 10.0)  # in flight past startBy (claim end - 3 s), not its end
+    (outcome,) = start_fires(core.services, [job])
+    (fenced,) = core.twin.workflows(CREATE_BACKUP)
+    assert fenced.fenced and outcome.workflow_id == fenced.workflow_id
+    assert fire_row(core, job.fire_id).workflow_id == fenced.workflow_id  # recorded: STARTED
+
+    core.advance(1.0)
+    report = run_tick(core.services)  # follows the fenced run: the fire is PENDING again
+    assert fire_row(core, job.fire_id).status == FireStatus.PENDING.value
+    assert report.next_due is not None and report.next_due <= core.now()  # due at once
+    run_tick(core.services)  # and starts it
+    runs = core.twin.workflows(CREATE_BACKUP)
+    assert len(runs) == 2 and runs[1].tasks_of_type(BACKUP) and not runs[1].fenced
+    row = fire_row(core, job.fire_id)
+    assert (row.status, row.workflow_id) == (FireStatus.STARTED.value, runs[1].workflow_id)
+    with core.services.db() as session:
+        assert session.scalars(select(Backup.status)).all() == []  # no failed backup
+
+
 def test_a_stalled_manual_attempt_never_overwrites_a_fire_another_attempt_started(
     core: Core,
 ) -> None:
@@ -527,7 +599,7 @@ def test_a_stalled_manual_attempt_never_overwrites_a_fire_another_attempt_starte
     trigger then recorded its stale "skipped, running" over STARTED: the ledger lost the run."""
     core.add_spec("manual", cron="0 0 0 1 1 *")
     other = core.twin.start_workflow(  # a run of the spec, started from Conductor's UI
-        CREATE_BACKUP, input={"backupName": "manual"}, correlation_id="manual", version=1
+        CREATE_BACKUP, input={"backupName": "manual"}, correlation_id="manual"
     )
     core.advance(11.0)  # old enough to be looked inside (a dead worker's task?) before a skip
     with core.services.db.begin() as session:

@@ -256,7 +256,7 @@ def test_a_buffered_fire_waits_behind_a_run_backtor_does_not_follow(core: Core) 
     """A run started by hand in Conductor is not in the ledger: polled every BUFFER_POLL."""
     core.add_spec("byhand", cron="0 0 * * * *", overlap_policy="bufferOne")
     by_hand = core.twin.start_workflow(
-        CREATE_BACKUP, input={"backupName": "byhand"}, correlation_id="byhand", version=1
+        CREATE_BACKUP, input={"backupName": "byhand"}, correlation_id="byhand"
     )
     fire_due(core, "byhand")
     assert states(core, "byhand") == [("PENDING", "buffered")]

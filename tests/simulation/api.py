@@ -34,6 +34,7 @@ def body_of(draft: SpecDraft) -> SpecCreate:
         "pausedReason": draft.paused_reason,
         "autoPauseAfterFailures": draft.auto_pause_after_failures,
         "removalDelaySeconds": draft.removal_delay_seconds,
+        "jitterSeconds": draft.jitter_seconds,
         **draft.retention,
         # The scenarios' small policies may keep only the newest: that is meant here.
         "allowKeepNewestOnly": True,

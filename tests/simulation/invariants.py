@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from backtor.conductor.names import BACKUP, CREATE_BACKUP, REMOVE_BACKUP, TICK
 from backtor.conductor.payloads import TaskStatus, WorkflowRun, WorkflowStatus
-from backtor.core.cron import CronSchedule, next_fire
+from backtor.core.cron import CronSchedule
 from backtor.core.schedule import MAX_LISTED_MISSES, Timing, first_fire
 from backtor.db.models import Backup, BackupSpec, BackupStatus, Fire, FireStatus, SkipReason
 from backtor.scheduling.recording import plan_for
@@ -118,9 +118,18 @@ def _limit(found: list[str]) -> list[str]:
 
 
 def one_start_per_fire(snap: Snapshot) -> list[str]:
-    """1. Each fire, and each (spec, scheduled time), started at most one create_backup."""
+    """1. Each fire, and each (spec, scheduled time), started at most one create_backup.
+
+    Started: its `backup` task was scheduled. A run the start fence ended (its start reached
+    Conductor after its claim's startBy) took no backup and is no start (docs/scheduling.md,
+    "The start fence"); the ledger must not keep one as its fire's run (checked below).
+    """
     found: list[str] = []
-    runs = snap.runs(CREATE_BACKUP)
+    every_run = snap.runs(CREATE_BACKUP)
+    runs = [run for run in every_run if run.tasks_of_type(BACKUP)]
+    for run in every_run:
+        if run.tasks_of_type(BACKUP) and run.fenced:
+            found.append(f"[1 one start per fire] {run.workflow_id} is fenced yet took a backup")
     # Keyed with the spec's name too: SQLite reuses the ids of deleted rows.
     by_fire: defaultdict[tuple[object, object], list[str]] = defaultdict(list)
     by_time: defaultdict[tuple[object, object], list[str]] = defaultdict(list)
@@ -141,13 +150,19 @@ def one_start_per_fire(snap: Snapshot) -> list[str]:
                 f"[1 one start per fire] {name} at {moment} started {len(ids)} create_backup "
                 f"workflows (by backupName and scheduledTime): {ids}"
             )
-    fire_of = {run.workflow_id: run.input.get("fireId") for run in runs}
+    fire_of = {run.workflow_id: run.input.get("fireId") for run in every_run}
+    fenced = {run.workflow_id for run in every_run if run.fenced}
     for row in snap.fires:
         ran_for = fire_of.get(row.workflow_id or "")
         if row.status == FireStatus.STARTED.value and ran_for != row.id:
             found.append(
                 f"[1 one start per fire] fire {row.id} is STARTED with workflow "
                 f"{row.workflow_id}, which Conductor ran for fire {ran_for}"
+            )
+        if row.status == FireStatus.STARTED.value and row.workflow_id in fenced:
+            found.append(
+                f"[1 one start per fire] fire {row.id} is STARTED with the fenced run "
+                f"{row.workflow_id}, which took no backup"
             )
     # The ledger knows every run: a create_backup of a live spec is its fire's STARTED run.
     spec_ids = {spec.id: name for name, spec in snap.specs.items()}
@@ -183,6 +198,7 @@ def expected_fires(segment: Segment, until: datetime) -> list[datetime]:
         ZoneInfo(segment.timezone),
         segment.from_date,
         segment.to_date,
+        offset=segment.offset,
     )
     moments: list[datetime] = []
     moment = first_fire(timing, segment.start)
@@ -190,7 +206,7 @@ def expected_fires(segment: Segment, until: datetime) -> list[datetime]:
         if segment.to_date is not None and moment >= segment.to_date:
             break
         moments.append(moment)
-        moment = next_fire(timing.schedule, moment, timing.tz)
+        moment = timing.next_after(moment)
     return moments
 
 

@@ -11,6 +11,7 @@ import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from backtor.conductor.twin import FaultKind
@@ -79,7 +80,8 @@ class Scenario:
             f"{s.draft.name} cron={s.draft.backup_cron_string!r} tz={s.draft.timezone} "
             f"grace={s.draft.misfire_grace_seconds} timeout={s.draft.timeout_seconds} "
             f"delay={s.draft.removal_delay_seconds} autopause={s.draft.auto_pause_after_failures} "
-            f"overlap={s.draft.overlap_policy} at+{s.created_ms}ms"
+            f"overlap={s.draft.overlap_policy} jitter={s.draft.jitter_seconds} "
+            f"at+{s.created_ms}ms"
             for s in self.specs
         )
         return (
@@ -269,7 +271,7 @@ def generate(seed: int) -> Scenario:
         api_clients=rng.choice((1, 1, 2)),
         watchdog=rng.random() < 0.4,  # drawn last: the other fields of a seed stay as they were
     )
-    return _overlap_policies(_schedule_controls(rng, scenario))
+    return _jitters(_overlap_policies(_schedule_controls(rng, scenario)))
 
 
 # Knobs of issue 12, per spec: a removal delay (s) and autoPauseAfterFailures.
@@ -309,12 +311,26 @@ OVERLAP_CHOICES: tuple[str | None, ...] = (
 def _overlap_policies(scenario: Scenario) -> Scenario:
     """overlapPolicy for each spec, from a stream of its own: every other draw of a seed
     stays as it was."""
-    rng = random.Random(f"{scenario.seed}:overlap")
+    return _per_spec(scenario, "overlap", "overlap_policy", OVERLAP_CHOICES)
+
+
+def _per_spec(scenario: Scenario, stream: str, field: str, choices: tuple[Any, ...]) -> Scenario:
+    """One draw from `choices` for each spec's draft `field`, from the seed's `stream`."""
+    rng = random.Random(f"{scenario.seed}:{stream}")
     specs = tuple(
         dataclasses.replace(
-            setup,
-            draft=dataclasses.replace(setup.draft, overlap_policy=rng.choice(OVERLAP_CHOICES)),
+            setup, draft=dataclasses.replace(setup.draft, **{field: rng.choice(choices)})
         )
         for setup in scenario.specs
     )
     return dataclasses.replace(scenario, specs=specs)
+
+
+# jitterSeconds of a spec (issue 14); None: not sent (0). Up to a few periods of the busy
+# spec, so shifted fires land inside the scenario and its DST change.
+JITTER_CHOICES: tuple[int | None, ...] = (None, None, None, 1, 3, 7, 20)
+
+
+def _jitters(scenario: Scenario) -> Scenario:
+    """jitterSeconds for some specs, from a stream of its own (every other draw stays)."""
+    return _per_spec(scenario, "jitter", "jitter_seconds", JITTER_CHOICES)

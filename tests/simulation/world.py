@@ -58,7 +58,7 @@ from backtor.conductor.registration import DEFINITIONS, register_definitions
 from backtor.conductor.results import TaskOutcome
 from backtor.conductor.twin import ConductorTwin, FaultKind, Faults
 from backtor.core.errors import BacktorError, ConductorRefused, ConductorUnavailable
-from backtor.core.schedule import OverlapPolicy
+from backtor.core.schedule import OverlapPolicy, jitter_offset
 from backtor.core.specs import SpecDraft
 from backtor.db.models import (
     Backup,
@@ -81,7 +81,7 @@ from backtor.workers.tasks import MAX_CALLBACK_SECONDS, schedule_passes
 from tests.simulation import api
 from tests.simulation.fibers import Acting, Crash, Fiber, FiberPool, acting, set_acting
 from tests.simulation.pauses import PauseModel
-from tests.simulation.scenario import API_ACTIONS, OVERLAP_CHOICES, Scenario
+from tests.simulation.scenario import API_ACTIONS, JITTER_CHOICES, OVERLAP_CHOICES, Scenario
 
 T = TypeVar("T")
 Actor = Generator[int, None, None]
@@ -143,13 +143,22 @@ class Database:
             hide_parameters=True,
         )
         event.listen(self.engine, "connect", _sqlite_pragmas)
+        event.listen(self.engine, "before_cursor_execute", self._note_write)
         Base.metadata.create_all(self.engine)
+        # Set by any statement that writes a spec or a backup row (rolled back or not): what
+        # World.committed observes, which a commit that wrote neither cannot have changed.
+        self.specs_written = True
         self.maker = sessionmaker(bind=self.engine, expire_on_commit=False)
         with self.engine.connect() as connection:
             self._raw: Any = connection.connection.driver_connection
         self._tables = list(reversed(Base.metadata.sorted_tables))
 
+    def _note_write(self, *args: Any) -> None:
+        if args[2].startswith(_SPEC_OR_BACKUP_WRITES):
+            self.specs_written = True
+
     def reset(self) -> None:
+        self.specs_written = True
         with self.engine.begin() as connection:
             for table in self._tables:
                 connection.execute(table.delete())
@@ -158,6 +167,16 @@ class Database:
     def in_write(self) -> bool:
         """True while some session holds uncommitted writes on the shared connection."""
         return bool(self._raw.in_transaction)
+
+
+_SPEC_OR_BACKUP_WRITES = (
+    "INSERT INTO backup ",
+    "INSERT INTO backup_spec ",
+    "UPDATE backup ",
+    "UPDATE backup_spec ",
+    "DELETE FROM backup ",
+    "DELETE FROM backup_spec ",
+)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -219,6 +238,7 @@ class Segment:
     from_date: datetime | None
     to_date: datetime | None
     active: bool
+    offset: timedelta = timedelta(0)  # jitterSeconds' offset for this spec
 
 
 @dataclass
@@ -406,7 +426,8 @@ class World:
     def committed(self) -> None:
         """After every commit of Backtor code (knob autoPauseAfterFailures): a spec may have
         paused itself; note its schedule, and check its count against the records."""
-        if self.follow_commits:
+        if self.follow_commits and self.db.specs_written:
+            self.db.specs_written = False
             self.observe_specs()
             self.pause_model.observe(self)
 
@@ -655,6 +676,7 @@ class World:
                 spec.to_date,
                 spec.enabled,
                 spec.deleting,
+                spec.jitter_seconds,
             )
             if seen != life.seen:
                 life.seen = seen
@@ -666,6 +688,7 @@ class World:
                         from_date=spec.from_date,
                         to_date=spec.to_date,
                         active=spec.enabled and not spec.deleting,
+                        offset=jitter_offset(spec.name, spec.jitter_seconds),
                     )
                 )
             if spec.deleting and life.purge_requested_at is None:
@@ -742,11 +765,15 @@ class World:
 
     def changed(self, rng: random.Random, draft: SpecDraft) -> SpecDraft:
         """A PUT that changes one thing: retention, grace, timeout, the schedule or enabled;
-        and now and then overlapPolicy too (drawn apart, so the other draws stay as they were).
+        and now and then overlapPolicy or jitterSeconds too (drawn apart, so the other draws
+        stay as they were).
         """
         overlap = self.rng("overlap")
         if overlap.random() < 0.2:
             draft = dataclasses.replace(draft, overlap_policy=overlap.choice(OVERLAP_CHOICES))
+        jitter = self.rng("jitter")
+        if jitter.random() < 0.15:
+            draft = dataclasses.replace(draft, jitter_seconds=jitter.choice(JITTER_CHOICES))
         what = rng.choice(("retention", "grace", "timeout", "cron", "enabled"))
         if what == "retention":
             retention = dict(draft.retention)
@@ -1348,6 +1375,7 @@ class World:
                 auto_pause_after_failures=spec.auto_pause_after_failures,
                 removal_delay_seconds=spec.removal_delay_seconds,
                 overlap_policy=spec.overlap_policy,
+                jitter_seconds=spec.jitter_seconds,
                 retention=dict(fallback.retention)
                 | {
                     "retentionMinutely": spec.retention_minutely,
@@ -1545,6 +1573,7 @@ _SPEC_SCHEDULES = select(
     BackupSpec.to_date,
     BackupSpec.enabled,
     BackupSpec.deleting,
+    BackupSpec.jitter_seconds,
 )
 
 

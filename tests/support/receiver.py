@@ -1,4 +1,5 @@
-"""A notification receiver for the tests: http.server in a thread, recording each POST.
+"""A notification receiver for the tests: a local HTTP server (tests.support.http_server)
+recording each POST.
 
 It answers `status` (204 by default), once `hold` is set when one is given (a receiver that
 does not answer in time); `received` lists what came, in order. A receiver that is down is
@@ -9,14 +10,13 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
 
 from backtor.core.notices import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+from tests.support.http_server import LocalHttpServer
 from tests.support.net import free_port
 
 
@@ -44,7 +44,7 @@ class Received:
         return verify(self.body, secret, int(timestamp), signature)
 
 
-class Receiver:
+class Receiver(LocalHttpServer):
     def __init__(self, status: int = 204) -> None:
         self.status = status
         self.hold: threading.Event | None = None
@@ -75,9 +75,7 @@ class Receiver:
             def log_message(self, format: str, *args: object) -> None:
                 return None
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self._server.server_address[1]}"
+        super().__init__(Handler)
 
     def url(self, path: str = "/hook", query: str = "") -> str:
         return f"{self.base}{path}{'?' + query if query else ''}"
@@ -89,17 +87,6 @@ class Receiver:
     def events(self, spec: str | None = None) -> list[Received]:
         """What came, for `spec` only when given."""
         return [r for r in self.all() if spec is None or r.payload.get("spec") == spec]
-
-    @contextmanager
-    def running(self) -> Iterator[Receiver]:
-        thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield self
-        finally:
-            self._server.shutdown()
-            self._server.server_close()
-            thread.join(timeout=5)
 
 
 def closed_url(path: str = "/hook", query: str = "") -> str:

@@ -3,9 +3,11 @@
 `backup` writes one file and returns its name as dataId; `remove` deletes it (a missing
 file counts as removed). It polls Conductor over REST in a thread, like any worker would.
 Knobs: `delay` (a slow backup), `fail_backups` and `fail_removals` (how many of the next
-ones fail, terminally, so the workflow fails at once), `keep_only_wanted` (as the real
-storage worker does: a backup whose task Conductor cancelled meanwhile, its run terminated,
-keeps no file; listed in `cancelled`). Tasks for spec names that `accepts`
+ones fail, terminally, so the workflow fails at once), `broken_for` (spec names whose every
+backup fails that way: a storage target broken for those specs only, which leaves
+`fail_backups` to the others), `keep_only_wanted` (as the real storage worker does: a
+backup whose task Conductor cancelled meanwhile, its run terminated, keeps no file; listed
+in `cancelled`). Tasks for spec names that `accepts`
 refuses (another test's leftovers on the shared server) fail without touching anything.
 """
 
@@ -38,6 +40,7 @@ class FileStorageWorker:
         self.delay = 0.0
         self.fail_backups = 0
         self.fail_removals = 0
+        self.broken_for: set[str] = set()
         self.keep_only_wanted = False
         self.cancelled: list[str] = []  # workflow ids whose backup was dropped, unwanted
         self.backups_taken: list[str] = []
@@ -108,6 +111,8 @@ class FileStorageWorker:
 
     def _backup(self, data: dict[str, Any]) -> tuple[str, dict[str, Any], str | None]:
         with self._lock:
+            if data["backupName"] in self.broken_for:
+                return "FAILED_WITH_TERMINAL_ERROR", {}, "test storage: target broken"
             if self.fail_backups > 0:
                 self.fail_backups -= 1
                 return "FAILED_WITH_TERMINAL_ERROR", {}, "test storage: told to fail"

@@ -3,14 +3,16 @@
 Specs go through the REST API (`POST`/`PUT /backup`, the pin route), as a user makes them.
 Backups go through the scheduler's own recording code, minute by minute on a settable
 clock: `record_taken` for each backup a storage worker reported, `apply_plan` for the
-retention run that follows (it marks the plan's removals REMOVING), then the removal
-outbox's steps (a remove_backup workflow id, `record_removed`). Only what Conductor would
-have done (the workflow ids) and what the tick leaves behind (next fire, last skip) are
-written directly.
+retention run that follows (it marks the plan's removals REMOVING, or EXPIRING under a
+removal delay), then the removal outbox's steps (`promote_expired` for the EXPIRING ones
+whose delay has passed, a remove_backup workflow id, `record_removed`). Only what
+Conductor would have done (the workflow ids) and what the tick leaves behind (next fire,
+last skip) are written directly.
 
 `demo` is `make run`'s demo spec (scripts/run): the same body, ten minutes of its life.
-`www` and `orders` are the README's examples with a history; `archive` is paused; `events`
-holds 100,000 backups, to show that a page stays bounded.
+`www` and `orders` are the README's examples with a history; `archive` is paused, with a
+reason; `logs` removes after a delay, so some of its backups are EXPIRING; `events` holds
+100,000 backups, to show that a page stays bounded.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from backtor.core.policy import RetentionPolicy
 from backtor.core.retention import BackupRecord, plan_retention
 from backtor.db.models import Backup, BackupSpec, BackupStatus, SkipReason
 from backtor.scheduling.recording import TakenBackup, apply_plan, record_failed, record_taken
-from backtor.scheduling.removals import record_removed
+from backtor.scheduling.removals import promote_expired, record_removed
 from backtor.storage.output import backup_file_name
 
 DEMO_DIR = "/srv/backtor/data/demo"  # make run's $DATA_DIR/demo, here only a path in a config
@@ -69,6 +71,7 @@ class Seeded:
     failed: dict[str, list[int]] = field(default_factory=dict)  # spec -> FAILED/TIMED_OUT ids
     remove_failed: dict[str, int] = field(default_factory=dict)
     hostile_error: str = ""
+    paused_reason: str = ""  # archive's: it holds markup
 
 
 class Seeder:
@@ -120,7 +123,19 @@ class Seeder:
                 ),
             )
             backup_id = backup.id
-            removals = apply_plan(session, spec, self.clock.now, max_removals)
+            apply_plan(session, spec, self.clock.now, max_removals)
+            promote_expired(session, self.clock.now, max_removals)
+            # What the removal outbox starts: the spec's REMOVING backups without a run yet
+            # (the plan's removals, or, under a delay, the EXPIRING ones it just promoted).
+            removals = list(
+                session.scalars(
+                    select(Backup.id).where(
+                        Backup.spec_id == spec.id,
+                        Backup.status == BackupStatus.REMOVING.value,
+                        Backup.remove_workflow_id.is_(None),
+                    )
+                )
+            )
         self._remove(removals, finish=remove)
         return backup_id
 
@@ -282,8 +297,9 @@ def seed_orders(seeder: Seeder, view: datetime, seeded: Seeded) -> None:
     )
 
 
-def seed_archive(seeder: Seeder, view: datetime) -> None:
-    """A monthly spec with a year of backups, paused ten days ago."""
+def seed_archive(seeder: Seeder, view: datetime, seeded: Seeded) -> None:
+    """A monthly spec with a year of backups, paused ten days ago, with a reason that holds
+    markup (shown as text)."""
     body = {
         "name": "archive",
         "backupCronString": "0 0 3 1 * *",
@@ -304,7 +320,46 @@ def seed_archive(seeder: Seeder, view: datetime) -> None:
         month = (month + timedelta(days=32)).replace(day=1)
     seeder.tick_leaves("archive", next_fire_at=month)  # as the tick left it: not due yet
     seeder.clock.now = view - timedelta(days=10)
-    seeder.api("PUT", "/backup/archive", {**body, "enabled": 0})
+    seeded.paused_reason = (
+        'storage move <b>INC-4711</b> & "archive" volume <script>alert(1)</script>: '
+        "resume after the new array is mounted"
+    )
+    seeder.api(
+        "PUT", "/backup/archive", {**body, "enabled": 0, "pausedReason": seeded.paused_reason}
+    )
+
+
+LOGS_DELAY = timedelta(hours=5)
+
+
+def seed_logs(seeder: Seeder, view: datetime) -> None:
+    """`logs`: hourly for ten hours, the newest 3 kept, under a removal delay of 5 hours.
+    The backups retention marked in the last five hours are EXPIRING (their removal not
+    started), the older ones REMOVED; then a policy edit (hourly 3 -> 2) leaves a COMPLETED
+    backup that the plan removes at the next retention run (a removal candidate)."""
+    body: dict[str, Any] = {
+        "name": "logs",
+        "backupCronString": "0 0 * * * *",
+        "workerConfig": json.dumps(
+            {"kind": "filesystem", "source": "/var/log/app", "target": "/backups/logs"}
+        ),
+        "retentionMinutely": "0",
+        "retentionHourly": "3",
+        "retentionDaily": "0",
+        "retentionWeekly": "0",
+        "retentionMonthly": "0",
+        "retentionYearly": "0",
+        "removalDelaySeconds": int(LOGS_DELAY.total_seconds()),
+    }
+    hour = view.replace(minute=0, second=0, microsecond=0)
+    fires = [hour - timedelta(hours=k) for k in range(9, -1, -1)]
+    seeder.clock.now = fires[0] - timedelta(minutes=10)
+    seeder.api("POST", "/backup", body)
+    for fire in fires:
+        seeder.take("logs", fire, took=timedelta(seconds=5), size_mb=4.2)
+    seeder.clock.now = view
+    seeder.api("PUT", "/backup/logs", {**body, "retentionHourly": "2"})
+    seeder.tick_leaves("logs", next_fire_at=hour + timedelta(hours=1))
 
 
 def seed_bulk(seeder: Seeder, view: datetime) -> None:
@@ -365,7 +420,8 @@ def seed_all(seeder: Seeder, view: datetime) -> Seeded:
     seed_demo(seeder, view)
     seed_www(seeder, view, seeded)
     seed_orders(seeder, view, seeded)
-    seed_archive(seeder, view)
+    seed_archive(seeder, view, seeded)
+    seed_logs(seeder, view)
     seed_bulk(seeder, view)
     seeder.clock.now = view
     return seeded

@@ -110,6 +110,17 @@ def test_user_text_is_escaped(ui_world: UiWorld) -> None:
     assert ui_world.seeded.hostile_error not in page
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
     assert "<script" not in page
+    # A paused spec's reason, on the overview and on its page: text and tooltip escaped.
+    reason = ui_world.seeded.paused_reason
+    escaped = (
+        "storage move &lt;b&gt;INC-4711&lt;/b&gt; &amp; &quot;archive&quot; volume "
+        "&lt;script&gt;alert(1)&lt;/script&gt;: resume after the new array is mounted"
+    )
+    for path in ("/ui", "/ui/spec/archive"):
+        page = get(f"{ui_world.open_url}{path}").text
+        assert reason not in page and "<script" not in page and "<b>" not in page, path
+        assert f'<span class="paused-reason" title="{escaped}">' in page, path
+        assert f"<q>{escaped}</q>" in page, path
 
 
 def test_pages_are_bounded_and_their_queries_checked(ui_world: UiWorld) -> None:

@@ -8,6 +8,7 @@ tmp dir, copied to build/ui-screenshots/), and checks the DOM Chromium built: th
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -34,6 +35,8 @@ SPEC_ROWS = """[...document.querySelectorAll('tr.spec-row')].map(row => ({
   skip: row.querySelector('td.last-skip').innerText,
   href: row.querySelector('a.spec-link').getAttribute('href'),
   running: [...row.querySelectorAll('a.conductor-link')].map(a => a.href),
+  pausedReason: row.querySelector('.paused-reason q')?.textContent ?? null,
+  pausedTitle: row.querySelector('.paused-reason')?.title ?? null,
 }))"""
 
 
@@ -51,6 +54,10 @@ MARKS = with_style(
   pinRing: a.querySelector('circle.pin-ring') !== null,
   cross: a.querySelector('path.cross') !== null,
   crossColor: style(a.querySelector('path.cross'), 'stroke'),
+  fill: style(a.querySelector('circle'), 'fill'),
+  stroke: style(a.querySelector('circle'), 'stroke'),
+  hourglass: a.querySelector('path.hourglass') !== null,
+  expiresAt: a.dataset.expiresAt ?? null,
 }))"""
 )
 
@@ -68,6 +75,8 @@ TABLE = with_style(
   pinnedBadge: tr.querySelector('.pinned-flag') !== null,
   links: [...tr.querySelectorAll('a.conductor-link')].map(a => [a.dataset.kind, a.href]),
   errorColor: style(tr.querySelector('.error-text'), 'color'),
+  plan: tr.querySelector('td:nth-child(4) .badge').textContent,
+  expiresAt: tr.querySelector('time.expires-at')?.getAttribute('datetime') ?? null,
 }))"""
 )
 
@@ -108,7 +117,7 @@ def test_overview_shows_every_spec_with_its_state_and_marks_the_overdue_one(
 
     # Every spec, in the API's order, each linking to its page.
     assert list(rows) == [spec["name"] for spec in api(ui_world, "/backup")]
-    assert list(rows) == ["archive", "demo", "events", "orders", "www"]
+    assert list(rows) == ["archive", "demo", "events", "logs", "orders", "www"]
     for name, row in rows.items():
         assert row["href"] == f"/ui/spec/{name}"
 
@@ -121,7 +130,7 @@ def test_overview_shows_every_spec_with_its_state_and_marks_the_overdue_one(
     assert "running" in orders["skip"]  # the last skip and its reason
     running = api(ui_world, "/backup/orders")["runningCreateWorkflowID"]
     assert orders["running"] == [f"{ui_world.conductor_ui}/execution/{running}"]
-    for name in ("demo", "events", "www", "archive"):
+    for name in ("demo", "events", "logs", "www", "archive"):
         assert rows[name]["overdue"] == "false", name
         assert rows[name]["successColor"] != RED, name
 
@@ -131,7 +140,13 @@ def test_overview_shows_every_spec_with_its_state_and_marks_the_overdue_one(
     assert rows["archive"]["state"] == "disabled"
     assert rows["archive"]["stateText"] == "disabled (paused)"
     assert rows["archive"]["nextFire"].startswith("—")
-    assert page.evaluate("document.scripts.length") == 0
+    # Paused with a reason: its text as given (markup and all, as text), the only one.
+    reason = ui_world.seeded.paused_reason
+    assert api(ui_world, "/backup/archive")["pausedReason"] == reason
+    assert rows["archive"]["pausedReason"] == reason
+    assert rows["archive"]["pausedTitle"] == reason
+    assert [name for name, row in rows.items() if row["pausedReason"] is not None] == ["archive"]
+    assert page.evaluate("document.scripts.length") == 0  # the reason's <script> is text
 
 
 def test_the_demo_page_shows_its_backups_as_the_retention_plan(
@@ -221,6 +236,89 @@ def test_pins_failures_and_pending_removals_are_visible(
     assert {"failure", "status-remove_failed"} <= set(marks[stuck]["classes"])
 
 
+def when(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def test_expiring_backups_have_a_mark_of_their_own_with_their_expiry(
+    page: Page, ui_world: UiWorld, tmp_path: Path, keep_screenshot: Screenshot
+) -> None:
+    assert page.goto(f"{ui_world.open_url}/ui/spec/logs") == 200
+    shoot(page, tmp_path, keep_screenshot, "ui-spec-logs.png")
+    marks = {m["id"]: m for m in page.evaluate(MARKS)}
+    rows = {row["id"]: row for row in page.evaluate(TABLE)}
+    backups = {b["id"]: b for b in api(ui_world, "/backup/logs/materialized")}
+    plan = api(ui_world, "/backup/logs/retention")
+    actions = {int(b["id"]): b["action"] for b in plan["backups"]}
+    assert sorted(marks) == sorted(rows) == sorted(backups)
+
+    # Five backups EXPIRING (marked within the 5 h delay), the last policy edit's removal
+    # candidate still COMPLETED, the newest two kept, the oldest two removed after the delay.
+    def having(status: str, action: str | None = None) -> list[int]:
+        return sorted(
+            i for i, b in backups.items() if b["status"] == status and action in (None, actions[i])
+        )
+
+    expiring = having("EXPIRING")
+    (candidate,) = having("COMPLETED", "remove")
+    kept = having("COMPLETED", "keep")
+    assert (len(expiring), len(kept), len(having("REMOVED"))) == (5, 2, 2)
+    assert {actions[i] for i in expiring} == {"remove"}  # as GET …/retention plans them
+
+    # Their own mark: an hourglass in an amber disc, unlike a kept backup (filled green)
+    # and a removal candidate (a hollow ring); the plan's word stays in its classes.
+    looks = {(marks[i]["fill"], marks[i]["stroke"], marks[i]["hourglass"]) for i in expiring}
+    assert len(looks) == 1
+    ((fill, stroke, hourglass),) = looks
+    assert hourglass
+    assert len({fill, marks[candidate]["fill"], marks[kept[0]]["fill"]}) == 3, fill
+    assert stroke != marks[candidate]["stroke"]
+    for other in (candidate, kept[0]):
+        assert not marks[other]["hourglass"] and "status-expiring" not in marks[other]["classes"]
+    for backup_id in expiring:
+        found, row, backup = marks[backup_id], rows[backup_id], backups[backup_id]
+        assert {"status-expiring", "remove"} <= set(found["classes"]), found["classes"]
+        # ... and its expiresAt: on the mark, in its tooltip and in its table row.
+        assert backup["expiresAt"] is not None
+        assert when(found["expiresAt"]) == when(backup["expiresAt"]) > ui_world.clock.now
+        stamp = f"{when(backup['expiresAt']):%Y-%m-%d %H:%M:%S} UTC"
+        assert f"expiring: removal starts {stamp}" in found["title"]
+        assert row["plan"] == "expiring" and "status-expiring" in row["classes"]
+        assert when(row["expiresAt"]) == when(backup["expiresAt"])
+        assert f"removal starts {stamp}" in row["text"]
+    assert rows[candidate]["plan"] == "remove" and rows[candidate]["expiresAt"] is None
+    assert "remove" in marks[candidate]["classes"]
+    assert "status-completed" in marks[candidate]["classes"]
+    for backup_id in [candidate, *kept, *having("REMOVED")]:
+        assert marks[backup_id]["expiresAt"] is None
+
+    # The summary counts them apart, and agrees with GET …/retention.
+    summary = page.evaluate(
+        "Object.fromEntries(['keep', 'remove', 'expiring', 'ignore'].map(k => "
+        "[k, Number(document.querySelector('.plan-' + k).textContent)]))"
+    )
+    assert summary == {
+        "keep": plan["summary"]["keep"],
+        "remove": plan["summary"]["remove"],
+        "expiring": 5,
+        "ignore": plan["summary"]["ignore"],
+    }
+    assert summary["remove"] == len(expiring) + 1 and summary["ignore"] == 2
+    legend = page.evaluate("document.querySelector('.legend').innerText")
+    assert "expiring: removal delayed" in legend
+    assert "removal delay 5 h" in page.evaluate("document.querySelector('.spec-card').innerText")
+
+
+def test_a_paused_specs_page_shows_its_whole_reason(
+    page: Page, ui_world: UiWorld, tmp_path: Path, keep_screenshot: Screenshot
+) -> None:
+    assert page.goto(f"{ui_world.open_url}/ui/spec/archive") == 200
+    shoot(page, tmp_path, keep_screenshot, "ui-spec-archive.png", max_height=1200)
+    shown = page.evaluate("document.querySelector('.spec-card .paused-reason q').textContent")
+    assert shown == ui_world.seeded.paused_reason
+    assert page.evaluate("document.scripts.length") == 0
+
+
 def test_a_spec_with_100000_backups_is_drawn_a_page_at_a_time(
     page: Page, ui_world: UiWorld, tmp_path: Path, keep_screenshot: Screenshot
 ) -> None:
@@ -281,7 +379,7 @@ def test_with_a_token_the_page_asks_for_it_and_keeps_a_strict_cookie(
 
     # The cookie opens the pages, not the API.
     assert page.goto(f"{base}/ui") == 200
-    assert len(page.evaluate(SPEC_ROWS)) == 5
+    assert len(page.evaluate(SPEC_ROWS)) == 6
     assert page.goto(f"{base}/backup") == 401
 
     # The token never went into a URL, in any request the browser made.

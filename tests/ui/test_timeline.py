@@ -1,4 +1,5 @@
-"""The timeline's SVG and the overdue rule, as pure functions (no server, no browser)."""
+"""The timeline's SVG, the overdue rule and a paused spec's reason, as pure functions (no
+server, no browser)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 
 from backtor.api.ui import freshness
 from backtor.api.ui.html import duration, workflow_url
-from backtor.api.ui.timeline import Mark, Row, Scale, choose_axis, render
+from backtor.api.ui.pages import PAUSED_REASON_CHARS, paused_reason
+from backtor.api.ui.timeline import Mark, Row, Scale, choose_axis, legend, render
 from backtor.db.models import BackupSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,6 +57,43 @@ def test_one_mark_per_backup_with_its_decision_and_status() -> None:
     assert re.search(r'tier-mark kept" data-row="minutely"', svg)
     assert re.search(r'tier-mark represents" data-row="minutely"', svg)
     assert svg.count('data-row="pinned" ') == 1
+
+
+def test_an_expiring_backup_has_a_mark_of_its_own_with_its_expiry() -> None:
+    expiry = T0 + timedelta(hours=5)
+    marks = [
+        mark(1, 0, status="EXPIRING", action="remove", tags=("minutely",), expires_at=expiry),
+        mark(2, 1, action="remove", tags=("minutely",)),  # a removal candidate
+        mark(3, 2, reasons=("minutely",), tags=("minutely",)),
+    ]
+    svg = render(marks, ROWS, axis="linear", unit_seconds=60, zone=UTC)
+    drawn = dict(
+        re.findall(r'<a class="mark [^"]*" [^>]*data-backup-id="(\d+)"[^>]*>(.*?)</a>', svg)
+    )
+    assert set(drawn) == {"1", "2", "3"}
+    assert 'class="hourglass"' in drawn["1"]
+    assert 'class="hourglass"' not in drawn["2"] + drawn["3"]
+    opening = re.search(r'<a class="(mark [^"]*)" [^>]*data-backup-id="1"[^>]*>', svg)
+    assert opening is not None
+    assert {"remove", "status-expiring"} <= set(opening[1].split())
+    assert f'data-expires-at="{expiry.isoformat()}"' in opening[0]
+    assert svg.count("data-expires-at=") == 1
+    assert "status-expiring" in legend() and 'class="hourglass"' in legend()
+
+
+def test_a_paused_specs_reason_is_escaped_and_clipped_on_the_overview() -> None:
+    hostile = '<b>disk</b> & "full"'
+    shown = paused_reason(spec(enabled=False, paused_reason=hostile))
+    assert "<b>" not in shown
+    assert "<q>&lt;b&gt;disk&lt;/b&gt; &amp; &quot;full&quot;</q>" in shown
+    long = "x" * 500
+    clipped = paused_reason(spec(enabled=False, paused_reason=long), PAUSED_REASON_CHARS)
+    assert f"<q>{'x' * (PAUSED_REASON_CHARS - 1)}\u2026</q>" in clipped
+    assert f'title="{long}"' in clipped  # the whole reason in its tooltip
+    assert f"<q>{long}</q>" in paused_reason(spec(enabled=False, paused_reason=long))
+    # Only a paused spec shows one (a purged spec is purging, whatever its reason said).
+    assert paused_reason(spec(enabled=False, paused_reason=None)) == ""
+    assert paused_reason(spec(enabled=False, deleting=True, paused_reason=hostile)) == ""
 
 
 def test_text_is_escaped() -> None:

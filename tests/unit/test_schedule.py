@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from backtor.core.cron import parse_cron
-from backtor.core.schedule import Timing, decide, first_fire
+from backtor.core.schedule import Timing, decide, first_fire, jitter_offset
 
 UTC_ZONE = ZoneInfo("UTC")
 
@@ -76,3 +76,46 @@ def test_due_time_not_yet_reached_in_spec_zone_starts_nothing() -> None:
     d = decide(timing, due_at=at("2026-01-02T01:30:00"), now=at("2026-01-02T01:29:59"))
     assert d.fire is None and d.missed == () and d.expired is None
     assert d.next_fire_at == at("2026-01-02T01:30:00")
+
+
+# -- jitterSeconds: a fixed offset per spec ----------------------------------------------------
+
+
+def test_the_jitter_offset_is_fixed_by_the_name_and_within_the_window() -> None:
+    assert jitter_offset("db1", 0) == timedelta(0)
+    offsets = {jitter_offset(f"spec-{i}", 59) for i in range(2000)}
+    assert offsets == {timedelta(seconds=s) for s in range(60)}  # every second is reachable
+    # A pinned value: the offset must not change between releases (nextFireTime would move).
+    assert jitter_offset("nightly-db", 3600) == timedelta(seconds=3064)
+
+
+def test_an_offset_shifts_fires_and_decisions_alike() -> None:
+    timing = Timing(parse_cron("0 0 23 * * *"), UTC_ZONE, offset=timedelta(seconds=90))
+    assert first_fire(timing, at("2026-01-01T22:00:00")) == at("2026-01-01T23:01:30")
+    # The cron time itself is not due any more; the shifted one is, with its grace.
+    early = decide(timing, due_at=at("2026-01-01T23:01:30"), now=at("2026-01-01T23:00:30"))
+    assert early.fire is None
+    due = decide(timing, due_at=at("2026-01-01T23:01:30"), now=at("2026-01-01T23:01:31"))
+    assert due.fire == at("2026-01-01T23:01:30")
+    assert due.next_fire_at == at("2026-01-02T23:01:30")
+
+
+def test_an_offset_is_elapsed_time_across_a_dst_change() -> None:
+    # Berlin's clocks go forward at 02:00 on 2026-03-29: 01:59:30 + 60 s is 03:00:30 local.
+    berlin = ZoneInfo("Europe/Berlin")
+    timing = Timing(parse_cron("30 59 1 * * *"), berlin, offset=timedelta(seconds=60))
+    fire = first_fire(timing, datetime(2026, 3, 28, 12, tzinfo=UTC))
+    assert fire == datetime(2026, 3, 29, 0, 59, 30, tzinfo=UTC) + timedelta(seconds=60)
+    assert fire is not None and fire.astimezone(berlin).hour == 3
+
+
+def test_a_window_bounds_the_shifted_fire_times() -> None:
+    timing = Timing(
+        parse_cron("0 0 * * * *"),
+        UTC_ZONE,
+        from_date=at("2026-01-01T10:00:30"),
+        to_date=at("2026-01-01T12:00:30"),
+        offset=timedelta(seconds=45),
+    )
+    assert first_fire(timing, at("2026-01-01T09:00:00")) == at("2026-01-01T10:00:45")
+    assert first_fire(timing, at("2026-01-01T11:30:00")) is None  # 12:00:45 is past toDate

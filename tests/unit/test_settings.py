@@ -61,6 +61,10 @@ BAD_VALUES = [
     ("BACKTOR_REMOVAL_RETRY_SECONDS", "-1"),
     ("BACKTOR_REMOVAL_RETRY_SECONDS", "nan"),
     ("BACKTOR_REMOVAL_RETRY_SECONDS", "inf"),
+    ("BACKTOR_JITTER_SECONDS", "-1"),
+    ("BACKTOR_JITTER_SECONDS", "86401"),
+    ("BACKTOR_JITTER_SECONDS", "1.5"),
+    ("BACKTOR_JITTER_SECONDS", "a minute"),
     ("PORT", "http"),
     ("PORT", "0"),
     ("PORT", "65536"),
@@ -188,6 +192,7 @@ def test_good_values_are_read() -> None:
             "BACKTOR_WORKER_HEALTH_HOST": "::1",
             "BACKTOR_WORKER_HEALTH_PORT": "0",
             "BACKTOR_STORAGE_ROOTS": "/a::/b",
+            "BACKTOR_JITTER_SECONDS": "86400",
         }
     )
     assert settings.conductor_api_url == "https://conductor.example/api"
@@ -200,6 +205,7 @@ def test_good_values_are_read() -> None:
     assert settings.migrate_on_start is True
     assert (settings.worker_health_host, settings.worker_health_port) == ("::1", 0)
     assert settings.storage_roots == ("/a", "/b")
+    assert settings.jitter_seconds == 86_400
 
 
 @pytest.mark.parametrize(

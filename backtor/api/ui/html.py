@@ -120,7 +120,8 @@ SECURITY_HEADERS = {
 
 CSS = """
 :root { --ink: #1f2933; --muted: #616e7c; --line: #d9e2ec; --bg: #f5f7fa; --card: #fff;
-  --keep: #2e7d32; --remove: #d84315; --fail: #c62828; --pin: #1565c0; --run: #0277bd; }
+  --keep: #2e7d32; --remove: #d84315; --fail: #c62828; --pin: #1565c0; --run: #0277bd;
+  --expire: #a05a00; }
 * { box-sizing: border-box; }
 body { margin: 0; font: 14px/1.45 "DejaVu Sans", "Segoe UI", Helvetica, Arial, sans-serif;
   color: var(--ink); background: var(--bg); }
@@ -166,6 +167,11 @@ a { color: #1769aa; }
 .decision-keep { background: #e3f4e4; color: #1b5e20; }
 .decision-remove { background: #fde9e1; color: #bf360c; }
 .decision-ignore { background: #eceff1; color: #455a64; }
+.decision-expiring { background: #ffefc7; color: var(--expire); }
+tr.status-expiring td:first-child { border-left: 3px solid #f0b429; }
+.expires { font-size: 12px; color: var(--expire); white-space: nowrap; }
+.paused-reason { display: inline-block; max-width: 34em; font-size: 12px; color: #334e68;
+  overflow-wrap: anywhere; }
 .pinned-flag { background: #e3edfb; color: var(--pin); }
 .failure-text { color: var(--fail); }
 tr.failure td:first-child { border-left: 3px solid var(--fail); }
@@ -188,6 +194,9 @@ svg.timeline text.tick { font-size: 11px; fill: var(--muted); }
   stroke-dasharray: 2 2; }
 .tl .mark.status-removed circle { fill: #cfd8dc; }
 .tl .mark.status-running circle { fill: #fff; stroke: var(--run); stroke-width: 2; }
+.tl .mark.status-expiring circle { fill: #ffd978; stroke: var(--expire); stroke-width: 1.6;
+  stroke-dasharray: none; }
+.tl .mark.status-expiring path.hourglass { fill: var(--expire); }
 .tl .mark.failure path.cross { stroke: var(--fail); stroke-width: 2.6; }
 .tl .mark.status-remove_failed circle { fill: #fff; stroke: var(--fail);
   stroke-width: 2.4; }

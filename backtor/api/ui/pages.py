@@ -38,15 +38,17 @@ from backtor.api.ui.timeline import (
     render,
 )
 from backtor.core.policy import FIELD_BY_TIER, Tier
-from backtor.core.retention import COMPLETED, NEWEST, PINNED, Decision, RetentionPlan
+from backtor.core.retention import NEWEST, PINNED, Decision, RetentionPlan
 from backtor.db import repository
 from backtor.db.models import Backup, BackupSpec, BackupStatus, SkipReason
-from backtor.scheduling.recording import policy_of
+from backtor.scheduling.recording import CANDIDATE_STATUSES, policy_of
 
 SPECS_PER_PAGE = 100
 BACKUPS_PER_PAGE = 200
 MAX_BACKUPS_PER_PAGE = 1000
 ERROR_CHARS = 300  # of a failure's message, in the table
+PAUSED_REASON_CHARS = 160  # of a paused spec's reason, on the overview (its page shows all)
+EXPIRING = BackupStatus.EXPIRING.value
 
 SKIP_MEANING = {
     SkipReason.RUNNING.value: "the previous backup was still running",
@@ -57,6 +59,7 @@ SKIP_MEANING = {
 STATUS_MEANING = {
     "RUNNING": "backup under way",
     "COMPLETED": "held",
+    EXPIRING: "held until its removal delay ends, unless pinned or kept again",
     "FAILED": "the backup failed: no data",
     "TIMED_OUT": "the backup timed out: no data",
     "REMOVING": "removal under way",
@@ -67,6 +70,7 @@ STATUS_MEANING = {
 STATUS_ORDER = (
     "RUNNING",
     "COMPLETED",
+    EXPIRING,
     "REMOVING",
     "REMOVE_FAILED",
     "FAILED",
@@ -99,9 +103,23 @@ def state_of(spec: BackupSpec, now: datetime) -> tuple[str, str]:
     return "enabled", "enabled"
 
 
-def _state_cell(spec: BackupSpec, view: View) -> str:
+def paused_reason(spec: BackupSpec, clip: int | None = None) -> str:
+    """A paused spec's pausedReason (set by PUT, or by autoPauseAfterFailures): its text,
+    cut to `clip` characters when one is given (the whole text in its tooltip)."""
+    reason = spec.paused_reason
+    if spec.enabled or spec.deleting or not reason:
+        return ""
+    shown = reason if clip is None or len(reason) <= clip else reason[: clip - 1] + "\u2026"
+    return (
+        f'<br><span class="paused-reason" title="{esc(reason)}">'
+        f'<span class="rel">why:</span> <q>{esc(shown)}</q></span>'
+    )
+
+
+def _state_cell(spec: BackupSpec, view: View, reason_chars: int | None = None) -> str:
     word, text = state_of(spec, view.now)
     cell = f'<span class="badge state-{word}">{esc(text)}</span>'
+    cell += paused_reason(spec, reason_chars)
     if spec.from_date is not None and spec.from_date > view.now:
         cell += f'<br><span class="rel">from {esc(stamp(spec.from_date, UTC))}</span>'
     if spec.to_date is not None:
@@ -212,7 +230,8 @@ def overview(session: Session, view: View, after: str | None) -> str:
             f'<tr class="spec-row" data-spec="{esc(spec.name)}" data-state="{word}" '
             f'data-overdue="{"true" if fresh.overdue else "false"}">'
             f'<td><a class="spec-link" href="{esc(spec_url(spec.name))}">{esc(spec.name)}</a></td>'
-            f"<td>{_state_cell(spec, view)}</td><td>{_schedule_cell(spec)}</td>"
+            f"<td>{_state_cell(spec, view, PAUSED_REASON_CHARS)}</td>"
+            f"<td>{_schedule_cell(spec)}</td>"
             f"{_last_success_cell(fresh, view)}{_next_fire_cell(spec, view)}"
             f"{_skip_cell(spec, view)}<td>{_counts(counts.get(spec.id, {}))}</td></tr>"
         )
@@ -265,14 +284,27 @@ class SpecQuery:
 
 
 def _decision(plan: RetentionPlan, backup: Backup) -> Decision | None:
-    return plan.by_id.get(str(backup.id)) if backup.status == COMPLETED else None
+    """The plan's word on a candidate (COMPLETED or EXPIRING, as GET .../retention plans
+    them); None for the other statuses."""
+    return plan.by_id.get(str(backup.id)) if backup.status in CANDIDATE_STATUSES else None
+
+
+def expires_at(backup: Backup) -> datetime | None:
+    """When an EXPIRING backup's removal starts; None in every other status."""
+    return backup.expires_at if backup.status == EXPIRING else None
 
 
 def _mark(backup: Backup, decision: Decision | None, zone: ZoneInfo, view: View) -> Mark:
     action = decision.action if decision else "ignore"
     reasons = tuple(decision.reasons) if decision else ()
     tags = tuple(tier.value for tier in decision.tags) if decision else ()
-    if action == "keep":
+    expiry = expires_at(backup)
+    if backup.status == EXPIRING and action == "keep":
+        verdict = f"keep: {', '.join(reasons)}; back to COMPLETED at the next retention run"
+    elif backup.status == EXPIRING:
+        when = f"removal starts {stamp(expiry, zone)}" if expiry else "removal delayed"
+        verdict = f"expiring: {when}, unless pinned or kept again"
+    elif action == "keep":
         verdict = f"keep: {', '.join(reasons)}"
     elif action == "remove":
         verdict = "to be removed by the plan"
@@ -294,6 +326,7 @@ def _mark(backup: Backup, decision: Decision | None, zone: ZoneInfo, view: View)
         backup.pinned,
         href,
         title,
+        expiry,
     )
 
 
@@ -339,8 +372,11 @@ def _backup_row(backup: Backup, decision: Decision | None, zone: ZoneInfo, view:
         " failure" if failure else ""
     )
     pinned = ' <span class="badge pinned-flag">pinned</span>' if backup.pinned else ""
+    expiry = expires_at(backup)
     if action == "keep":
         plan = '<span class="badge decision-keep">keep</span>'
+    elif backup.status == EXPIRING:  # marked by a retention run: its removal waits
+        plan = '<span class="badge decision-expiring">expiring</span>'
     elif action == "remove":
         plan = '<span class="badge decision-remove">remove</span>'
     else:
@@ -352,6 +388,12 @@ def _backup_row(backup: Backup, decision: Decision | None, zone: ZoneInfo, view:
         why += f'<br><span class="rel">represents {esc(tags)}, beyond N</span>'
     status = f'<span class="{"failure-text" if failure else ""}">{esc(backup.status)}</span>'
     status += f'<br><span class="rel">{esc(STATUS_MEANING.get(backup.status, ""))}</span>'
+    if expiry is not None:
+        status += (
+            '<br><span class="expires">removal starts <time class="expires-at" '
+            f'datetime="{esc(expiry.isoformat())}">{esc(stamp(expiry, zone))}</time> '
+            f'<span class="rel">({esc(relative(expiry, view.now))})</span></span>'
+        )
     if failure and backup.last_error:
         error = esc(backup.last_error[:ERROR_CHARS])
         status += f'<br><span class="failure-text error-text">{error}</span>'
@@ -440,7 +482,16 @@ def _spec_header(
         f"<span><code>{esc(tier.value)} {esc(fields.get(FIELD_BY_TIER[tier], ''))}</code></span>"
         for tier in Tier
     )
-    ignored = sum(n for s, n in counts.items() if s != COMPLETED)
+    ignored = sum(n for s, n in counts.items() if s not in CANDIDATE_STATUSES)
+    delay = spec.removal_delay_seconds or 0
+    expiring = ""
+    if delay or counts.get(EXPIRING):
+        expiring = (
+            f'<span><strong class="plan-expiring">{counts.get(EXPIRING, 0)}</strong> expiring '
+            "(marked for removal, which waits for their expiresAt)</span>"
+        )
+    if delay:
+        policy_chips += f"<span><code>removal delay {esc(duration(delay))}</code></span>"
     return (
         f'<div class="card spec-card" data-spec="{esc(spec.name)}"{overdue}>'
         f'<h1>{esc(spec.name)} <span class="badge state-{word}">{esc(state)}</span></h1>'
@@ -456,6 +507,7 @@ def _spec_header(
         '<p class="summary plan-summary">'
         f'<span>whole plan: <strong class="plan-keep">{len(plan.keep_ids)}</strong> kept</span>'
         f'<span><strong class="plan-remove">{len(plan.remove_ids)}</strong> to remove</span>'
+        f"{expiring}"
         f'<span><strong class="plan-ignore">{ignored}</strong> in other statuses</span>'
         '<span class="muted">removals start in retention runs, a capped number per run</span>'
         "</p></div>"

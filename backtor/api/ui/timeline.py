@@ -1,7 +1,8 @@
 """The retention plan as a picture: one SVG, tiers as rows, time as the axis.
 
 The first row holds one mark per backup shown (its keep/remove decision, its status, a pin
-ring); each tier's row marks the backups that represent that tier's period: filled when the
+ring; an EXPIRING backup, marked for removal and waiting out its delay, has a mark of its
+own); each tier's row marks the backups that represent that tier's period: filled when the
 tier keeps it, hollow when it is older than the tier's N newest. Then the rows of the other
 reasons (newest, and any the policy adds) and the pinned backups. Pure: data in, text out.
 """
@@ -46,6 +47,7 @@ class Mark:
     pinned: bool
     href: str  # where a click goes: its workflow in Conductor's UI, else its table row
     title: str  # the tooltip, plain text
+    expires_at: datetime | None = None  # EXPIRING: when its removal starts
 
 
 @dataclass(frozen=True)
@@ -192,16 +194,20 @@ def _calendar_ticks(scale: Scale, zone: tzinfo, months: int) -> list[tuple[float
 CROSS = '<path class="cross" d="M-5,-5L5,5M-5,5L5,-5"/>'
 SMALL_CROSS = '<path class="cross" d="M-2.5,-2.5L2.5,2.5M-2.5,2.5L2.5,-2.5"/>'
 PIN_RING = '<circle class="pin-ring" r="9"/>'
+HOURGLASS = '<path class="hourglass" d="M-2.8,-3.4H2.8L-2.8,3.4H2.8Z"/>'
 
 
 def _mark_shape(mark: Mark) -> str:
     """A cross for a backup that failed; a circle (a crossed ring when its removal keeps
-    failing) for the others; a blue ring around a pinned one."""
+    failing, an hourglass in it while EXPIRING) for the others; a blue ring around a pinned
+    one."""
     if mark.status in FAILED_STATUSES:
         return CROSS
     shape = '<circle r="5.5"/>'
     if mark.status == "REMOVE_FAILED":
         shape += SMALL_CROSS
+    if mark.status == "EXPIRING":
+        shape += HOURGLASS
     if mark.pinned:
         shape += PIN_RING
     return shape
@@ -273,9 +279,14 @@ def render(
     for mark in sorted(marks, key=lambda m: (m.time, m.id)):
         x = scale.x(mark.time.timestamp())
         title = f"<title>{esc(mark.title)}</title>"
+        expiry = (
+            f' data-expires-at="{esc(mark.expires_at.isoformat())}"'
+            if mark.expires_at is not None
+            else ""
+        )
         parts.append(
             f'<a class="{_classes(mark)}" href="{esc(mark.href)}" data-backup-id="{mark.id}" '
-            f'data-action="{esc(mark.action)}" data-status="{esc(mark.status)}">{title}'
+            f'data-action="{esc(mark.action)}" data-status="{esc(mark.status)}"{expiry}>{title}'
             f'<g transform="translate({x:.1f},{first_y:.1f})">{_mark_shape(mark)}</g></a>'
         )
         for row in rows:
@@ -316,6 +327,7 @@ def legend() -> str:
     items = [
         (sample(circle, "mark keep"), "kept"),
         (sample(circle, "mark remove"), "to be removed by the plan"),
+        (sample(circle + HOURGLASS, "mark status-expiring"), "expiring: removal delayed"),
         (sample(circle, "mark status-removing"), "removal under way"),
         (sample(circle, "mark status-removed"), "removed"),
         (sample(CROSS, "mark failure"), "failed"),

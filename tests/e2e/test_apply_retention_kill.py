@@ -1,0 +1,419 @@
+"""A `backtor worker` replica SIGKILLed while it runs `apply_retention` (issue 13, item 16):
+Backtor recovers by itself, without Conductor's sweeper.
+
+Real PostgreSQL, the API, two `backtor worker` replicas and the test storage worker; one
+spec fires every second and keeps every backup (retentionKeepWithin 1d), so each record
+stays COMPLETED.
+
+Conductor is a server of this test's own, started with its sweeper off (SWEEPER_OFF). The
+session's server, sweeper on, times the dead worker's task out itself, one second after its
+response timeout, and retries it; a live replica then records the backup, about a second
+before Backtor's own rule (response timeout + STALL_MARGIN) would act, so Backtor's repair
+would never be exercised. The sweeper off stands for what was seen in production (issue
+13, item 16): Conductor's sweeper did not revisit the run for more than 5 minutes.
+
+Deterministic kill: apply_retention's handler (scheduling/handlers.py, record_backup)
+inserts the spec's new row into the `backup` table. The test takes `LOCK TABLE backup IN
+SHARE MODE` in a transaction of its own, just as a run is open and before its
+apply_retention is polled, so that insert waits. Once Conductor shows the run's
+apply_retention IN_PROGRESS under a replica's worker id (Replica.name) and PostgreSQL shows
+exactly one `INSERT INTO backup` waiting on the test's lock, that whole replica (its process
+group) is SIGKILLed, then the lock is released. Its server process then runs the insert,
+finds its client gone and rolls back: the dead worker recorded nothing. If the killed
+replica also held the tick at that moment, the watchdog has to replace the tick too.
+
+What must follow:
+1. the killed run's backup (the dataId its `backup` task produced, from Conductor) is
+   recorded COMPLETED, once, within record_bound() of the kill (derived below);
+2. a create_backup for a fire due after the kill starts within 15 s of the first due time
+   after the kill (the overlap check must not count the dead run as running), and the spec
+   keeps being backed up after it. (The overlap check's own repair, fires.dead_run, and the
+   pass's look at long runs, outcomes.reconcile_fires, usually act in the same pass here:
+   this test proves that one of them does, not which.)
+3. no fire started twice (per fireId and per scheduledTime, and the ledger agrees with
+   Conductor);
+4. the killed run ends COMPLETED, its one apply_retention task reported COMPLETED by Backtor
+   on the dead worker's behalf (workerId REPAIR_WORKER_ID, scheduling/stalls.py): not
+   timed out nor retried by Conductor;
+and at the end every file the storage worker holds is a live record: nothing orphaned.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import Connection, create_engine, text
+from sqlalchemy.pool import NullPool
+
+from backtor.conductor.names import APPLY_RETENTION, BACKUP
+from backtor.conductor.registration import load_definitions
+from backtor.core.cron import CronSchedule, next_fire
+from backtor.db.migrate import upgrade_to_head
+from backtor.scheduling.stalls import REPAIR_WORKER_ID, STALL_MARGIN
+from backtor.scheduling.watchdog import STALL
+from backtor.workers.runner import WATCHDOG_SECONDS
+from backtor.workers.tasks import MAX_CALLBACK_SECONDS
+from tests.conftest import ROOT
+from tests.e2e.conftest import Stack, assert_each_fire_started_once
+from tests.support import processes
+from tests.support.conductor import workflow
+from tests.support.net import free_port
+from tests.support.processes import Replica
+from tests.support.scheduler import SchedulerWatch
+from tests.support.storage import FileStorageWorker
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.integration
+
+T = TypeVar("T")
+
+CRON = "* * * * * *"
+UTC_ZONE = ZoneInfo("UTC")
+NEXT_START_LIMIT_SECONDS = 15.0
+KEEP_GOING_RUNS = 3  # runs after the kill that must complete and be recorded
+
+# The bound on "kill -> the killed run's backup recorded", from what Backtor promises:
+# the dead worker's apply_retention is taken for dead once it is past its response timeout
+# (the task definition's) by STALL_MARGIN, counted from its poll (before the kill); the next
+# pass repairs it (whenever it would make a due fire skip as `running`: every pass here),
+# and passes are at most MAX_CALLBACK_SECONDS apart. If the killed replica also held the
+# tick, passes resume only once the watchdog (every WATCHDOG_SECONDS) has found the tick
+# silent for STALL and replaced it; that tick's first pass repairs at once. SLACK covers the
+# HTTP round trips, polls and a loaded 2-core machine.
+RESPONSE_TIMEOUT = timedelta(
+    seconds=int(load_definitions().task_defs[APPLY_RETENTION]["responseTimeoutSeconds"])
+)
+PASS_PERIOD = timedelta(seconds=MAX_CALLBACK_SECONDS)
+TICK_FAILOVER = STALL + timedelta(seconds=WATCHDOG_SECONDS)
+SLACK = timedelta(seconds=3)
+
+
+SCRIPT = ROOT / "scripts" / "conductor"
+# Conductor 3.32's sweepers (the current one, the legacy one, and the reconciler that drives
+# the legacy one), off: Spring properties given as JVM system properties.
+SWEEPER_OFF = (
+    "-Dconductor.app.sweeper.enabled=false",
+    "-Dconductor.app.legacy.sweeper.enabled=false",
+    "-Dconductor.workflow-reconciler.enabled=false",
+)
+
+
+def record_bound(tick_lost: bool) -> float:
+    stalled = RESPONSE_TIMEOUT + STALL_MARGIN
+    first_pass = max(stalled, TICK_FAILOVER) if tick_lost else stalled
+    return (first_pass + PASS_PERIOD + SLACK).total_seconds()
+
+
+class SweeperlessConductor:
+    """A Conductor server of the test's own (scripts/conductor, the session's backend), its
+    sweeper off."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/api"
+
+    def start(self) -> None:
+        default = re.search(r'JAVA_OPTS_DEFAULT="([^"]*)"', SCRIPT.read_text())
+        assert default is not None, f"no JAVA_OPTS_DEFAULT in {SCRIPT}"
+        opts = os.environ.get("CONDUCTOR_JAVA_OPTS") or default.group(1)
+        env = {**os.environ, "CONDUCTOR_JAVA_OPTS": " ".join((opts, *SWEEPER_OFF))}
+        subprocess.run(
+            [str(SCRIPT), "start", "--port", str(self.port), "--dir", str(self.directory)],
+            check=True,
+            env=env,
+        )
+
+    def stop(self) -> None:
+        subprocess.run([str(SCRIPT), "stop", "--dir", str(self.directory), "--drop"], check=False)
+
+
+@pytest.fixture
+def sweeperless_stack(postgres_url: str, tmp_path: Path) -> Iterator[Stack]:
+    """The e2e stack (tests/e2e/conftest.py) on a Conductor whose sweeper is off."""
+    server = SweeperlessConductor(tmp_path / "conductor")
+    server.start()
+    try:
+        upgrade_to_head(postgres_url)
+        env = processes.backtor_env(postgres_url, server.url, BACKTOR_REMOVAL_RETRY_SECONDS="1")
+        prefix = f"e2e{uuid.uuid4().hex[:8]}"
+        logs = tmp_path / "logs"
+        logs.mkdir()
+        with (
+            processes.api_server(env, logs / "api.log") as api,
+            FileStorageWorker(server.url, tmp_path / "store", prefix=prefix) as storage,
+        ):
+            yield Stack(api, server.url, postgres_url, env, storage, logs, prefix)
+    finally:
+        server.stop()
+
+
+class BackupTableLock:
+    """`LOCK TABLE backup IN SHARE MODE` held in a transaction of the test's own engine:
+    every insert into `backup` waits until it is released."""
+
+    def __init__(self, database_url: str) -> None:
+        self.engine = create_engine(database_url, poolclass=NullPool)
+        self.connection: Connection | None = None
+        self.pid = 0
+        self.taken_at = 0.0
+        self.held_s = 0.0
+
+    def take(self) -> None:
+        connection = self.engine.connect()
+        self.pid = int(connection.scalar(text("SELECT pg_backend_pid()")) or 0)
+        connection.execute(text("LOCK TABLE backup IN SHARE MODE"))
+        self.connection = connection
+        self.taken_at = time.monotonic()
+
+    def release(self) -> None:
+        if self.connection is None:
+            return
+        self.connection.rollback()
+        self.held_s = time.monotonic() - self.taken_at
+        self.connection.close()
+        self.connection = None
+
+    def waiting(self) -> list[str]:
+        """The statements waiting on this lock."""
+        with self.engine.connect() as connection:
+            return [
+                str(query)
+                for query in connection.scalars(
+                    text(
+                        "SELECT query FROM pg_stat_activity "
+                        "WHERE CAST(:pid AS integer) = ANY(pg_blocking_pids(pid))"
+                    ),
+                    {"pid": self.pid},
+                )
+            ]
+
+
+@contextmanager
+def backup_table_lock(database_url: str) -> Iterator[BackupTableLock]:
+    lock = BackupTableLock(database_url)
+    try:
+        yield lock
+    finally:
+        lock.release()
+        lock.engine.dispose()
+
+
+def scheduled_at(run: dict[str, Any]) -> float:
+    return datetime.fromisoformat(str(run["input"]["scheduledTime"])).timestamp()
+
+
+def tasks_of(stack: Stack, workflow_id: str, task_type: str) -> list[dict[str, Any]]:
+    run = workflow(stack.conductor, workflow_id)
+    return [t for t in run.get("tasks", []) if t.get("taskType") == task_type]
+
+
+def open_runs(stack: Stack, name: str) -> list[dict[str, Any]]:
+    return [w for w in stack.creates(name) if w["status"] == "RUNNING"]
+
+
+def before_its_apply_retention(stack: Stack, name: str) -> bool:
+    """A run is open and its apply_retention has not been polled yet: the moment to lock."""
+    for run in open_runs(stack, name):
+        polled = [
+            t
+            for t in tasks_of(stack, run["workflowId"], APPLY_RETENTION)
+            if t.get("status") != "SCHEDULED"
+        ]
+        if not polled:
+            return True
+    return False
+
+
+def held_inside_apply_retention(
+    stack: Stack, name: str, pool: list[Replica], lock: BackupTableLock
+) -> tuple[Replica, dict[str, Any], dict[str, Any]] | None:
+    """(replica, run, task) once a replica's apply_retention is IN_PROGRESS in Conductor and
+    its insert into `backup` waits on the lock."""
+    inserts = [q for q in lock.waiting() if q.lstrip().upper().startswith("INSERT INTO BACKUP ")]
+    if len(inserts) != 1:
+        return None
+    held = [
+        (replica, run, task)
+        for run in open_runs(stack, name)
+        for task in tasks_of(stack, run["workflowId"], APPLY_RETENTION)
+        if task.get("status") == "IN_PROGRESS"
+        for replica in pool
+        if replica.alive() and task.get("workerId") == replica.name
+    ]
+    return held[0] if len(held) == 1 else None
+
+
+def recorded(stack: Stack, name: str, data_id: str) -> list[dict[str, Any]]:
+    return [b for b in stack.backups(name) if b["dataId"] == data_id]
+
+
+def poll_for(probe: Callable[[], T], *, timeout: float, interval: float = 0.1) -> T | None:
+    """wait_until, but None on timeout: the figures are printed before any assertion."""
+    try:
+        return wait_until(probe, timeout=max(timeout, 0.0), interval=interval)
+    except AssertionError:
+        return None
+
+
+def after_ms(moment_ms: Any, since: float) -> float | None:
+    return round(int(moment_ms) / 1000 - since, 3) if moment_ms else None
+
+
+def test_a_replica_killed_inside_apply_retention_is_recovered_by_backtor(
+    sweeperless_stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack = sweeperless_stack
+    cron = CronSchedule(CRON)
+    began = time.monotonic()
+    with (
+        processes.replicas(stack.env, stack.logs) as pool,
+        SchedulerWatch(stack.database_url, stack.conductor) as watch,
+        backup_table_lock(stack.database_url) as lock,
+    ):
+        pool += [Replica(stack.env, stack.logs, f"replica-{i}") for i in (1, 2)]
+        wait_until(lambda: all(r.ready() for r in pool), timeout=90, what="two ready replicas")
+        name = stack.create(
+            "kill-in-apply-retention", backupCronString=CRON, retentionKeepWithin="1d"
+        )
+        wait_until(
+            lambda: [b for b in stack.backups(name) if b["status"] == "COMPLETED"],
+            timeout=60,
+            what="a first backup recorded",
+        )
+
+        # Lock just before a run's apply_retention is polled; kill the replica that polls it
+        # once its insert waits on the lock; release the lock at once.
+        wait_until(
+            lambda: before_its_apply_retention(stack, name),
+            timeout=30,
+            interval=0.02,
+            what="a run before its apply_retention",
+        )
+        lock.take()
+        try:
+            found = wait_until(
+                lambda: held_inside_apply_retention(stack, name, pool, lock),
+                timeout=30,
+                interval=0.05,
+                what="a replica's apply_retention waiting on the lock",
+            )
+            assert found is not None
+            victim, run, task = found
+            hold = watch.hold()
+            tick_lost = hold is not None and hold.held and hold.worker_id == victim.name
+            killed_at = time.time()
+            victim.kill()
+        finally:
+            lock.release()
+        killed_run = str(run["workflowId"])
+        (backup_task,) = [
+            t for t in tasks_of(stack, killed_run, BACKUP) if t.get("status") == "COMPLETED"
+        ]
+        data_id = str(backup_task["outputData"]["dataId"])
+        due = next_fire(cron, datetime.fromtimestamp(killed_at, UTC), UTC_ZONE).timestamp()
+        bound = record_bound(tick_lost)
+
+        # 1. The killed run's backup recorded COMPLETED.
+        records = poll_for(
+            lambda: [b for b in recorded(stack, name, data_id) if b["status"] == "COMPLETED"],
+            timeout=bound + 10,
+        )
+        recorded_after = time.time() - killed_at if records else None
+
+        # 2. A backup due after the kill starts; the spec keeps being backed up.
+        def after_kill() -> list[dict[str, Any]]:
+            return [w for w in stack.creates(name) if scheduled_at(w) > killed_at]
+
+        def first_start() -> dict[str, Any] | None:
+            later = after_kill()
+            return min(later, key=lambda w: int(w["startTime"])) if later else None
+
+        limit = due + NEXT_START_LIMIT_SECONDS
+        first = poll_for(first_start, timeout=limit + 10 - time.time())
+        started = int(first["startTime"]) / 1000 if first else None
+
+        def kept_going() -> bool:
+            return len([w for w in after_kill() if w["status"] == "COMPLETED"]) >= KEEP_GOING_RUNS
+
+        kept = first is not None and poll_for(kept_going, timeout=30) is not None
+
+        # 4. The killed run, ended.
+        if records:
+            poll_for(
+                lambda: workflow(stack.conductor, killed_run)["status"] != "RUNNING", timeout=30
+            )
+        ended = workflow(stack.conductor, killed_run)
+        attempts = [t for t in ended.get("tasks", []) if t["taskType"] == APPLY_RETENTION]
+
+        figures = {
+            "victim": victim.name,
+            "victim_held_tick": tick_lost,
+            "lock_held_s": round(lock.held_s, 3),
+            "kill_to_record_s": round(recorded_after, 3) if recorded_after else None,
+            "record_bound_s": bound,
+            "due_to_next_start_s": round(started - due, 3) if started else None,
+            "kill_to_next_start_s": round(started - killed_at, 3) if started else None,
+            "killed_run_status": ended["status"],
+            "apply_retention_tasks": [
+                {
+                    "status": t.get("status"),
+                    "workerId": t.get("workerId"),
+                    "polled_after_kill_s": after_ms(t.get("startTime"), killed_at),
+                    "ended_after_kill_s": after_ms(t.get("endTime"), killed_at),
+                    "reason": t.get("reasonForIncompletion"),
+                }
+                for t in attempts
+            ],
+            "runs_so_far": len(stack.creates(name)),
+            "test_s": round(time.monotonic() - began, 1),
+        }
+        report = "apply_retention kill: " + json.dumps(figures)
+        with capsys.disabled():
+            print("\n" + report)
+
+        assert records is not None, f"the killed run's backup {data_id} never recorded\n{report}"
+        assert len(records) == 1, f"recorded more than once: {records}\n{report}"
+        assert recorded_after is not None and recorded_after <= bound, (
+            f"recorded later than {bound} s after the kill\n{report}"
+        )
+        assert started is not None and started <= limit, (
+            f"no backup started within {NEXT_START_LIMIT_SECONDS} s of the first due time "
+            f"after the kill\n{report}"
+        )
+        assert kept, f"fewer than {KEEP_GOING_RUNS} backups completed after the kill\n{report}"
+        assert ended["status"] == "COMPLETED", report
+        assert [t["taskId"] for t in attempts] == [task["taskId"]], (
+            f"apply_retention timed out or retried by Conductor, not repaired by Backtor\n{report}"
+        )
+        (repaired,) = attempts
+        assert repaired["status"] == "COMPLETED", report
+        assert repaired.get("workerId") == REPAIR_WORKER_ID, report
+        assert ended["output"].get("backupId") == records[0]["id"], report
+
+        stack.update(name, enabled=0)
+        wait_until(lambda: not open_runs(stack, name), timeout=60, what="the last backup")
+
+    # 3. No fire started twice.
+    assert_each_fire_started_once(stack, name)
+    # Nothing orphaned: every file stored is a live record, and every live record a file.
+    wait_until(
+        lambda: stack.storage.files() == stack.live_data_ids(name),
+        timeout=30,
+        what="every stored file recorded",
+    )
+    assert data_id in stack.storage.files()
+    with capsys.disabled():
+        print(f"apply_retention kill: test done in {time.monotonic() - began:.1f} s")

@@ -1,0 +1,300 @@
+"""Restore and verify end to end: the real Conductor, PostgreSQL, `backtor api`, `backtor
+worker` (whose scheduler pass follows the runs) and `backtor storage-worker filesystem`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import requests
+from sqlalchemy.engine import make_url
+
+from tests.e2e import test_storage_workers
+from tests.e2e.test_storage_workers import (
+    Storage,
+    checksums,
+    contents,
+    finished,
+    make_source,
+    plain_dsn,
+    seed,
+)
+from tests.support import processes
+from tests.support.conductor import workflows
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.integration
+
+# The storage worker stack of test_storage_workers (API, backtor worker, storage workers).
+storage = test_storage_workers.storage
+
+
+def post(sw: Storage, name: str, backup_id: int, action: str, body: Any) -> requests.Response:
+    return requests.post(
+        f"{sw.api}/backup/{name}/materialized/{backup_id}/{action}", json=body, timeout=30
+    )
+
+
+def shown(sw: Storage, name: str, backup_id: int) -> dict[str, Any]:
+    [row] = [b for b in sw.backups(name) if b["id"] == backup_id]
+    return row
+
+
+def run_ended(sw: Storage, name: str, backup_id: int, key: str) -> dict[str, Any]:
+    """Wait until Backtor has recorded the end of the backup's last `key` run."""
+
+    def ended() -> dict[str, Any]:
+        row = shown(sw, name, backup_id)
+        run = row[key]
+        return row if run is not None and run["status"] not in ("STARTING", "RUNNING") else {}
+
+    return wait_until(ended, timeout=90, what=f"{key} of backup {backup_id} to be recorded")
+
+
+def test_restore_and_verify_a_filesystem_backup_through_the_api(
+    storage: Storage,
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "root"
+    source, store = root / "source", root / "store"
+    make_source(source)
+    before = checksums(source)
+    storage.start_worker("filesystem", "--allow-root", str(root))
+    name = storage.create(
+        "restore",
+        {"kind": "filesystem", "source": str(source), "target": str(store)},
+        backupCronString="0 0 0 1 1 *",
+    )
+    try:
+        _exercise(storage, name, root, source, store, before)
+    finally:
+        for kind in ("restore_backup", "verify_backup"):
+            for w in workflows(storage.conductor, kind, name, include_closed=False):
+                requests.delete(
+                    f"{storage.conductor}/workflow/{w['workflowId']}",
+                    params={"reason": "test over"},
+                    timeout=10,
+                )
+
+
+def _exercise(
+    sw: Storage,
+    name: str,
+    root: Path,
+    source: Path,
+    store: Path,
+    before: dict[str, str],
+) -> None:
+    run = finished(sw.conductor, sw.trigger(name), timeout=90)
+    assert run["status"] == "COMPLETED", run.get("reasonForIncompletion")
+    [backup] = wait_until(
+        lambda: [b for b in sw.backups(name) if b["status"] == "COMPLETED"],
+        timeout=30,
+        what="the backup to be recorded",
+    )
+    archive = store / backup["dataId"]
+    # The checksum the backup task output is recorded: the archive's SHA-256.
+    assert backup["checksum"] == hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert backup["verifyStatus"] == "NEVER" and backup["lastRestore"] is None
+
+    # The source changes after the backup; the restore gives back the backup's state.
+    (source / "README.txt").write_text("changed since\n")
+    (source / "new.txt").write_text("not in the backup\n")
+    target = root / "restored" / "www"
+    answer = post(
+        sw,
+        name,
+        backup["id"],
+        "restore",
+        {"restoreConfig": json.dumps({"target": str(target)})},
+    )
+    assert answer.status_code == 202, answer.text
+    workflow_id = answer.json()["workflowId"]
+    row = run_ended(sw, name, backup["id"], "lastRestore")
+    assert row["lastRestore"]["workflowId"] == workflow_id
+    assert row["lastRestore"]["status"] == "COMPLETED", row["lastRestore"]
+    assert str(target) in row["lastRestore"]["details"]
+    assert checksums(target) == before  # byte for byte, links and directories too
+    assert checksums(source) != before
+
+    # A non-empty target without overwrite, and one outside the roots: refused, the cause
+    # recorded on the backup, nothing written.
+    for config, cause in (
+        ({"target": str(target)}, "not empty"),
+        ({"target": str(root.parent / "elsewhere")}, "allowed roots"),
+    ):
+        answer = post(sw, name, backup["id"], "restore", {"restoreConfig": json.dumps(config)})
+        assert answer.status_code == 202, answer.text
+        row = run_ended(sw, name, backup["id"], "lastRestore")
+        assert row["lastRestore"]["status"] == "FAILED", row["lastRestore"]
+        assert cause in row["lastRestore"]["details"], row["lastRestore"]
+    assert checksums(target) == before
+    assert not (root.parent / "elsewhere").exists()
+
+    # Verify: the archive is intact.
+    answer = post(sw, name, backup["id"], "verify", None)
+    assert answer.status_code == 202, answer.text
+    row = run_ended(sw, name, backup["id"], "lastVerify")
+    assert row["verifyStatus"] == "VERIFIED", row
+    assert row["lastVerifiedAt"] is not None
+    assert "matches the checksum recorded at backup time" in row["verifyDetails"]
+    verified_at = row["lastVerifiedAt"]
+
+    # One byte flipped on disk: the verification fails and says why.
+    data = bytearray(archive.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    archive.write_bytes(bytes(data))
+    answer = post(sw, name, backup["id"], "verify", {"verifyConfig": '{"deep": true}'})
+    assert answer.status_code == 202, answer.text
+    row = run_ended(sw, name, backup["id"], "lastVerify")
+    assert row["verifyStatus"] == "FAILED", row
+    assert row["lastVerifiedAt"] >= verified_at
+    assert "recorded at backup time" in row["verifyDetails"], row["verifyDetails"]
+    assert "differs" in row["verifyDetails"], row["verifyDetails"]
+    # A damaged backup is never restored either: the checksum refuses it.
+    elsewhere = root / "restored" / "again"
+    answer = post(
+        sw,
+        name,
+        backup["id"],
+        "restore",
+        {"restoreConfig": json.dumps({"target": str(elsewhere)})},
+    )
+    assert answer.status_code == 202, answer.text
+    row = run_ended(sw, name, backup["id"], "lastRestore")
+    assert row["lastRestore"]["status"] == "FAILED", row["lastRestore"]
+    assert not elsewhere.exists()
+
+
+def test_a_verification_holds_off_the_removal_of_its_backup(
+    storage: Storage, tmp_path: Path
+) -> None:
+    """A backup under verification is purged: its removal starts only once the
+    verification ended, which found the archive intact; then the purge ends cleanly."""
+    root = tmp_path / "root"
+    source, store = root / "source", root / "store"
+    make_source(source)
+    worker = storage.start_worker("filesystem", "--allow-root", str(root))
+    name = storage.create(
+        "race",
+        {"kind": "filesystem", "source": str(source), "target": str(store)},
+        backupCronString="0 0 0 1 1 *",
+    )
+    try:
+        run = finished(storage.conductor, storage.trigger(name), timeout=90)
+        assert run["status"] == "COMPLETED", run.get("reasonForIncompletion")
+        [backup] = wait_until(
+            lambda: [b for b in storage.backups(name) if b["status"] == "COMPLETED"],
+            timeout=30,
+            what="the backup to be recorded",
+        )
+        processes.stop(worker)  # the verification waits in Conductor's queue
+        answer = post(storage, name, backup["id"], "verify", None)
+        assert answer.status_code == 202, answer.text
+        verify_id = answer.json()["workflowId"]
+        purge = requests.delete(
+            f"{storage.api}/backup/{name}", params={"purge": "true"}, timeout=10
+        )
+        assert purge.status_code == 202, purge.text
+        assert shown(storage, name, backup["id"])["status"] == "REMOVING"
+        # Retried restores and verifications of a backup being removed are refused.
+        again = post(storage, name, backup["id"], "restore", {"restoreConfig": '{"target": "/x"}'})
+        assert again.status_code == 409, again.text
+        time.sleep(8)  # several scheduler passes: none starts the removal
+        assert workflows(storage.conductor, "remove_backup", name) == []
+        assert shown(storage, name, backup["id"])["removeWorkflowId"] is None
+
+        storage.start_worker("filesystem", "--allow-root", str(root), log="storage-2.log")
+        verified = finished(storage.conductor, verify_id, timeout=90)
+        assert verified["status"] == "COMPLETED", verified.get("reasonForIncompletion")
+        assert verified["output"]["verified"] is True, verified["output"]
+        [removal] = wait_until(
+            lambda: [
+                w
+                for w in workflows(storage.conductor, "remove_backup", name)
+                if w["status"] == "COMPLETED"
+            ],
+            timeout=90,
+            what="the removal to complete",
+        )
+        assert removal["startTime"] >= verified["endTime"]
+        wait_until(
+            lambda: requests.get(f"{storage.api}/backup/{name}", timeout=10).status_code == 404,
+            timeout=60,
+            what="the purge to delete the spec",
+        )
+        assert list(store.iterdir()) == []  # nothing orphaned
+    finally:
+        for w in workflows(storage.conductor, "verify_backup", name, include_closed=False):
+            requests.delete(
+                f"{storage.conductor}/workflow/{w['workflowId']}",
+                params={"reason": "test over"},
+                timeout=10,
+            )
+
+
+def test_a_postgres_dump_is_verified_deeply_and_restored_through_the_api(
+    storage: Storage, make_postgres_database: Callable[[], str], tmp_path: Path
+) -> None:
+    source_dsn = plain_dsn(make_postgres_database())
+    restored_dsn = plain_dsn(make_postgres_database())
+    seed(source_dsn)
+    original = contents(source_dsn)
+    root = tmp_path / "root"
+    root.mkdir()
+    storage.start_worker("--kind", "postgres", "--allow-root", str(root))
+    name = storage.create(
+        "pg", {"kind": "postgres", "dsn": source_dsn, "target": f"{root}/dumps"}, enabled=0
+    )
+    try:
+        run = finished(storage.conductor, storage.trigger(name), timeout=90)
+        assert run["status"] == "COMPLETED", storage.log_text()[-5000:]
+        (backup,) = wait_until(
+            lambda: storage.backups(name, status="COMPLETED"), timeout=30, what="the dump"
+        )
+        dump = root / "dumps" / backup["dataId"]
+        assert backup["checksum"] == hashlib.sha256(dump.read_bytes()).hexdigest()
+
+        # A deep verification restores into a throwaway database and compares the row
+        # counts recorded at backup time.
+        answer = post(storage, name, backup["id"], "verify", {"verifyConfig": '{"deep": true}'})
+        assert answer.status_code == 202, answer.text
+        row = run_ended(storage, name, backup["id"], "lastVerify")
+        assert row["verifyStatus"] == "VERIFIED", row
+        assert "row" in row["verifyDetails"], row["verifyDetails"]
+
+        # The data is lost; the restore through the API brings it back, row for row.
+        with psycopg.connect(source_dsn, autocommit=True) as conn:
+            conn.execute("DROP VIEW cheap; DROP TABLE items")
+        config = json.dumps({"dsn": restored_dsn})
+        answer = post(storage, name, backup["id"], "restore", {"restoreConfig": config})
+        assert answer.status_code == 202, answer.text
+        row = run_ended(storage, name, backup["id"], "lastRestore")
+        assert row["lastRestore"]["status"] == "COMPLETED", row["lastRestore"]
+        assert contents(restored_dsn) == original
+        # Again into the same database, now not empty: refused, and the data is untouched.
+        answer = post(storage, name, backup["id"], "restore", {"restoreConfig": config})
+        assert answer.status_code == 202, answer.text
+        row = run_ended(storage, name, backup["id"], "lastRestore")
+        assert row["lastRestore"]["status"] == "FAILED", row["lastRestore"]
+        assert "not empty" in row["lastRestore"]["details"], row["lastRestore"]
+        assert contents(restored_dsn) == original
+        # No password reached a log or an answer of Backtor's.
+        password = make_url(restored_dsn).password
+        assert f":{password}@" not in storage.log_text()
+        assert f":{password}@" not in json.dumps(storage.backups(name))
+    finally:
+        for kind in ("restore_backup", "verify_backup"):
+            for w in workflows(storage.conductor, kind, name, include_closed=False):
+                requests.delete(
+                    f"{storage.conductor}/workflow/{w['workflowId']}",
+                    params={"reason": "test over"},
+                    timeout=10,
+                )
