@@ -7,6 +7,7 @@ keep in step.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -61,6 +62,16 @@ def _json_integer(value: object) -> int:
     if type(value) is float and value.is_integer():
         return int(value)
     raise ValueError("Input should be a valid integer")
+
+
+def _json_number(value: object) -> float:
+    """A JSON number, integer or not (true and false are no numbers)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:  # an integer of hundreds of digits: out of every range
+            return math.inf if value > 0 else -math.inf
+    raise ValueError("Input should be a valid number")
 
 
 EnabledFlag = Annotated[
@@ -173,6 +184,11 @@ PausedReason = Annotated[
 AutoPauseAfterFailures = Annotated[int, PlainValidator(_json_integer), _int_schema(0)]
 RemovalDelaySeconds = Annotated[int, PlainValidator(_json_integer), _int_schema(0)]
 JitterSeconds = Annotated[int, PlainValidator(_json_integer), _int_schema(0, MAX_JITTER_SECONDS)]
+SampleRate = Annotated[
+    float,
+    PlainValidator(_json_number),
+    WithJsonSchema({"type": "number", "minimum": 0, "maximum": 1}),
+]
 OVERLAP_POLICIES = [policy.value for policy in OverlapPolicy]
 OverlapPolicyText = Annotated[
     StrictStr, WithJsonSchema({"type": "string", "enum": OVERLAP_POLICIES})
@@ -339,6 +355,26 @@ class SpecIn(RetentionIn):
             f"BACKTOR_JITTER_SECONDS (0 unless set); at most {MAX_JITTER_SECONDS}."
         ),
     )
+    verifyCronString: CronText | None = Field(
+        default=None,
+        description=(
+            'When backups are verified (docs/restore.md, "Scheduled verification"): each '
+            "fire starts a verify_backup of the newest COMPLETED backup unless it was verified "
+            "since the previous fire, and of a sample of older ones (verifySampleRate). The "
+            "same syntax as backupCronString, in the spec's timezone, shifted by its jitter. "
+            "It must fire at least once within 50 years: a rule no pattern can state, "
+            "answered 422. Omitted, null or blank: never."
+        ),
+    )
+    verifySampleRate: SampleRate | None = Field(
+        default=None,
+        description=(
+            "The share of the older COMPLETED backups (all but the newest) each verifyCron "
+            "fire verifies too: ceil(rate x their number), never verified first, then least "
+            "recently verified; at most 20 a fire. A number from 0 to 1. Omitted or null: "
+            "BACKTOR_VERIFY_SAMPLE_RATE (0 unless set), read at each fire."
+        ),
+    )
     consecutiveFailures: Any = Field(default=None, description=_READ_ONLY)
     runningCreateWorkflowID: Any = Field(default=None, description=_READ_ONLY)
     RunningCreateWorkflowID: Any = Field(
@@ -348,6 +384,7 @@ class SpecIn(RetentionIn):
     createdAt: Any = Field(default=None, description=_READ_ONLY)
     cronDerived: Any = Field(default=None, description=_READ_ONLY)
     nextFireTime: Any = Field(default=None, description=_READ_ONLY)
+    nextVerifyTime: Any = Field(default=None, description=_READ_ONLY)
     lastSkipTime: Any = Field(default=None, description=_READ_ONLY)
     lastSkipReason: Any = Field(default=None, description=_READ_ONLY)
     deleting: Any = Field(default=None, description=_READ_ONLY)
@@ -359,19 +396,20 @@ class SpecIn(RetentionIn):
         takes what its schema states, so a client validating against it is never refused.
         Checked after core, so a cron croniter refuses keeps core's precise message.
         """
-        text = self.backupCronString
-        if text is None:
-            return
-        if len(text) > patterns.MAX_CRON_INPUT_CHARS:
-            raise InvalidField(
-                "backupCronString",
-                f"backupCronString is longer than {patterns.MAX_CRON_INPUT_CHARS} characters",
-            )
-        if not re.fullmatch(patterns.CRON, text):
-            raise InvalidField(
-                "backupCronString",
-                f"backupCronString is outside the supported syntax: {patterns.CRON_RULE}",
-            )
+        for name, text in (
+            ("backupCronString", self.backupCronString),
+            ("verifyCronString", self.verifyCronString),
+        ):
+            if text is None:
+                continue
+            if len(text) > patterns.MAX_CRON_INPUT_CHARS:
+                raise InvalidField(
+                    name, f"{name} is longer than {patterns.MAX_CRON_INPUT_CHARS} characters"
+                )
+            if not re.fullmatch(patterns.CRON, text):
+                raise InvalidField(
+                    name, f"{name} is outside the supported syntax: {patterns.CRON_RULE}"
+                )
 
     def to_draft(self, name: str) -> SpecDraft:
         return SpecDraft(
@@ -392,6 +430,8 @@ class SpecIn(RetentionIn):
             auto_pause_after_failures=self.autoPauseAfterFailures,
             removal_delay_seconds=self.removalDelaySeconds,
             jitter_seconds=self.jitterSeconds,
+            verify_cron_string=self.verifyCronString,
+            verify_sample_rate=self.verifySampleRate,
         )
 
 
@@ -429,6 +469,20 @@ class SpecOut(BaseModel):
     autoPauseAfterFailures: int
     removalDelaySeconds: int
     jitterSeconds: int
+    verifyCronString: str | None = Field(
+        default=None, description="When backups are verified (canonical form); null = never."
+    )
+    verifySampleRate: float | None = Field(
+        default=None,
+        description="The older backups' sample rate; null = BACKTOR_VERIFY_SAMPLE_RATE.",
+    )
+    nextVerifyTime: datetime | None = Field(
+        default=None,
+        description=(
+            "The next verifyCron fire (null: none). In the past for a moment: a fire due and "
+            "not yet acted on (a paused spec's waits for it to be enabled again)."
+        ),
+    )
     consecutiveFailures: int = Field(
         description="FAILED or TIMED_OUT backups in a row since the last COMPLETED one (or "
         "since the spec was enabled again); autoPauseAfterFailures acts on it."
@@ -470,6 +524,9 @@ class SpecOut(BaseModel):
             autoPauseAfterFailures=spec.auto_pause_after_failures,
             removalDelaySeconds=spec.removal_delay_seconds,
             jitterSeconds=spec.jitter_seconds,
+            verifyCronString=spec.verify_cron_string,
+            verifySampleRate=spec.verify_sample_rate,
+            nextVerifyTime=spec.next_verify_at,
             consecutiveFailures=spec.consecutive_failures,
             **retention_fields(spec),
         )

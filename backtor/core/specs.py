@@ -24,6 +24,7 @@ from backtor.core.schedule import (
     first_fire,
     jitter_offset,
 )
+from backtor.core.verification import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 _NAME_RE = re.compile(NAME_PATTERN, re.ASCII)
@@ -69,6 +70,8 @@ class SpecDraft:
     overlap_policy: str | None = None
     notify_url: str | None = None
     jitter_seconds: int | None = None
+    verify_cron_string: str | None = None
+    verify_sample_rate: float | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,8 @@ class SpecValues:
     overlap_policy: OverlapPolicy = DEFAULT_OVERLAP_POLICY
     notify_url: str | None = None  # None: BACKTOR_NOTIFY_URL, if set
     jitter_seconds: int = 0  # fires shift by jitter_offset(name, this); 0 = none
+    verify_cron_string: str | None = None  # canonical verifyCronString; None = never
+    verify_sample_rate: float | None = None  # None: BACKTOR_VERIFY_SAMPLE_RATE
 
 
 def validate_name(name: str) -> str:
@@ -162,17 +167,33 @@ def parse_retention(
     return policy
 
 
-def normalise_cron(text: str) -> str:
-    """The canonical six-field form of a user's cron expression."""
+def normalise_cron(text: str, field_name: str = "backupCronString") -> str:
+    """The canonical six-field form of a user's cron expression (`field_name`: whose)."""
     if len(text) > MAX_CRON_CHARS:
-        raise SpecError("backupCronString", f"backupCronString is longer than {MAX_CRON_CHARS}")
+        raise SpecError(field_name, f"{field_name} is longer than {MAX_CRON_CHARS}")
     try:
         expression = parse_cron(text).expression
     except CronError as error:
-        raise SpecError("backupCronString", f"backupCronString: {error}") from None
+        raise SpecError(field_name, f"{field_name}: {error}") from None
     if len(expression) > MAX_CRON_CHARS:
-        raise SpecError("backupCronString", f"backupCronString is longer than {MAX_CRON_CHARS}")
+        raise SpecError(field_name, f"{field_name} is longer than {MAX_CRON_CHARS}")
     return expression
+
+
+def normalise_verify_cron(text: str | None) -> str | None:
+    """verifyCronString: the backup cron's syntax; absent, null or blank = never (None)."""
+    if text is None or not text.strip():
+        return None
+    return normalise_cron(text, "verifyCronString")
+
+
+def check_sample_rate(field_name: str, value: float | None) -> float | None:
+    """verifySampleRate: a number from 0 to 1; None is "the global default"."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not MIN_SAMPLE_RATE <= value <= MAX_SAMPLE_RATE:
+        raise SpecError(field_name, f"{field_name} must be a number from 0 to 1")
+    return float(value)
 
 
 def _check_int(field_name: str, value: int, low: int, rule: str) -> int:
@@ -288,6 +309,8 @@ def normalise_spec(draft: SpecDraft, *, default_jitter_seconds: int = 0) -> Spec
             "jitterSeconds",
             f"jitterSeconds must be an integer from 0 to {MAX_JITTER_SECONDS} (one day)",
         )
+    verify_cron = normalise_verify_cron(draft.verify_cron_string)
+    sample_rate = check_sample_rate("verifySampleRate", draft.verify_sample_rate)
     # Last: every field is checked alone before the rule between two of them, so a client
     # (or a fuzzer) hears of a bad field before of the window.
     if from_date is not None and to_date is not None and to_date <= from_date:
@@ -320,6 +343,8 @@ def normalise_spec(draft: SpecDraft, *, default_jitter_seconds: int = 0) -> Spec
         overlap_policy=overlap_policy,
         notify_url=notify_url,
         jitter_seconds=jitter,
+        verify_cron_string=verify_cron,
+        verify_sample_rate=sample_rate,
     )
 
 

@@ -31,6 +31,10 @@ RETENTION_DELETE = "backtor_retention_backup_delete"
 # Notices (backtor.scheduling.notices): delivered, and failed after every retry.
 NOTIFY_DELIVERED = "backtor_notify_delivered"
 NOTIFY_FAILURES = "backtor_notify_failures"
+# Restores and verifications (backtor.scheduling.restores): a verdict by result (VERIFIED,
+# FAILED), a restore_backup run's end by Conductor status.
+VERIFY = "backtor_verify"
+RESTORE = "backtor_restore"
 
 COUNTER_LABELS: dict[str, str | None] = {
     TRIGGER: "status",
@@ -42,6 +46,8 @@ COUNTER_LABELS: dict[str, str | None] = {
     RETENTION_DELETE: "status",
     NOTIFY_DELIVERED: None,
     NOTIFY_FAILURES: None,
+    VERIFY: "result",
+    RESTORE: "status",
 }
 
 # The schedule lag histogram, kept as cumulative rows: one per bucket bound, sum, count.

@@ -147,6 +147,12 @@ class BackupSpec(Base):
         Boolean, nullable=False, default=False, server_default=false()
     )
     overdue_notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Scheduled verification (docs/restore.md): verifyCronString (canonical; None = never),
+    # verifySampleRate (None = BACKTOR_VERIFY_SAMPLE_RATE) and the next verifyCron fire,
+    # which the pass that acts on it moves on in the transaction claiming the backups.
+    verify_cron_string: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    verify_sample_rate: Mapped[float | None] = mapped_column(Float, nullable=True)
+    next_verify_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
 
     def __repr__(self) -> str:  # workerConfig is a secret: never in a repr, log line or trace
         return f"BackupSpec(id={self.id!r}, name={self.name!r})"

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from backtor.core.errors import Conflict, NotFound
 from backtor.core.specs import SpecValues, compute_next_fire_at
+from backtor.core.verification import next_verify_after
 from backtor.db.models import (
     UNREMOVED_STATUSES,
     Backup,
@@ -126,6 +127,8 @@ def _apply(spec: BackupSpec, values: SpecValues, now: datetime) -> None:
     spec.removal_delay_seconds = values.removal_delay_seconds
     spec.notify_url = values.notify_url
     spec.jitter_seconds = values.jitter_seconds
+    spec.verify_cron_string = values.verify_cron_string
+    spec.verify_sample_rate = values.verify_sample_rate
     for api_field, column in _RETENTION_COLUMNS.items():
         setattr(spec, column, values.retention[api_field])
     spec.retention_keep_within = values.keep_within
@@ -140,6 +143,13 @@ def _apply(spec: BackupSpec, values: SpecValues, now: datetime) -> None:
         enabled=values.enabled and not spec.deleting,
         from_date=values.from_date,
         to_date=values.to_date,
+        now=now,
+    )
+    spec.next_verify_at = next_verify_after(
+        name=values.name,
+        cron_string=values.verify_cron_string,
+        timezone=values.timezone,
+        jitter_seconds=values.jitter_seconds,
         now=now,
     )
 
@@ -178,10 +188,14 @@ def replace_spec(session: Session, spec: BackupSpec, values: SpecValues, now: da
     """
     unchanged = not changes_schedule(spec, values)
     due = spec.next_fire_at
+    verify_unchanged = not changes_verify_schedule(spec, values)
+    verify_due = spec.next_verify_at
     resumed = values.enabled and not spec.enabled
     _apply(spec, values, now)
     if unchanged:
         spec.next_fire_at = due
+    if verify_unchanged:  # a verifyCron fire due and not yet acted on stays due
+        spec.next_verify_at = verify_due
     if resumed:  # enabled again: autoPauseAfterFailures counts afresh
         spec.consecutive_failures = 0
     session.flush()
@@ -190,6 +204,12 @@ def replace_spec(session: Session, spec: BackupSpec, values: SpecValues, now: da
 def changes_schedule(spec: BackupSpec, values: SpecValues) -> bool:
     """Whether `values` would change what decides the spec's fire times."""
     return _schedule_of(spec) != _schedule_of_values(values, deleting=spec.deleting)
+
+
+def changes_verify_schedule(spec: BackupSpec, values: SpecValues) -> bool:
+    """Whether `values` would change the verifyCron fire times (cron, zone, jitter)."""
+    stored = (spec.verify_cron_string, spec.timezone, spec.jitter_seconds)
+    return stored != (values.verify_cron_string, values.timezone, values.jitter_seconds)
 
 
 def _schedule_of(spec: BackupSpec) -> tuple[Any, ...]:
@@ -307,6 +327,7 @@ def mark_purging(session: Session, spec: BackupSpec, now: datetime) -> None:
     spec.enabled = False
     spec.deleting = True
     spec.next_fire_at = None
+    spec.next_verify_at = None
     spec.last_update = now
     session.flush()
 

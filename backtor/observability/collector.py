@@ -73,6 +73,11 @@ _COUNTER_HELP = {
     counters.NOTIFY_DELIVERED: "Notices a receiver accepted (2xx) through backtor_notify",
     counters.NOTIFY_FAILURES: "Notices whose backtor_notify failed after every retry (not "
     "delivered; retry it in Conductor's UI)",
+    counters.VERIFY: "Verdicts of verify_backup runs, by result: VERIFIED, or FAILED (the "
+    "worker found the backup damaged or missing, or the run failed); runs terminated or "
+    "timed out give no verdict",
+    counters.RESTORE: "Ended restore_backup runs, by Conductor status (COMPLETED, FAILED, "
+    "TERMINATED, TIMED_OUT; a start Conductor refused counts as FAILED)",
 }
 
 
@@ -158,9 +163,11 @@ class MetricsCollector:
             specs = _rows(session, _SPECS)
             held = _rows(session, _HELD)
             newest = _rows(session, _NEWEST_POSTGRES if postgres else _NEWEST_ANY)
+            verified = _rows(session, _VERIFIED)
             last_tick = session.scalar(_LAST_TICK)
             session.rollback()
         spec_families = self._spec_families(specs, held, newest, now)
+        spec_families.extend(_verify_families(specs, verified))
         counter_lines, global_counters = counting.result()
         return [
             *spec_families,
@@ -215,6 +222,12 @@ class MetricsCollector:
             "Since when the spec's current schedule applies (created, last updated or "
             "fromDate, the latest), Unix time; same specs as the expected period",
         )
+        verify_expected = Family(
+            "backtor_backup_verify_expected_period_seconds",
+            "gauge",
+            "Longest wait between two fires of the spec's verifyCronString (same specs as "
+            "the expected period, when they verify on a schedule)",
+        )
         paused = Family(
             "backtor_backup_specs_paused",
             "gauge",
@@ -237,7 +250,19 @@ class MetricsCollector:
         add_success = last_success.lines.append
         add_size = last_size.lines.append
         add_time = last_time.lines.append
-        for spec_id, name, enabled, deleting, cron, zone, start, end, created, updated in specs:
+        for (
+            spec_id,
+            name,
+            enabled,
+            deleting,
+            cron,
+            zone,
+            start,
+            end,
+            created,
+            updated,
+            verify_cron,
+        ) in specs:
             tag = f'{{backup="{escape_label(name)}"'
             if not enabled and not deleting:
                 paused_count += 1
@@ -272,6 +297,14 @@ class MetricsCollector:
                     labels = tag[1:]
                     expected.add(period, labels)
                     active_since.add(max(created, updated, start or created), labels)
+                if verify_cron is not None:
+                    key = (verify_cron, zone)
+                    if key in periods:
+                        every = periods[key]
+                    else:
+                        every = periods[key] = self.periods.get(verify_cron, zone, now, deadline)
+                    if every is not None:
+                        verify_expected.add(every, tag[1:])
         paused.add(paused_count)
         return [
             backups,
@@ -281,6 +314,7 @@ class MetricsCollector:
             removal_failures,
             expected,
             active_since,
+            verify_expected,
             paused,
         ]
 
@@ -296,6 +330,7 @@ _SPECS = select(
     _epoch(BackupSpec.to_date),
     _epoch(BackupSpec.created_at),
     _epoch(BackupSpec.last_update),
+    BackupSpec.verify_cron_string,
 )
 _HELD = (
     select(Backup.spec_id, Backup.status, func.count())
@@ -380,7 +415,54 @@ _COUNTER_LINES = (
 _GLOBAL_COUNTERS = select(MetricCounter.name, MetricCounter.label, MetricCounter.value).where(
     MetricCounter.backup == ""
 )
+# Per spec, over its backups still held and ever verified: when the newest backup whose
+# latest verdict is VERIFIED ended, when a VERIFIED verdict was last given, and how many have
+# FAILED as their latest verdict. One grouped pass over the backups, no per-spec query.
+_IS_VERIFIED = Backup.verify_status == "VERIFIED"
+_VERIFIED = (
+    select(
+        Backup.spec_id,
+        _epoch(func.max(case((_IS_VERIFIED, Backup.end_time)))),
+        _epoch(func.max(case((_IS_VERIFIED, Backup.last_verified_at)))),
+        func.sum(case((Backup.verify_status == "FAILED", 1), else_=0)),
+    )
+    .where(Backup.status.in_(HELD_STATUSES), Backup.verify_status != "NEVER")
+    .group_by(Backup.spec_id)
+)
 _LAST_TICK = select(SchedulerState.last_tick_at).where(SchedulerState.id == SCHEDULER_STATE_ID)
+
+
+def _verify_families(specs: Sequence[Row], verified: Sequence[Row]) -> list[Family]:
+    newest_verified = Family(
+        "backtor_backup_newest_verified_timestamp_seconds",
+        "gauge",
+        "When the spec's newest backup proven restorable (held, its latest verification "
+        "VERIFIED) ended, Unix time; absent until one is (the BacktorBackupNotVerified alert)",
+    )
+    last_verified = Family(
+        "backtor_backup_last_verified_timestamp_seconds",
+        "gauge",
+        "When a backup the spec still holds was last VERIFIED (the newest such verdict), "
+        "Unix time; absent until one is",
+    )
+    failing = Family(
+        "backtor_backup_verify_failures",
+        "gauge",
+        "Backups the spec still holds whose latest verification FAILED",
+    )
+    by_spec = {row[0]: row[1:] for row in verified}
+    add_newest = newest_verified.lines.append
+    add_verified = last_verified.lines.append
+    add_failing = failing.lines.append
+    for spec_id, name, *_ in specs:
+        tag = f'{{backup="{escape_label(name)}"}}'
+        ended, moment, failed = by_spec.get(spec_id, (None, None, 0))
+        if ended is not None:
+            add_newest(f"backtor_backup_newest_verified_timestamp_seconds{tag} {ended!r}\n")
+        if moment is not None:
+            add_verified(f"backtor_backup_last_verified_timestamp_seconds{tag} {moment!r}\n")
+        add_failing(f"backtor_backup_verify_failures{tag} {float(failed or 0)!r}\n")
+    return [newest_verified, last_verified, failing]
 
 
 def _counter_families(lines: Sequence[Row], global_rows: Sequence[Row]) -> list[Family]:

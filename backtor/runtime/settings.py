@@ -60,6 +60,8 @@ class Settings:
     notify_secret: str | None = field(default=None, repr=False)
     # jitterSeconds of a spec created or replaced without one.
     jitter_seconds: int = 0
+    # verifySampleRate of a spec without one (read at each verifyCron fire).
+    verify_sample_rate: float = 0.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -271,6 +273,16 @@ def _jitter(variable: str, text: str) -> int:
     return number
 
 
+def _sample_rate(variable: str, text: str) -> float:
+    try:
+        rate = float(text.strip())
+    except ValueError:
+        rate = math.nan
+    if not 0 <= rate <= 1:
+        raise SettingError(variable, text, "must be a number from 0 to 1")
+    return rate
+
+
 def _choice(choices: tuple[str, ...], upper: bool = False) -> Callable[[str, str], str]:
     def parse(variable: str, text: str) -> str:
         value = text.strip().lower()
@@ -335,5 +347,6 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("BACKTOR_NOTIFY_URL", "notify_url", None, _notify_url),
     Variable("BACKTOR_NOTIFY_SECRET", "notify_secret", None, _secret),
     Variable("BACKTOR_JITTER_SECONDS", "jitter_seconds", "0", _jitter),
+    Variable("BACKTOR_VERIFY_SAMPLE_RATE", "verify_sample_rate", "0", _sample_rate),
 )
 AUTH_VARIABLES = tuple(v for v in VARIABLES if v.name.startswith("CONDUCTOR_AUTH_"))

@@ -30,6 +30,7 @@ from backtor.conductor.names import RESTORE_BACKUP, VERIFY_BACKUP
 from backtor.conductor.payloads import ConductorBadAnswer, WorkflowRun, WorkflowStatus
 from backtor.conductor.registration import DEFINITIONS
 from backtor.core.errors import ConductorNotFound, ConductorRefused, ConductorUnavailable, Conflict
+from backtor.db import counters
 from backtor.db.models import Backup, BackupSpec, BackupStatus
 from backtor.runtime.services import Services
 from backtor.scheduling.pins import BackupNotFound
@@ -268,7 +269,7 @@ def _end(
         values[Backup.restore_details] = details[:DETAILS_CHARS]
     else:
         values[Backup.verify_details] = details[:DETAILS_CHARS]
-    session.execute(
+    ended = session.execute(
         update(Backup)
         .where(
             Backup.id == job.backup_id,
@@ -276,7 +277,10 @@ def _end(
             kind.requested_at == job.requested_at,
         )
         .values(values)
-    )
+        .returning(Backup.id)
+    ).first()
+    if ended is not None and kind is RESTORE:  # a restore that failed; no verdict otherwise
+        counters.increment(session, counters.RESTORE, job.spec_name, status)
 
 
 # -- following the runs ------------------------------------------------------------------
@@ -390,7 +394,11 @@ def _settle_starts(services: Services, kind: Kind, rows: Sequence[_Tracked]) -> 
                 continue
             details = f"the {kind.workflow} start was not confirmed and no run of it was found"
             column = Backup.restore_details if kind is RESTORE else Backup.verify_details
-            session.execute(query.values({kind.status: "FAILED", column: details}))
+            failed = session.execute(
+                query.values({kind.status: "FAILED", column: details}).returning(Backup.id)
+            ).first()
+            if failed is not None and kind is RESTORE:
+                counters.increment(session, counters.RESTORE, row.spec_name, "FAILED")
 
 
 def _created_by(runs: Sequence[WorkflowRun], row: _Tracked) -> str | None:
@@ -448,9 +456,10 @@ def record_end(
             kind.status == RUNNING,
         )
         .values(values)
-        .returning(Backup.id)
+        .returning(Backup.id, Backup.spec_id, Backup.verify_status)
     ).first()
     if changed is not None:
+        _count_end(session, kind, changed[1], status, changed[2])
         log.info(
             "backup %s: %s %s ended %s",
             backup_id,
@@ -460,6 +469,20 @@ def record_end(
             extra={"workflow_id": workflow_id},
         )
     return changed is not None
+
+
+def _count_end(
+    session: Session, kind: Kind, spec_id: int, status: WorkflowStatus, verdict: str
+) -> None:
+    """Count a recorded end in the same transaction: a restore by its status, a verification
+    by its verdict (COMPLETED and FAILED runs give one; TERMINATED and TIMED_OUT do not)."""
+    name = session.scalar(select(BackupSpec.name).where(BackupSpec.id == spec_id))
+    if name is None:
+        return
+    if kind is RESTORE:
+        counters.increment(session, counters.RESTORE, name, status.value)
+    elif status in (WorkflowStatus.COMPLETED, WorkflowStatus.FAILED):
+        counters.increment(session, counters.VERIFY, name, verdict)
 
 
 def _instant(value: Any) -> datetime | None:

@@ -29,6 +29,7 @@ from backtor.scheduling.notices import notice_step
 from backtor.scheduling.outcomes import reconcile_fires
 from backtor.scheduling.removals import advance_purges, reconcile_removals, start_pending_removals
 from backtor.scheduling.restores import follow_runs
+from backtor.scheduling.verifications import start_scheduled_verifications
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ def run_tick(services: Services, holder: str = PROCESS_HOLDER) -> TickReport:
             reconcile_fires,
             _advance_purges,
             follow_runs,  # before removals: a verification that ended lets its removal start
+            start_scheduled_verifications,  # after follow_runs: a verdict just in counts
             start_pending_removals,
             reconcile_removals,
         ):

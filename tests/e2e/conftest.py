@@ -130,6 +130,8 @@ WRITABLE = {
     "allowKeepNewestOnly",
     "notifyUrl",
     "jitterSeconds",  # issue 14
+    "verifyCronString",  # issue 11, scheduled verification
+    "verifySampleRate",
 }
 
 

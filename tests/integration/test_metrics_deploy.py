@@ -78,8 +78,8 @@ def alert_expressions() -> list[str]:
 
 
 def test_alert_rules_pass_promtool_check() -> None:
-    assert "SUCCESS: 5 rules found" in promtool("check", "rules", "alerts.yml")
-    assert len(alert_expressions()) == 5
+    assert "SUCCESS: 7 rules found" in promtool("check", "rules", "alerts.yml")
+    assert len(alert_expressions()) == 7
 
 
 def test_alert_rules_fire_as_their_unit_tests_expect() -> None:

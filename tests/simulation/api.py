@@ -12,8 +12,8 @@ from typing import Any
 
 from fastapi import Response
 
-from backtor.api import retention_routes, routes
-from backtor.api.schemas import SpecCreate
+from backtor.api import restore_routes, retention_routes, routes
+from backtor.api.schemas import RestoreIn, SpecCreate
 from backtor.core.specs import SpecDraft
 from backtor.runtime.services import Services
 
@@ -35,6 +35,8 @@ def body_of(draft: SpecDraft) -> SpecCreate:
         "autoPauseAfterFailures": draft.auto_pause_after_failures,
         "removalDelaySeconds": draft.removal_delay_seconds,
         "jitterSeconds": draft.jitter_seconds,
+        "verifyCronString": draft.verify_cron_string,
+        "verifySampleRate": draft.verify_sample_rate,
         **draft.retention,
         # The scenarios' small policies may keep only the newest: that is meant here.
         "allowKeepNewestOnly": True,
@@ -76,3 +78,14 @@ def pin(services: Services, name: str, backup_id: int, pinned: bool) -> str:
     with services.db() as session:
         route(name, str(backup_id), session)
     return "200"
+
+
+def restore_or_verify(services: Services, name: str, backup_id: int, kind: str) -> str:
+    """POST /backup/{name}/materialized/{id}/restore (or /verify)."""
+    with services.db() as session:
+        if kind == "restore":
+            body = RestoreIn(restoreConfig='{"target": "/restore/here"}')
+            accepted = restore_routes.restore_backup(name, str(backup_id), body, session, services)
+        else:
+            accepted = restore_routes.verify_backup(name, str(backup_id), session, services)
+    return f"202 {accepted.workflowId}"

@@ -17,7 +17,14 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 
-from backtor.conductor.names import BACKUP, CREATE_BACKUP, REMOVE_BACKUP, TICK
+from backtor.conductor.names import (
+    BACKUP,
+    CREATE_BACKUP,
+    REMOVE_BACKUP,
+    RESTORE_BACKUP,
+    TICK,
+    VERIFY_BACKUP,
+)
 from backtor.conductor.payloads import TaskStatus, WorkflowRun, WorkflowStatus
 from backtor.core.cron import CronSchedule
 from backtor.core.schedule import MAX_LISTED_MISSES, Timing, first_fire
@@ -562,6 +569,34 @@ def removal_delay(snap: Snapshot) -> list[str]:
     return _limit(found)
 
 
+def restores_never_meet_removals(snap: Snapshot) -> list[str]:
+    """11. A backup being removed is never restored or verified, and one being restored or
+    verified is not removed until that ends: per dataId, no restore_backup or verify_backup
+    starts once a remove_backup of it started, and no remove_backup starts while one runs.
+    (The storage side checks the same on the data: world.storage_do.)"""
+    found: list[str] = []
+    removals: defaultdict[object, list[datetime]] = defaultdict(list)
+    for run in snap.runs(REMOVE_BACKUP):
+        if run.start_time is not None:
+            removals[run.input.get("dataId")].append(run.start_time)
+    for run in snap.runs(RESTORE_BACKUP) + snap.runs(VERIFY_BACKUP):
+        data_id = run.input.get("dataId")
+        for removal in removals.get(data_id, []):
+            if run.start_time is None:
+                continue
+            if run.start_time >= removal:
+                found.append(
+                    f"[11 restore] {run.name} {run.workflow_id} of {data_id} started at "
+                    f"{run.start_time.isoformat()}, after its remove_backup did ({removal})"
+                )
+            elif run.end_time is None or removal < run.end_time:
+                found.append(
+                    f"[11 restore] remove_backup of {data_id} started at {removal.isoformat()} "
+                    f"while {run.name} {run.workflow_id} ran"
+                )
+    return _limit(found)
+
+
 CHECKS: tuple[Check, ...] = (
     one_start_per_fire,
     no_fire_vanishes,
@@ -573,6 +608,7 @@ CHECKS: tuple[Check, ...] = (
     the_tick_lives,
     auto_pause,
     removal_delay,
+    restores_never_meet_removals,
 )
 
 
@@ -580,6 +616,9 @@ def check_all(world: World) -> list[str]:
     snap = Snapshot.take(world)
     world.stats["workflows.create_backup"] = len(snap.runs(CREATE_BACKUP))
     world.stats["workflows.remove_backup"] = len(snap.runs(REMOVE_BACKUP))
+    world.stats["workflows.restore_or_verify"] = len(
+        snap.runs(RESTORE_BACKUP) + snap.runs(VERIFY_BACKUP)
+    )
     world.stats["faults"] = len(world.twin.faults.fired)
     world.stats["auto_pauses"] = world.pause_model.pauses
     world.stats["removed_after_delay"] = sum(

@@ -73,6 +73,8 @@ class Scenario:
     # alive (crashing too), its evaluate_schedule task run by schedule_passes; else the tick
     # is handed to replicas directly, failover modelled by FAILOVER_MS (tests/simulation/world).
     watchdog: bool = False
+    # Knob of issue 11: the chance an API request is followed by a restore or verify one.
+    restore_rate: float = 0.0
 
     def describe(self) -> str:
         """One line for a failure report."""
@@ -81,6 +83,7 @@ class Scenario:
             f"grace={s.draft.misfire_grace_seconds} timeout={s.draft.timeout_seconds} "
             f"delay={s.draft.removal_delay_seconds} autopause={s.draft.auto_pause_after_failures} "
             f"overlap={s.draft.overlap_policy} jitter={s.draft.jitter_seconds} "
+            f"verify={s.draft.verify_cron_string!r}/{s.draft.verify_sample_rate} "
             f"at+{s.created_ms}ms"
             for s in self.specs
         )
@@ -91,7 +94,7 @@ class Scenario:
             f"crash={self.crash_rate} storage(fail={self.storage_fail},hang={self.storage_hang},"
             f"rmfail={self.remove_fail}) purge_at={self.purge_at_ms} "
             f"cap={self.max_removals} api_clients={self.api_clients} "
-            f"watchdog={self.watchdog} | {specs}"
+            f"watchdog={self.watchdog} restores={self.restore_rate} | {specs}"
         )
 
 
@@ -271,7 +274,7 @@ def generate(seed: int) -> Scenario:
         api_clients=rng.choice((1, 1, 2)),
         watchdog=rng.random() < 0.4,  # drawn last: the other fields of a seed stay as they were
     )
-    return _jitters(_overlap_policies(_schedule_controls(rng, scenario)))
+    return _restores(_jitters(_overlap_policies(_schedule_controls(rng, scenario))))
 
 
 # Knobs of issue 12, per spec: a removal delay (s) and autoPauseAfterFailures.
@@ -334,3 +337,17 @@ JITTER_CHOICES: tuple[int | None, ...] = (None, None, None, 1, 3, 7, 20)
 def _jitters(scenario: Scenario) -> Scenario:
     """jitterSeconds for some specs, from a stream of its own (every other draw stays)."""
     return _per_spec(scenario, "jitter", "jitter_seconds", JITTER_CHOICES)
+
+
+def _restores(scenario: Scenario) -> Scenario:
+    """Knob `restore_rate` (issue 11): the chance that an API request is followed by a
+    restore or verify request; drawn from a stream of its own (every other draw stays)."""
+    rng = random.Random(f"{scenario.seed}:restores")
+    scenario = dataclasses.replace(scenario, restore_rate=rng.choice((0.0, 0.0, 0.3, 0.6)))
+    scenario = _per_spec(scenario, "verify-cron", "verify_cron_string", VERIFY_CRONS)
+    return _per_spec(scenario, "verify-sample", "verify_sample_rate", VERIFY_SAMPLES)
+
+
+# Scheduled verification of a spec (verifyCronString, verifySampleRate); None: not sent.
+VERIFY_CRONS: tuple[str | None, ...] = (None, None, "*/3 * * * * *", "*/7 * * * * *")
+VERIFY_SAMPLES: tuple[float | None, ...] = (None, 0.0, 0.5, 1.0)

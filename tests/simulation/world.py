@@ -34,7 +34,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import bindparam, create_engine, event, exists, func, insert, select
+from sqlalchemy import bindparam, create_engine, event, exists, func, insert, or_, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
@@ -49,8 +49,10 @@ from backtor.conductor.names import (
     EVALUATE_SCHEDULE,
     RECORD_REMOVAL,
     REMOVE,
+    RESTORE,
     TICK,
     TICK_CORRELATION_ID,
+    VERIFY,
 )
 from backtor.conductor.payloads import TaskRun, TaskStatus, WorkflowRun, WorkflowStatus
 from backtor.conductor.port import Conductor
@@ -72,6 +74,7 @@ from backtor.db.models import (
 from backtor.db.types import UTCDateTime
 from backtor.runtime.services import Services
 from backtor.runtime.settings import Settings
+from backtor.scheduling import restores
 from backtor.scheduling.handlers import record_backup, record_removed_backup
 from backtor.scheduling.recording import plan_for
 from backtor.scheduling.tick import TickReport, run_tick
@@ -87,6 +90,7 @@ T = TypeVar("T")
 Actor = Generator[int, None, None]
 CONDUCTOR_ERRORS = (ConductorUnavailable, ConductorRefused)
 STORAGE = "storage"
+STORAGE_TASK_TYPES = (BACKUP, REMOVE, VERIFY, RESTORE)
 # Crash points are drawn among the first this many step boundaries of an action.
 CRASH_SPAN = 24
 SETTLE_STEPS = 600
@@ -757,6 +761,29 @@ class World:
                 yield from self.api_call(client, f"purge {name}", fn)
             elif action == "operator_retry":
                 self.operator_retry(rng, name)
+            yield from self.maybe_restore_or_verify(client, name)
+
+    def maybe_restore_or_verify(self, client: str, name: str) -> Generator[int, None, None]:
+        """Knob `restore_rate` (issue 11): now and then a restore or verify request for one
+        of the spec's backups, whatever its status (refusals are part of the test); drawn
+        from a stream of its own, so every other draw stays as it was."""
+        rng = self.rng("restores")
+        if not self.scenario.restore_rate or rng.random() >= self.scenario.restore_rate:
+            return
+        with self.db.maker() as session:
+            ids = list(
+                session.scalars(
+                    select(Backup.id)
+                    .join(BackupSpec)
+                    .where(BackupSpec.name == name)
+                    .order_by(Backup.id)
+                )
+            )
+        if not ids:
+            return
+        backup_id, kind = rng.choice(ids), rng.choice(("restore", "verify"))
+        fn = partial(api.restore_or_verify, self.services(client), name, backup_id, kind)
+        yield from self.api_call(client, f"{kind} {name}/{backup_id}", fn)
 
     def trigger_overlap(self) -> str | None:
         """Now and then a trigger overrides the spec's overlapPolicy (`?overlap=`)."""
@@ -1153,7 +1180,7 @@ class World:
 
     def storage_actor(self) -> Actor:
         while not self.settling:
-            for task_type in (BACKUP, REMOVE):
+            for task_type in STORAGE_TASK_TYPES:
                 for _ in range(4):
                     task = self.poll(task_type, STORAGE)
                     if task is None:
@@ -1171,9 +1198,12 @@ class World:
                 plan, duration = rng.choice(("fail", "fail", "terminal")), rng.randrange(50, 3_000)
             else:
                 plan, duration = "complete", rng.randrange(50, 2_500)
-        else:
+        elif task.task_type == REMOVE:
             plan = "fail" if rng.random() < scenario.remove_fail else "complete"
             duration = rng.randrange(20, 2_000)
+        else:  # verify, restore: they read the data for a while
+            plan = "fail" if rng.random() < scenario.remove_fail else "complete"
+            duration = rng.randrange(200, 6_000)
         job = StorageJob(task, plan)
         self.storage_jobs[task.task_id] = job
         self.spawn(self.storage_finish(job), self.clock.now_ms + duration)
@@ -1190,7 +1220,25 @@ class World:
             data_id = f"{task.input.get('backupName')}/d{next(self.data_counter)}"
             self.storage[data_id] = str(task.input.get("backupName"))
             return TaskOutcome("COMPLETED", {"dataId": data_id, "dataSizeMB": 1.5})
-        self.storage.pop(str(task.input.get("dataId")), None)  # removing what is gone succeeds
+        data_id = str(task.input.get("dataId"))
+        if task.task_type in (VERIFY, RESTORE):
+            if data_id not in self.storage:
+                self.fail(f"[11 restore] a {task.task_type} ran on {data_id}, already removed")
+                return TaskOutcome("FAILED_WITH_TERMINAL_ERROR", {"error": "no such file"}, "gone")
+            if task.task_type == VERIFY:
+                return TaskOutcome("COMPLETED", {"verified": True, "details": "sim: intact"})
+            return TaskOutcome("COMPLETED", {"restoredTo": "/restore/here"})
+        reading = [
+            other.task.task_type
+            for other in self.storage_jobs.values()
+            if other is not job
+            and not other.done
+            and other.task.task_type in (VERIFY, RESTORE)
+            and other.task.input.get("dataId") == data_id
+        ]
+        if reading and data_id in self.storage:
+            self.fail(f"[11 restore] {data_id} removed while a {reading[0]} of it ran")
+        self.storage.pop(data_id, None)  # removing what is gone succeeds
         return TaskOutcome("COMPLETED", {})
 
     def storage_finish(self, job: StorageJob) -> Actor:
@@ -1376,6 +1424,8 @@ class World:
                 removal_delay_seconds=spec.removal_delay_seconds,
                 overlap_policy=spec.overlap_policy,
                 jitter_seconds=spec.jitter_seconds,
+                verify_cron_string=spec.verify_cron_string,
+                verify_sample_rate=spec.verify_sample_rate,
                 retention=dict(fallback.retention)
                 | {
                     "retentionMinutely": spec.retention_minutely,
@@ -1391,7 +1441,7 @@ class World:
         """Every visible task is taken and finished at once; nothing fails any more."""
         for _ in range(50):
             progressed = False
-            for task_type in (BACKUP, REMOVE):
+            for task_type in STORAGE_TASK_TYPES:
                 while (task := self.poll(task_type, STORAGE)) is not None:
                     progressed = True
                     job = StorageJob(task, "complete")
@@ -1465,6 +1515,11 @@ class World:
         now = self.clock()
         with self.db.maker() as session:
             moments: list[datetime | None] = list(session.execute(_WAKE_TIMES, {"now": now}).one())
+            moments += [
+                since + restores.START_LAPSE + timedelta(seconds=1)
+                for since in session.execute(_STARTING_SINCE).one()
+                if since is not None
+            ]
             moments += [  # Backtor's own clocks: timeoutSeconds of a run, a dead worker's task
                 started + timedelta(seconds=timeout)
                 for started, timeout in session.execute(_RUN_TIMEOUTS)
@@ -1533,6 +1588,16 @@ _OPEN_WORK = select(
     exists().where(_OPEN_FIRE),
     exists().where(_OPEN_BACKUP),
     exists().where(BackupSpec.deleting.is_(True)),
+    exists().where(or_(*(restores.run_open(kind) for kind in restores.KINDS))),
+)
+# A restore or verify whose start had no clear answer is settled START_LAPSE after it.
+_STARTING_SINCE = select(
+    *(
+        select(func.min(kind.requested_at))
+        .where(kind.status == restores.STARTING)
+        .scalar_subquery()
+        for kind in restores.KINDS
+    )
 )
 _NOW = bindparam("now", type_=UTCDateTime())
 _WAKE_TIMES = select(

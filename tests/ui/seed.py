@@ -12,7 +12,11 @@ last skip) are written directly.
 `demo` is `make run`'s demo spec (scripts/run): the same body, ten minutes of its life.
 `www` and `orders` are the README's examples with a history; `archive` is paused, with a
 reason; `logs` removes after a delay, so some of its backups are EXPIRING; `events` holds
-100,000 backups, to show that a page stays bounded.
+100,000 backups, to show that a page stays bounded. Verifications and restores go through
+backtor.scheduling.restores (`claim`, then the workflow id Conductor would have given, then
+`record_end` with what the storage worker output): `www`'s newest backup is VERIFIED, an
+older one FAILED (its details hold markup), one was restored and one is being verified;
+`orders`' newest backups were never verified, an older one was.
 """
 
 from __future__ import annotations
@@ -30,9 +34,11 @@ import requests
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from backtor.conductor.payloads import WorkflowStatus
 from backtor.core.policy import RetentionPolicy
 from backtor.core.retention import BackupRecord, plan_retention
 from backtor.db.models import Backup, BackupSpec, BackupStatus, SkipReason
+from backtor.scheduling import restores
 from backtor.scheduling.recording import TakenBackup, apply_plan, record_failed, record_taken
 from backtor.scheduling.removals import promote_expired, record_removed
 from backtor.storage.output import backup_file_name
@@ -72,6 +78,10 @@ class Seeded:
     remove_failed: dict[str, int] = field(default_factory=dict)
     hostile_error: str = ""
     paused_reason: str = ""  # archive's: it holds markup
+    # spec -> backup id -> (verifyStatus, details) of the verifications seeded
+    verdicts: dict[str, dict[int, tuple[str, str]]] = field(default_factory=dict)
+    restored: dict[str, int] = field(default_factory=dict)  # spec -> a restored backup
+    verifying: dict[str, int] = field(default_factory=dict)  # spec -> a verify under way
 
 
 class Seeder:
@@ -172,6 +182,38 @@ class Seeder:
             found = session.scalar(select(Backup.id).where(Backup.create_workflow_id == workflow))
         assert found is not None
         return found
+
+    def start_run(self, name: str, backup_id: int, kind: restores.Kind) -> str:
+        """A restore or verification requested (claimed) and started: RUNNING."""
+        workflow = str(uuid.uuid4())
+        with self.spec(name) as (session, spec):
+            job = restores.claim(session, spec, backup_id, kind, self.clock.now)
+            session.execute(
+                update(Backup)
+                .where(Backup.id == backup_id)
+                .values({kind.status: restores.RUNNING, kind.workflow_id: workflow})
+            )
+            assert job.backup_id == backup_id
+        return workflow
+
+    def end_run(
+        self,
+        backup_id: int,
+        kind: restores.Kind,
+        workflow: str,
+        status: WorkflowStatus,
+        output: dict[str, Any],
+        reason: str | None = None,
+    ) -> None:
+        with self.sessions.begin() as session:
+            assert restores.record_end(
+                session, kind, backup_id, workflow, status, output, reason, self.clock.now
+            )
+
+    def verify(self, name: str, backup_id: int, verified: bool, details: str) -> None:
+        workflow = self.start_run(name, backup_id, restores.VERIFY)
+        output = {"verified": verified, "details": details}
+        self.end_run(backup_id, restores.VERIFY, workflow, WorkflowStatus.COMPLETED, output)
 
     def tick_leaves(self, name: str, **values: Any) -> None:
         """What the scheduler's tick writes on the spec (next fire, last skip, running run)."""
@@ -415,6 +457,43 @@ def seed_bulk(seeder: Seeder, view: datetime) -> None:
     seeder.tick_leaves("events", next_fire_at=last + timedelta(minutes=5))
 
 
+def _held(seeder: Seeder, name: str) -> list[int]:
+    """The spec's COMPLETED backups, newest first."""
+    with seeder.sessions() as session:
+        return list(
+            session.scalars(
+                select(Backup.id)
+                .join(BackupSpec, BackupSpec.id == Backup.spec_id)
+                .where(BackupSpec.name == name, Backup.status == BackupStatus.COMPLETED.value)
+                .order_by(Backup.end_time.desc())
+            )
+        )
+
+
+def seed_verifications(seeder: Seeder, view: datetime, seeded: Seeded) -> None:
+    """www: the newest backup VERIFIED an hour ago, an older one FAILED (markup in its
+    details), one restored, one being verified. orders: only an older backup verified."""
+    www = _held(seeder, "www")
+    seeder.clock.now = view - timedelta(hours=5)
+    damaged = "gzip: <b>invalid compressed data</b> -- crc error at byte 1048576"
+    seeder.verify("www", www[2], False, damaged)
+    workflow = seeder.start_run("www", www[1], restores.RESTORE)
+    seeder.clock.now = view - timedelta(hours=4)
+    output = {"restoredTo": "/srv/restore/www", "replaced": False}
+    seeder.end_run(www[1], restores.RESTORE, workflow, WorkflowStatus.COMPLETED, output)
+    seeder.clock.now = view - timedelta(hours=1)
+    seeder.verify("www", www[0], True, "archive read whole; sha256 matches")
+    seeder.start_run("www", www[3], restores.VERIFY)
+    seeded.verdicts["www"] = {www[0]: ("VERIFIED", "archive read whole; sha256 matches")}
+    seeded.verdicts["www"][www[2]] = ("FAILED", damaged)
+    seeded.restored["www"] = www[1]
+    seeded.verifying["www"] = www[3]
+    orders = _held(seeder, "orders")
+    seeder.clock.now = view - timedelta(hours=30)
+    seeder.verify("orders", orders[5], True, "pg_restore --list: 14 entries")
+    seeded.verdicts["orders"] = {orders[5]: ("VERIFIED", "pg_restore --list: 14 entries")}
+
+
 def seed_all(seeder: Seeder, view: datetime) -> Seeded:
     seeded = Seeded(view)
     seed_demo(seeder, view)
@@ -423,5 +502,6 @@ def seed_all(seeder: Seeder, view: datetime) -> Seeded:
     seed_archive(seeder, view, seeded)
     seed_logs(seeder, view)
     seed_bulk(seeder, view)
+    seed_verifications(seeder, view, seeded)
     seeder.clock.now = view
     return seeded

@@ -65,6 +65,10 @@ BAD_VALUES = [
     ("BACKTOR_JITTER_SECONDS", "86401"),
     ("BACKTOR_JITTER_SECONDS", "1.5"),
     ("BACKTOR_JITTER_SECONDS", "a minute"),
+    ("BACKTOR_VERIFY_SAMPLE_RATE", "-0.1"),
+    ("BACKTOR_VERIFY_SAMPLE_RATE", "1.01"),
+    ("BACKTOR_VERIFY_SAMPLE_RATE", "nan"),
+    ("BACKTOR_VERIFY_SAMPLE_RATE", "10%"),
     ("PORT", "http"),
     ("PORT", "0"),
     ("PORT", "65536"),
@@ -193,6 +197,7 @@ def test_good_values_are_read() -> None:
             "BACKTOR_WORKER_HEALTH_PORT": "0",
             "BACKTOR_STORAGE_ROOTS": "/a::/b",
             "BACKTOR_JITTER_SECONDS": "86400",
+            "BACKTOR_VERIFY_SAMPLE_RATE": "0.25",
         }
     )
     assert settings.conductor_api_url == "https://conductor.example/api"
@@ -206,6 +211,7 @@ def test_good_values_are_read() -> None:
     assert (settings.worker_health_host, settings.worker_health_port) == ("::1", 0)
     assert settings.storage_roots == ("/a", "/b")
     assert settings.jitter_seconds == 86_400
+    assert settings.verify_sample_rate == 0.25
 
 
 @pytest.mark.parametrize(

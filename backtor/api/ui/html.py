@@ -174,6 +174,10 @@ tr.status-expiring td:first-child { border-left: 3px solid #f0b429; }
   overflow-wrap: anywhere; }
 .pinned-flag { background: #e3edfb; color: var(--pin); }
 .failure-text { color: var(--fail); }
+.verify-verified, .restore-completed { background: #e3f4e4; color: #1b5e20; }
+.verify-failed, .restore-failed, .restore-timed_out { background: #fde7e7; color: #a61b1b; }
+.verify-never, .restore-terminated { background: #eceff1; color: #455a64; }
+.verify-details { font-size: 12px; overflow-wrap: anywhere; }
 tr.failure td:first-child { border-left: 3px solid var(--fail); }
 .summary span { margin-right: 18px; }
 .pager { margin: 10px 0; display: flex; gap: 14px; align-items: center; flex-wrap: wrap; }

@@ -66,6 +66,13 @@ STATUS_MEANING = {
     "REMOVED": "removed",
     "REMOVE_FAILED": "removal keeps failing; still retried",
 }
+VERIFY_MEANING = {
+    "VERIFIED": "its latest verification read it whole and found it restorable",
+    "FAILED": "its latest verification failed: it may not restore",
+    "NEVER": "never verified",
+}
+OPEN_RUN = ("STARTING", "RUNNING")  # a restore or verification under way (holds off removal)
+VERIFY_DETAILS_CHARS = 120  # of a failed verification's details, in the table (hover: all)
 # The order counts are listed in; REMOVED last, as history.
 STATUS_ORDER = (
     "RUNNING",
@@ -408,14 +415,90 @@ def _backup_row(backup: Backup, decision: Decision | None, zone: ZoneInfo, view:
     flows = [
         workflow_link(view.conductor_ui_url, backup.create_workflow_id, "backup"),
         workflow_link(view.conductor_ui_url, backup.remove_workflow_id, "removal"),
+        workflow_link(view.conductor_ui_url, backup.verify_workflow_id, "verification"),
+        workflow_link(view.conductor_ui_url, backup.restore_workflow_id, "restore"),
     ]
     return (
         f'<tr id="backup-{backup.id}" class="{classes}" data-backup-id="{backup.id}">'
         f"<td>#{backup.id}{pinned}</td><td>{esc(stamp(backup.scheduled_at, zone))}<br>"
         f'<span class="rel">{esc(relative(backup.scheduled_at, view.now))}</span></td>'
         f"<td>{status}</td><td>{plan}</td><td>{why}</td><td>{data}</td>"
+        f"{_verify_cell(backup, zone, view)}"
         f"<td>{'<br>'.join(f for f in flows if f)}</td></tr>"
     )
+
+
+def verify_badge(status: str | None, details: str | None) -> str:
+    """VERIFIED, FAILED or NEVER as a badge; what the verification found on hover."""
+    status = status or "NEVER"
+    hover = details or VERIFY_MEANING.get(status, status)
+    return (
+        f'<span class="badge verify verify-{esc(status.lower())}" title="{esc(hover)}">'
+        f"{esc(status)}</span>"
+    )
+
+
+def _verify_cell(backup: Backup, zone: ZoneInfo, view: View) -> str:
+    """The backup's latest verdict (when, details on hover) and its last restore."""
+    status = backup.verify_status or "NEVER"
+    cell = verify_badge(status, backup.verify_details)
+    if backup.last_verified_at is not None:
+        when = backup.last_verified_at
+        cell += (
+            f'<br><span class="rel verified-at" title="{esc(stamp(when, zone))}">'
+            f"{esc(relative(when, view.now))}</span>"
+        )
+    if status == "FAILED" and backup.verify_details:
+        shown = backup.verify_details[:VERIFY_DETAILS_CHARS]
+        cell += f'<br><span class="failure-text verify-details">{esc(shown)}</span>'
+    if backup.verify_run_status in OPEN_RUN:
+        cell += '<br><span class="badge running verifying">verifying</span>'
+    restore = backup.restore_status
+    if restore:
+        word = "restoring" if restore in OPEN_RUN else f"restore {restore}"
+        css = "running" if restore in OPEN_RUN else f"restore-{restore.lower()}"
+        hover = backup.restore_details or word
+        cell += (
+            f'<br><span class="badge restore {esc(css)}" title="{esc(hover)}">{esc(word)}</span>'
+        )
+    return f'<td class="verify-cell" data-verify="{esc(status)}">{cell}</td>'
+
+
+def _verified_cell(found: queries.Verification, view: View) -> str:
+    """When the spec's newest backup was last verified, and its newest proven restorable."""
+    parts = []
+    newest = found.newest
+    if newest is None:
+        parts.append('<span class="muted">no backup holds data</span>')
+    else:
+        parts.append(
+            f'newest backup <a href="#backup-{newest.id}">#{newest.id}</a>: '
+            + verify_badge(newest.verify_status, newest.verify_details)
+        )
+        if newest.last_verified_at is not None:
+            parts[-1] += (
+                f' <span class="rel">{esc(relative(newest.last_verified_at, view.now))}</span>'
+            )
+    proven = found.proven
+    if proven is not None and (newest is None or proven.id != newest.id):
+        taken = proven.end_time or proven.scheduled_at
+        verified = proven.last_verified_at
+        parts.append(
+            f'<span class="proven">newest proven restorable: <a href="#backup-{proven.id}">'
+            f"#{proven.id}</a>, taken {esc(relative(taken, view.now))}"
+            + (f", verified {esc(relative(verified, view.now))}" if verified else "")
+            + "</span>"
+        )
+    elif proven is None and newest is not None:
+        parts.append('<span class="muted">no held backup is verified yet</span>')
+    if found.failing:
+        parts.append(
+            f'<span class="failure-text verify-failing">{found.failing} held backup(s) '
+            "failed their latest verification</span>"
+        )
+    last = found.last_verified
+    stamp_attr = f' data-last-verified="{esc(last.isoformat())}"' if last else ""
+    return f'<td class="verified" colspan="3"{stamp_attr}>{"<br>".join(parts)}</td>'
 
 
 def spec_page(session: Session, view: View, name: str, asked: SpecQuery) -> tuple[str, str]:
@@ -435,6 +518,7 @@ def spec_page(session: Session, view: View, name: str, asked: SpecQuery) -> tupl
     backups = backups[: asked.limit]
     last_success = queries.newest_successes(session, [spec.id]).get(spec.id)
     fresh = freshness.judge(spec, last_success, view.now, freshness.deadline())
+    verified = queries.verification(session, spec.id)
 
     policy = policy_of(spec)
     decisions = [_decision(plan, backup) for backup in backups]
@@ -451,12 +535,13 @@ def spec_page(session: Session, view: View, name: str, asked: SpecQuery) -> tupl
     table = (
         '<table class="backups"><thead><tr><th>Backup</th>'
         f"<th>Scheduled ({esc(spec.timezone)})</th><th>Status</th><th>Plan</th>"
-        "<th>Reasons</th><th>Data</th><th>Workflows</th></tr></thead><tbody>"
+        "<th>Reasons</th><th>Data</th><th>Verify / restore</th><th>Workflows</th></tr></thead>"
+        "<tbody>"
         + "".join(_backup_row(b, d, zone, view) for b, d in zip(backups, decisions, strict=True))
         + "</tbody></table>"
     )
     body = (
-        _spec_header(spec, view, fresh, counts, fields, plan)
+        _spec_header(spec, view, fresh, counts, fields, plan, verified)
         + "<h2>Timeline: the retention plan</h2>"
         + nav
         + (f'<div class="card timeline-wrap">{picture}{legend()}</div>' if picture else "")
@@ -474,6 +559,7 @@ def _spec_header(
     counts: Mapping[str, int],
     fields: Mapping[str, str],
     plan: RetentionPlan,
+    verified: queries.Verification,
 ) -> str:
     """The spec's facts, its policy and the whole plan's summary."""
     word, state = state_of(spec, view.now)
@@ -502,6 +588,7 @@ def _spec_header(
         f"<th>Last skip</th>{_skip_cell(spec, view)}</tr>"
         f"<tr><th>State</th><td>{_state_cell(spec, view)}</td>"
         f"<th>Backups</th><td>{_counts(counts)}</td></tr>"
+        f"<tr><th>Verified</th>{_verified_cell(verified, view)}</tr>"
         "</tbody></table>"
         f'<h2>Retention policy</h2><div class="chips">{policy_chips}</div>'
         '<p class="summary plan-summary">'
