@@ -36,7 +36,7 @@ from backtor.storage.output import (
     ensure_directory,
     fsync_directory,
 )
-from backtor.storage.paths import AllowedRoots, PathNotAllowed
+from backtor.storage.paths import AllowedRoots, PathNotAllowed, backup_file
 from backtor.storage.task_input import FilesystemRestore
 from backtor.storage.worker_config import FilesystemConfig
 
@@ -139,7 +139,7 @@ def verify_backup(
     A damaged archive is an answer (verified false), not an error; a missing one is a
     TerminalError naming it.
     """
-    store, archive = _archive(config, roots, data_id)
+    store, archive = backup_file(roots, config.target, data_id)
     try:
         read = read_archive(archive, budget)
     except OSError as exc:
@@ -172,7 +172,7 @@ def restore_backup(
     file system as a rule); the target is touched only once that is complete and checked.
     A failure removes the sibling and leaves the target as it was.
     """
-    store, archive = _archive(config, roots, data_id)
+    store, archive = backup_file(roots, config.target, data_id)
     target = _restore_target(restore, roots, archive)
     existing = _existing(target, restore.overwrite)
     parent = ensure_directory(target.parent, "restoreConfig target's parent")
@@ -211,21 +211,6 @@ def restore_backup(
             remove_tree(staging)
         raise
     return Restored(str(target), replaced, read.checksum, extractor.created, leftover)
-
-
-def _archive(config: FilesystemConfig, roots: AllowedRoots, data_id: str) -> tuple[Path, Path]:
-    """The store and the backup file in it, which must exist as a regular file."""
-    store = roots.resolve(config.target, "target")
-    archive = store / data_id
-    try:
-        mode = os.lstat(archive).st_mode
-    except FileNotFoundError:
-        raise TerminalError(f"backup file {data_id} not found in {store}") from None
-    except OSError as exc:
-        raise RetryableError(f"cannot read {data_id} in {store}: {exc.strerror}") from None
-    if not stat.S_ISREG(mode):
-        raise TerminalError(f"{data_id} in {store} is not a regular file")
-    return store, archive
 
 
 def _restore_target(restore: FilesystemRestore, roots: AllowedRoots, archive: Path) -> Path:

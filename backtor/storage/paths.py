@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from backtor.core.specs import NAME_PATTERN
-from backtor.storage.errors import TerminalError
+from backtor.storage.errors import RetryableError, TerminalError
 
 _NAME_RE = re.compile(NAME_PATTERN, re.ASCII)
 
@@ -85,3 +86,19 @@ def check_data_id(data_id: object, suffix: str) -> str:
     if not data_id.endswith(suffix) or data_id == suffix:
         raise TerminalError(f"dataId {data_id!r} is not a backup of this kind (*{suffix})")
     return data_id
+
+
+def backup_file(roots: AllowedRoots, target: str, data_id: str) -> tuple[Path, Path]:
+    """The store (`target`, inside the roots) and the backup file in it, which must exist
+    as a regular file: what verify and restore read."""
+    store = roots.resolve(target, "target")
+    path = store / data_id
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        raise TerminalError(f"backup file {data_id} not found in {store}") from None
+    except OSError as exc:
+        raise RetryableError(f"cannot read {data_id} in {store}: {exc.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise TerminalError(f"{data_id} in {store} is not a regular file")
+    return store, path

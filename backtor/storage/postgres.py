@@ -19,7 +19,6 @@ import logging
 import os
 import re
 import shutil
-import stat
 import subprocess
 import tempfile
 import uuid
@@ -44,7 +43,7 @@ from backtor.storage.output import (
     ensure_directory,
     file_checksum,
 )
-from backtor.storage.paths import AllowedRoots
+from backtor.storage.paths import AllowedRoots, backup_file
 from backtor.storage.task_input import PostgresRestore, VerifyConfig
 from backtor.storage.worker_config import Dsn, PostgresConfig, mask
 
@@ -271,7 +270,7 @@ def verify_backup(
     A dump that fails a check is an answer (verified false); a missing one a TerminalError.
     """
     environ = os.environ if environ is None else environ
-    store, dump = _dump(config, roots, data_id)
+    store, dump = backup_file(roots, config.target, data_id)
     checksum = _checksum(dump, data_id, store, budget)
     matches, account = checksum_account(expected, checksum)
     if not matches:
@@ -426,7 +425,7 @@ def restore_backup(
     secrets = (*config.secrets(), *restore.secrets())
     database = restore.database
     shown = database.describe()
-    store, dump = _dump(config, roots, data_id)
+    store, dump = backup_file(roots, config.target, data_id)
     checksum = _checksum(dump, data_id, store, budget)
     matches, account = checksum_account(expected, checksum)
     if not matches:
@@ -473,21 +472,6 @@ def restore_backup(
                 )
             )
     return Restored(shown, bool(relations), checksum)
-
-
-def _dump(config: PostgresConfig, roots: AllowedRoots, data_id: str) -> tuple[Path, Path]:
-    """The store and the dump in it, which must exist as a regular file."""
-    store = roots.resolve(config.target, "target")
-    dump = store / data_id
-    try:
-        mode = os.lstat(dump).st_mode
-    except FileNotFoundError:
-        raise TerminalError(f"backup file {data_id} not found in {store}") from None
-    except OSError as exc:
-        raise RetryableError(f"cannot read {data_id} in {store}: {exc.strerror}") from None
-    if not stat.S_ISREG(mode):
-        raise TerminalError(f"{data_id} in {store} is not a regular file")
-    return store, dump
 
 
 def _checksum(dump: Path, data_id: str, store: Path, budget: Budget) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from tests.e2e.test_storage_workers import (
 )
 from tests.support import processes
 from tests.support.conductor import workflows
+from tests.support.scheduler import SchedulerWatch
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -46,6 +46,18 @@ def post(sw: Storage, name: str, backup_id: int, action: str, body: Any) -> requ
 def shown(sw: Storage, name: str, backup_id: int) -> dict[str, Any]:
     [row] = [b for b in sw.backups(name) if b["id"] == backup_id]
     return row
+
+
+def passes_after_now(sw: Storage, count: int) -> None:
+    """Wait until the scheduler has begun `count` passes after now (scheduler_state)."""
+    with SchedulerWatch(sw.env["DATABASE_URL"], sw.conductor) as watch:
+        for _ in range(count):
+            before = watch.state().last_tick_at
+            wait_until(
+                lambda: watch.state().last_tick_at != before,  # noqa: B023 (awaited here)
+                timeout=60,
+                what="a scheduler pass",
+            )
 
 
 def run_ended(sw: Storage, name: str, backup_id: int, key: str) -> dict[str, Any]:
@@ -208,7 +220,7 @@ def test_a_verification_holds_off_the_removal_of_its_backup(
         # Retried restores and verifications of a backup being removed are refused.
         again = post(storage, name, backup["id"], "restore", {"restoreConfig": '{"target": "/x"}'})
         assert again.status_code == 409, again.text
-        time.sleep(8)  # several scheduler passes: none starts the removal
+        passes_after_now(storage, 3)  # three scheduler passes: none starts the removal
         assert workflows(storage.conductor, "remove_backup", name) == []
         assert shown(storage, name, backup["id"])["removeWorkflowId"] is None
 

@@ -23,21 +23,10 @@ from tests.simulation.runner import Result, forget_process_state, replay_command
 # Reported defects, each with the seeds of the general run (0..1999) that fail because of it.
 # Those seeds are left out of test_scenarios and replayed by test_known_defect, which is a
 # strict xfail: once the defect is fixed it passes, fails as XPASS, and the entry goes.
-KNOWN_DEFECTS: dict[str, tuple[str, tuple[int, ...]]] = {
-    "start-sent-after-the-claim-lapsed": (
-        "A process paused between the START_MARGIN check and its start_workflow request for "
-        "longer than its claim: another attempt took the fire over and started it, then the "
-        "paused request reached Conductor and created a second create_backup. Nothing on "
-        "Backtor's side is atomic with a request Conductor receives later; the ledger keeps "
-        "the run recorded first and the late one is terminated at once "
-        "(fires._record_outcomes), but invariant 1 counts every run ever started. Conductor "
-        "OSS 3.32.1 does not enforce a start's idempotencyKey (tried: two starts with one key "
-        "and RETURN_EXISTING made two runs), so the fence has to be Backtor's own. Seed 799 "
-        "is traced to this (the late run is terminated on sight); 307, 517 and 1147 fail "
-        "invariant 1 the same way and are not yet traced one by one",
-        (307, 517, 799, 1147),
-    ),
-}
+# None now: start-sent-after-the-claim-lapsed (seeds 307, 517, 799, 1147) is fixed by the
+# start fence (docs/scheduling.md, "The start fence"); its regression tests are in
+# tests/scheduling/test_core_defects.py.
+KNOWN_DEFECTS: dict[str, tuple[str, tuple[int, ...]]] = {}
 
 
 def known_seeds() -> set[int]:
