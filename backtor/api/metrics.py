@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backtor.api.context import services_of
 from backtor.conductor.http import ConductorClient
+from backtor.observability.aggregated import AggregatedCollector
 from backtor.observability.collector import ConductorProbe, MetricsCollector
 from backtor.observability.exposition import CONTENT_TYPE
 from backtor.observability.telemetry import API_INVOCATIONS, instrument_engine
@@ -26,7 +27,11 @@ def install_metrics(app: FastAPI) -> None:
     prober = ConductorClient(
         services.settings.conductor_api_url, timeout=PROBE_TIMEOUT_SECONDS, pool_size=1
     )
-    collector = MetricsCollector(
+    # BACKTOR_METRICS_MODE: a series set per spec (default), or the fleet's figures only.
+    kind = (
+        AggregatedCollector if services.settings.metrics_mode == "aggregated" else MetricsCollector
+    )
+    collector = kind(
         services.db,
         conductor_up=ConductorProbe(prober.is_healthy),
         clock=services.clock,

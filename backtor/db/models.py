@@ -362,6 +362,18 @@ Index(
     sqlite_where=text(_SUCCEEDED),
     postgresql_include=["start_time", "size_mb"],
 )
+# Each spec's newest verification, read on every scrape (migration 0011); never-verified
+# backups, nearly all of them, stay out of it.
+_VERIFIED = "verify_status <> 'NEVER'"
+Index(
+    "ix_backup_verified",
+    Backup.spec_id,
+    Backup.verify_status,
+    Backup.end_time,
+    postgresql_where=text(_VERIFIED),
+    sqlite_where=text(_VERIFIED),
+    postgresql_include=["status", "last_verified_at"],
+)
 
 
 class NoticeStatus(StrEnum):

@@ -44,7 +44,13 @@ from backtor.db.models import (
     SchedulerState,
 )
 from backtor.db.types import utc_now
-from backtor.observability.exposition import Family, escape_label, render, sample_value
+from backtor.observability.exposition import (
+    Family,
+    escape_label,
+    label_pairs,
+    render,
+    sample_value,
+)
 from backtor.observability.periods import PeriodCache
 from backtor.observability.telemetry import process_exposition
 
@@ -104,7 +110,13 @@ def _rows(session: Session, statement: Executable) -> list[Row]:
 
 
 class MetricsCollector:
-    """Builds the `/metrics` answer: shared figures from the database, then this process's."""
+    """Builds the `/metrics` answer: shared figures from the database, then this process's.
+
+    This one renders a series set per spec (BACKTOR_METRICS_MODE=per-spec, the default);
+    backtor.observability.aggregated renders the fleet-level figures instead.
+    """
+
+    mode = "per-spec"
 
     def __init__(
         self,
@@ -122,7 +134,7 @@ class MetricsCollector:
         self._counting = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backtor-metrics")
 
     def exposition(self) -> str:
-        families: list[Family] = []
+        families: list[Family] = [self._mode_family()]
         database_up = Family(
             "backtor_database_up",
             "gauge",
@@ -147,6 +159,16 @@ class MetricsCollector:
             families.append(reachable)
         local = process_exposition()
         return render(families) + local
+
+    def _mode_family(self) -> Family:
+        """Which mode answers, so a rule file loaded for the other one can say so."""
+        info = Family(
+            "backtor_metrics_info",
+            "gauge",
+            "Always 1; mode is this process's BACKTOR_METRICS_MODE (per-spec or aggregated)",
+        )
+        info.add(1, label_pairs(mode=self.mode))
+        return info
 
     def shared_families(self) -> list[Family]:
         now = self.clock()

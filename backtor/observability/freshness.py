@@ -26,6 +26,10 @@ from backtor.observability.periods import PeriodCache
 # The alert's margin: `> 1.5 * clamp_min(expected_period, 300)` (tests check the rule says so).
 OVERDUE_FACTOR = 1.5
 MIN_PERIOD_SECONDS = 300.0
+# The BacktorBackupNotVerified alert's window: `> 2 * clamp_min(verify period + backup
+# period, 3600)` since the newest verified backup (aggregated /metrics counts the same specs).
+NOT_VERIFIED_FACTOR = 2.0
+MIN_VERIFY_WINDOW_SECONDS = 3600.0
 # A page computes new expected periods for at most this long (cached for later pages).
 PERIOD_BUDGET_SECONDS = 1.0
 
@@ -72,6 +76,20 @@ def expected_period(spec: BackupSpec, now: datetime, until: float) -> float | No
     return _PERIODS.get(spec.cron_string, spec.timezone, now, until)
 
 
+def overdue_limit_seconds(period: float) -> float:
+    """How old a spec's last success (or start) may get: the BacktorBackupMissing margin."""
+    return OVERDUE_FACTOR * max(period, MIN_PERIOD_SECONDS)
+
+
+def not_verified_limit_seconds(period: float, verify_period: float) -> float:
+    """How old a spec's newest verified backup may get: the BacktorBackupNotVerified window.
+
+    A period is the longest wait between verifications plus the longest wait between
+    backups (the most the newest verified backup ages while all is well).
+    """
+    return NOT_VERIFIED_FACTOR * max(period + verify_period, MIN_VERIFY_WINDOW_SECONDS)
+
+
 def judge(
     spec: BackupSpec, last_success: datetime | None, now: datetime, until: float
 ) -> Freshness:
@@ -83,7 +101,7 @@ def judge(
         return Freshness(last_success, True, None, None, None, False)
     start = active_since(spec)
     since = last_success if last_success is not None and last_success > start else start
-    limit = OVERDUE_FACTOR * max(period, MIN_PERIOD_SECONDS)
+    limit = overdue_limit_seconds(period)
     overdue = now - since > timedelta(seconds=limit)
     return Freshness(last_success, True, period, since, limit, overdue)
 

@@ -21,6 +21,9 @@ from backtor.core.specs import MAX_JITTER_SECONDS
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+# /metrics: one series set per spec (the default: dashboards and alert rules rest on its
+# `backup` label), or fleet-level figures only (docs/operations.md says when to switch).
+METRICS_MODES = ("per-spec", "aggregated")
 _TRUE = ("1", "true")
 _FALSE = ("0", "false")
 
@@ -62,6 +65,8 @@ class Settings:
     jitter_seconds: int = 0
     # verifySampleRate of a spec without one (read at each verifyCron fire).
     verify_sample_rate: float = 0.0
+    # What the API's /metrics renders: METRICS_MODES.
+    metrics_mode: str = "per-spec"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -348,5 +353,6 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("BACKTOR_NOTIFY_SECRET", "notify_secret", None, _secret),
     Variable("BACKTOR_JITTER_SECONDS", "jitter_seconds", "0", _jitter),
     Variable("BACKTOR_VERIFY_SAMPLE_RATE", "verify_sample_rate", "0", _sample_rate),
+    Variable("BACKTOR_METRICS_MODE", "metrics_mode", "per-spec", _choice(METRICS_MODES)),
 )
 AUTH_VARIABLES = tuple(v for v in VARIABLES if v.name.startswith("CONDUCTOR_AUTH_"))

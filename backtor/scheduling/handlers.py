@@ -21,10 +21,10 @@ from backtor.runtime.services import Services
 from backtor.scheduling.recording import (
     TakenBackup,
     apply_plan,
-    parse_checksum,
     parse_row_counts,
     parse_size,
     record_taken,
+    recorded_checksum,
 )
 from backtor.scheduling.removals import record_removed
 
@@ -50,7 +50,7 @@ def record_backup(services: Services, data: Mapping[str, Any], workflow_id: str)
         scheduled_at=scheduled_at,
         start_time=from_epoch_ms(data.get("backupStartTime")),
         end_time=from_epoch_ms(data.get("backupEndTime")),
-        checksum=parse_checksum(data.get("checksum")),
+        checksum=recorded_checksum(data.get("checksum")),
         row_counts=parse_row_counts(data.get("rowCounts")),
     )
     with services.db.begin() as session:

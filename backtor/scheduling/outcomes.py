@@ -26,11 +26,11 @@ from backtor.runtime.services import Services
 from backtor.scheduling.recording import (
     TakenBackup,
     apply_plan,
-    parse_checksum,
     parse_row_counts,
     parse_size,
     record_failed,
     record_taken,
+    recorded_checksum,
 )
 from backtor.scheduling.stalls import LOOK_AFTER, repair_stalled
 
@@ -369,6 +369,6 @@ def _taken_from_task(
         scheduled_at=scheduled_at,
         start_time=task.start_time,
         end_time=task.end_time,
-        checksum=parse_checksum(task.output.get("checksum")),
+        checksum=recorded_checksum(task.output.get("checksum")),
         row_counts=parse_row_counts(task.output.get("rowCounts")),
     )

@@ -53,7 +53,7 @@ class TakenBackup:
     row_counts: str | None = None
 
 
-def parse_checksum(value: Any) -> str | None:
+def recorded_checksum(value: Any) -> str | None:
     """A backup task's checksum: kept as given when it is a plausible digest string."""
     if not isinstance(value, str) or not value.strip() or len(value.strip()) > 80:
         return None

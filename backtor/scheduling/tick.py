@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Select, Update, bindparam, exists, func, or_, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from backtor.core.errors import ConductorRefused, ConductorUnavailable
 from backtor.db.models import SCHEDULER_STATE_ID, BackupSpec, Fire, FireStatus, SchedulerState
@@ -20,10 +20,10 @@ from backtor.runtime.services import Services
 from backtor.scheduling import leases
 from backtor.scheduling.fires import (
     BUFFER_POLL,
-    claim_pending,
+    not_held,
     not_waiting,
     schedule_due_fires,
-    start_fires,
+    start_due,
 )
 from backtor.scheduling.notices import notice_step
 from backtor.scheduling.outcomes import reconcile_fires
@@ -41,8 +41,6 @@ log = logging.getLogger(__name__)
 PASS_LEASE = timedelta(seconds=8)
 # A pass stops taking new work after this long; what is left carries to the next pass.
 PASS_BUDGET = timedelta(seconds=4)
-# Fires claimed and started per step, so that a herd renews the lease as it goes.
-START_CHUNK = 64
 PROCESS_HOLDER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
@@ -68,18 +66,14 @@ def run_tick(services: Services, holder: str = PROCESS_HOLDER) -> TickReport:
     try:
         with services.db.begin() as session:
             schedule_due_fires(session, now)
-        started = skipped = waiting = 0
-        while services.clock() < deadline:
-            with services.db.begin() as session:
-                jobs = claim_pending(session, now, limit=START_CHUNK)
-            outcomes = start_fires(services, jobs)
-            started += sum(1 for o in outcomes if o.status is FireStatus.STARTED)
-            skipped += sum(1 for o in outcomes if o.status is FireStatus.SKIPPED)
-            waiting += sum(1 for o in outcomes if o.status is FireStatus.PENDING and not o.buffered)
-            if waiting or len(jobs) < START_CHUNK:
-                break  # Conductor is unwell, or nothing more is claimable
-            if not lease.keep(services.clock()):
-                break
+        outcomes = start_due(
+            services,
+            now,
+            keep_going=lambda: services.clock() < deadline and lease.keep(services.clock()),
+        )
+        started = sum(1 for o in outcomes if o.status is FireStatus.STARTED)
+        skipped = sum(1 for o in outcomes if o.status is FireStatus.SKIPPED)
+        waiting = sum(1 for o in outcomes if o.status is FireStatus.PENDING and not o.buffered)
         healthy = waiting == 0
         for stage in (
             reconcile_fires,
@@ -159,7 +153,6 @@ def _next_due_statement() -> Select[datetime | None, datetime | None, bool]:
     now = bindparam("now", type_=UTCDateTime())
     buffer_since = bindparam("buffer_since", type_=UTCDateTime())
     pending = Fire.status == FireStatus.PENDING.value
-    held = aliased(Fire)
     next_fire_at = (
         select(func.min(BackupSpec.next_fire_at))
         .where(BackupSpec.enabled.is_(True), BackupSpec.deleting.is_(False))
@@ -174,11 +167,7 @@ def _next_due_statement() -> Select[datetime | None, datetime | None, bool]:
         pending,
         or_(Fire.claimed_until.is_(None), Fire.claimed_until < now),
         # A fire whose spec has another fire under a live claim waits for that claim.
-        ~exists().where(
-            held.spec_id == Fire.spec_id,
-            held.status == FireStatus.PENDING.value,
-            held.claimed_until >= now,
-        ),
+        not_held(Fire, now),
         not_waiting(Fire, buffer_since),
     )
     return select(next_fire_at, claim_lapses, unclaimed)

@@ -19,11 +19,11 @@ from __future__ import annotations
 import logging
 import os
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from backtor.conductor.http import ConductorClient
 from backtor.conductor.names import BACKUP, REMOVE, RESTORE, VERIFY
@@ -103,6 +103,55 @@ def _checked_input(
     return TaskInput(name, config, data, secrets)
 
 
+class _RunConfig(Protocol):
+    def secrets(self) -> tuple[str, ...]: ...
+
+
+RunConfigT = TypeVar("RunConfigT", bound=_RunConfig)
+
+
+@dataclass(frozen=True)
+class StoredInput(Generic[RunConfigT]):
+    """The input of a task on a stored backup (`verify`, `restore`) once checked: the
+    backup's dataId and recorded checksum, the request's config, the task's budget, and
+    every secret parsed so far (the workerConfig's and the request config's)."""
+
+    name: str
+    config: WorkerConfig
+    data: Mapping[str, Any]
+    data_id: str
+    run_config: RunConfigT
+    expected: str | None
+    budget: Budget
+    secrets: tuple[str, ...]
+
+
+def _stored_input(
+    settings: StorageWorkerSettings,
+    task: TaskRun,
+    action: str,
+    config_input: str,
+    parse_config: Callable[[object, str], RunConfigT],
+) -> StoredInput[RunConfigT] | TaskOutcome:
+    """The opening of `verify` and `restore`: the checked input, or already the task's
+    outcome (a refusal masked with every secret parsed before it)."""
+    checked = _checked_input(settings, task, action)
+    if not isinstance(checked, TaskInput):
+        return checked
+    data, secrets = checked.data, checked.secrets
+    try:
+        data_id = check_data_id(data.get("dataId"), SUFFIXES[checked.config.kind])
+        run_config = parse_config(data.get(config_input), checked.config.kind)
+        secrets = (*secrets, *run_config.secrets())
+        expected = parse_checksum(data.get("checksum"))
+        budget = Budget.start(data.get("timeoutSeconds"), stopping, activity=action)
+    except Exception as exc:
+        return _failure(task, action, checked.name, exc, secrets)
+    return StoredInput(
+        checked.name, checked.config, data, data_id, run_config, expected, budget, secrets
+    )
+
+
 def backup_task(settings: StorageWorkerSettings, task: TaskRun) -> TaskOutcome:
     """Take one backup as the task's workerConfig says; output dataId and dataSizeMB."""
     with in_flight():
@@ -164,22 +213,17 @@ def remove_task(settings: StorageWorkerSettings, task: TaskRun) -> TaskOutcome:
 def verify_task(settings: StorageWorkerSettings, task: TaskRun) -> TaskOutcome:
     """Check that one backup restores; output verified, details, checkedAt (and checksum)."""
     with in_flight():
-        checked = _checked_input(settings, task, "verify")
-        if not isinstance(checked, TaskInput):
-            return checked
-        name, config, data = checked.name, checked.config, checked.data
-        secrets = checked.secrets
+        read = _stored_input(settings, task, "verify", "verifyConfig", parse_verify_config)
+        if not isinstance(read, StoredInput):
+            return read
+        name, config, data_id, secrets = read.name, read.config, read.data_id, read.secrets
+        verify, expected, budget = read.run_config, read.expected, read.budget
         try:
-            data_id = check_data_id(data.get("dataId"), SUFFIXES[config.kind])
-            verify = parse_verify_config(data.get("verifyConfig"), config.kind)
-            secrets = (*secrets, *verify.secrets())
-            expected = parse_checksum(data.get("checksum"))
-            budget = Budget.start(data.get("timeoutSeconds"), stopping, activity="verify")
             found: Verification
             if isinstance(config, FilesystemConfig):
                 found = filesystem.verify_backup(config, settings.roots, data_id, expected, budget)
             else:
-                recorded = parse_row_counts(data.get("rowCounts"))
+                recorded = parse_row_counts(read.data.get("rowCounts"))
                 found = postgres.verify_backup(
                     config, settings.roots, data_id, expected, recorded, verify, budget
                 )
@@ -205,17 +249,12 @@ def verify_task(settings: StorageWorkerSettings, task: TaskRun) -> TaskOutcome:
 def restore_task(settings: StorageWorkerSettings, task: TaskRun) -> TaskOutcome:
     """Restore one backup where restoreConfig says; the user's data is never left half-done."""
     with in_flight():
-        checked = _checked_input(settings, task, "restore")
-        if not isinstance(checked, TaskInput):
-            return checked
-        name, config, data = checked.name, checked.config, checked.data
-        secrets = checked.secrets
+        read = _stored_input(settings, task, "restore", "restoreConfig", parse_restore_config)
+        if not isinstance(read, StoredInput):
+            return read
+        name, config, data_id, secrets = read.name, read.config, read.data_id, read.secrets
+        restore, expected, budget = read.run_config, read.expected, read.budget
         try:
-            data_id = check_data_id(data.get("dataId"), SUFFIXES[config.kind])
-            restore = parse_restore_config(data.get("restoreConfig"), config.kind)
-            secrets = (*secrets, *restore.secrets())
-            expected = parse_checksum(data.get("checksum"))
-            budget = Budget.start(data.get("timeoutSeconds"), stopping, activity="restore")
             done: Restored
             if isinstance(config, FilesystemConfig):
                 assert isinstance(restore, FilesystemRestore)

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from backtor.db.migrate import upgrade_to_head
 from backtor.db.models import BackupSpec, Fire
 from tests.support import processes
-from tests.support.conductor import workflows
+from tests.support.conductor import stop_open_runs, workflows
 from tests.support.storage import FileStorageWorker
 
 
@@ -158,9 +158,4 @@ def stack(
         finally:
             for name in stack.names:
                 for kind in ("create_backup", "remove_backup"):
-                    for w in workflows(conductor_url, kind, name, include_closed=False):
-                        requests.delete(
-                            f"{conductor_url}/workflow/{w['workflowId']}",
-                            params={"reason": "test over"},
-                            timeout=10,
-                        )
+                    stop_open_runs(conductor_url, kind, name)

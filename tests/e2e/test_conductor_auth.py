@@ -1,6 +1,6 @@
 """Backtor against a secured Conductor: an authenticating proxy in front of the real server.
 
-The proxy (a ThreadingHTTPServer on loopback) plays Orkes' part: it issues short-lived
+The proxy (a local HTTP server, tests.support.http_server) plays Orkes' part: it issues short-lived
 JWTs at /api/token for one key and secret, and refuses every other call without a valid
 X-Authorization with 401 (`{"error": "INVALID_TOKEN" | "EXPIRED_TOKEN"}`); what it lets
 through goes on to the real server unchanged. `backtor api`, `backtor worker` and `backtor
@@ -19,7 +19,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,8 @@ import requests
 from backtor.db.migrate import upgrade_to_head
 from tests.e2e.conftest import WRITABLE
 from tests.support import processes
-from tests.support.conductor import workflows
+from tests.support.conductor import stop_open_runs, workflows
+from tests.support.http_server import LocalHttpServer
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -39,7 +40,7 @@ SECRET = "e2e-s3cret-" + uuid.uuid4().hex[:8]
 TOKEN_SECONDS = 8  # short: every process renews its token several times during the cycle
 
 
-class AuthProxy:
+class AuthProxy(LocalHttpServer):
     """Tokens at /api/token; everything else only with a valid one, forwarded upstream."""
 
     def __init__(self, upstream_api: str, *, token_seconds: float = TOKEN_SECONDS) -> None:
@@ -64,17 +65,8 @@ class AuthProxy:
 
             do_GET = do_POST = do_PUT = do_DELETE = handle_any
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/api"
-
-    def __enter__(self) -> AuthProxy:
-        threading.Thread(target=self._server.serve_forever, args=(0.1,), daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(Handler)
+        self.url = f"{self.base}/api"
 
     # -- what the proxy does with one request ----------------------------------------------------
 
@@ -157,7 +149,7 @@ def send(request: BaseHTTPRequestHandler, status: int, data: bytes, content_type
 
 @pytest.fixture
 def proxy(conductor_url: str) -> Iterator[AuthProxy]:
-    with AuthProxy(conductor_url) as running:
+    with AuthProxy(conductor_url).running() as running:
         yield running
 
 
@@ -244,12 +236,7 @@ def test_a_backup_and_removal_cycle_through_an_authenticating_proxy(
     finally:
         processes.stop(storage)
         for kind in ("create_backup", "remove_backup"):
-            for w in workflows(conductor_url, kind, name, include_closed=False):
-                requests.delete(
-                    f"{conductor_url}/workflow/{w['workflowId']}",
-                    params={"reason": "test over"},
-                    timeout=10,
-                )
+            stop_open_runs(conductor_url, kind, name)
 
     kept = {b["dataId"] for b in backups if b["status"] == "COMPLETED"}
     removed = {b["dataId"] for b in backups if b["status"] == "REMOVED"}

@@ -30,7 +30,7 @@ from backtor.core.notices import EVENT_HEADER, KEY_HEADER
 from backtor.db.models import BackupSpec, Fire, FireStatus, Notice
 from tests.e2e.conftest import Stack
 from tests.support import processes
-from tests.support.conductor import workflows
+from tests.support.conductor import stop_open_runs, workflows
 from tests.support.receiver import Receiver, closed_url
 from tests.support.waiting import wait_until
 
@@ -85,12 +85,7 @@ def clean_up(stack: Stack, names: list[str]) -> None:
     """Stop this test's backtor_notify runs still open on the shared server."""
     for name in names:
         for notice in notices_of(stack, name):
-            for run in workflows(stack.conductor, BACKTOR_NOTIFY, notice.key, include_closed=False):
-                requests.delete(
-                    f"{stack.conductor}/workflow/{run['workflowId']}",
-                    params={"reason": "test over"},
-                    timeout=10,
-                )
+            stop_open_runs(stack.conductor, BACKTOR_NOTIFY, notice.key)
 
 
 def logs_hold_no_secret(stack: Stack) -> None:

@@ -27,7 +27,7 @@ from tests.e2e.test_storage_workers import (
     seed,
 )
 from tests.support import processes
-from tests.support.conductor import workflows
+from tests.support.conductor import hand_back, hold_task, stop_open_runs, workflow, workflows
 from tests.support.scheduler import SchedulerWatch
 from tests.support.waiting import wait_until
 
@@ -89,12 +89,7 @@ def test_restore_and_verify_a_filesystem_backup_through_the_api(
         _exercise(storage, name, root, source, store, before)
     finally:
         for kind in ("restore_backup", "verify_backup"):
-            for w in workflows(storage.conductor, kind, name, include_closed=False):
-                requests.delete(
-                    f"{storage.conductor}/workflow/{w['workflowId']}",
-                    params={"reason": "test over"},
-                    timeout=10,
-                )
+            stop_open_runs(storage.conductor, kind, name)
 
 
 def _exercise(
@@ -245,12 +240,123 @@ def test_a_verification_holds_off_the_removal_of_its_backup(
         )
         assert list(store.iterdir()) == []  # nothing orphaned
     finally:
-        for w in workflows(storage.conductor, "verify_backup", name, include_closed=False):
-            requests.delete(
-                f"{storage.conductor}/workflow/{w['workflowId']}",
-                params={"reason": "test over"},
-                timeout=10,
-            )
+        stop_open_runs(storage.conductor, "verify_backup", name)
+
+
+def test_a_verification_racing_a_retention_removal_ends_cleanly_and_orphans_nothing(
+    storage: Storage, tmp_path: Path
+) -> None:
+    """Retention marks a backup for removal while its verification runs: the removal starts
+    only once the verification ended (VERIFIED), then removes the backup; both end cleanly,
+    and the store holds exactly the kept backups.
+
+    The verification runs while backup B is taken, so it must outlast it: the test plays
+    a slow verifying worker (it polls the verify task and holds it) while the storage worker
+    takes B, then hands the task back, and the storage worker verifies for real.
+    """
+    root = tmp_path / "root"
+    source, store = root / "source", root / "store"
+    make_source(source)
+    worker = storage.start_worker("filesystem", "--allow-root", str(root))
+    name = storage.create(
+        "retention-race",
+        {"kind": "filesystem", "source": str(source), "target": str(store)},
+        backupCronString="0 0 0 1 1 *",  # no fire during the test: manual triggers only
+        # Keep one backup: each new one removes the one before.
+        retentionMinutely="1",
+        retentionHourly="0",
+        retentionDaily="0",
+        retentionWeekly="0",
+        retentionMonthly="0",
+        retentionYearly="0",
+    )
+    try:
+        run = finished(storage.conductor, storage.trigger(name), timeout=90)
+        assert run["status"] == "COMPLETED", run.get("reasonForIncompletion")
+        [a] = wait_until(
+            lambda: storage.backups(name, status="COMPLETED"),
+            timeout=30,
+            what="backup A to be recorded",
+        )
+        processes.stop(worker)  # nobody polls the verify task but the test
+        answer = post(storage, name, a["id"], "verify", None)
+        assert answer.status_code == 202, answer.text
+        verify_id = answer.json()["workflowId"]
+        held = hold_task(storage.conductor, "verify", verify_id)
+
+        # Backup B, taken by a new storage worker while A's verification is held.
+        storage.start_worker("filesystem", "--allow-root", str(root), log="storage-2.log")
+        run = finished(storage.conductor, storage.trigger(name), timeout=90)
+        assert run["status"] == "COMPLETED", run.get("reasonForIncompletion")
+        # Its apply_retention ran inside its create_backup: A is marked, its run still open.
+        b = next(x for x in storage.backups(name) if x["id"] != a["id"])
+        assert b["status"] == "COMPLETED", b
+        row = shown(storage, name, a["id"])
+        assert row["status"] == "REMOVING", row
+        assert row["lastVerify"]["workflowId"] == verify_id
+        assert row["lastVerify"]["status"] == "RUNNING", row["lastVerify"]
+        # A backup being removed is neither verified nor restored again.
+        again = post(storage, name, a["id"], "verify", None)
+        assert again.status_code == 409, again.text
+        assert "REMOVING" in again.json()["message"], again.text
+        elsewhere = root / "restored"
+        again = post(
+            storage,
+            name,
+            a["id"],
+            "restore",
+            {"restoreConfig": json.dumps({"target": str(elsewhere)})},
+        )
+        assert again.status_code == 409, again.text
+        assert "REMOVING" in again.json()["message"], again.text
+
+        passes_after_now(storage, 3)  # three scheduler passes: none starts the removal
+        assert workflows(storage.conductor, "remove_backup", name) == []
+        row = shown(storage, name, a["id"])
+        assert row["status"] == "REMOVING" and row["removeWorkflowId"] is None, row
+        assert (store / a["dataId"]).is_file()
+        assert workflow(storage.conductor, verify_id)["status"] == "RUNNING"
+
+        # The verification goes on: the storage worker takes the task and verifies A.
+        hand_back(storage.conductor, held)
+        verified = finished(storage.conductor, verify_id, timeout=90)
+        assert verified["status"] == "COMPLETED", verified.get("reasonForIncompletion")
+        assert verified["output"]["verified"] is True, verified["output"]
+        again = post(storage, name, a["id"], "verify", None)
+        assert again.status_code == 409, again.text  # no new run holds the removal off
+        [removal] = wait_until(
+            lambda: [
+                w
+                for w in workflows(storage.conductor, "remove_backup", name)
+                if w["status"] == "COMPLETED"
+            ],
+            timeout=90,
+            what="the removal of A to complete",
+        )
+        assert removal["startTime"] >= verified["endTime"]
+        row = wait_until(
+            lambda: (r := shown(storage, name, a["id"]))["status"] == "REMOVED" and r,
+            timeout=60,
+            what="A to be recorded REMOVED",
+        )
+        assert row["removeWorkflowId"] == removal["workflowId"], row
+        # The verdict was recorded before the removal, on the run that held it off.
+        assert row["verifyStatus"] == "VERIFIED", row
+        assert row["lastVerify"]["workflowId"] == verify_id
+        assert row["lastVerify"]["status"] == "COMPLETED", row["lastVerify"]
+
+        # Both ended cleanly: no run left open, B kept; the store holds exactly the files
+        # of the COMPLETED records, nothing orphaned.
+        for kind in ("verify_backup", "restore_backup", "remove_backup", "create_backup"):
+            assert workflows(storage.conductor, kind, name, include_closed=False) == [], kind
+        backups = storage.backups(name)
+        assert {x["id"]: x["status"] for x in backups} == {a["id"]: "REMOVED", b["id"]: "COMPLETED"}
+        kept = {x["dataId"] for x in backups if x["status"] == "COMPLETED"}
+        assert {p.name for p in store.iterdir()} == kept == {b["dataId"]}
+        assert not elsewhere.exists()
+    finally:
+        for kind in ("verify_backup", "restore_backup"):
+            stop_open_runs(storage.conductor, kind, name)
 
 
 def test_a_postgres_dump_is_verified_deeply_and_restored_through_the_api(
@@ -305,12 +411,7 @@ def test_a_postgres_dump_is_verified_deeply_and_restored_through_the_api(
         assert f":{password}@" not in json.dumps(storage.backups(name))
     finally:
         for kind in ("restore_backup", "verify_backup"):
-            for w in workflows(storage.conductor, kind, name, include_closed=False):
-                requests.delete(
-                    f"{storage.conductor}/workflow/{w['workflowId']}",
-                    params={"reason": "test over"},
-                    timeout=10,
-                )
+            stop_open_runs(storage.conductor, kind, name)
 
 
 def verify_count(sw: Storage, name: str, result: str) -> float:
@@ -378,9 +479,4 @@ def test_a_scheduled_verification_finds_a_flipped_byte_and_the_metric_moves(
         )
     finally:
         storage.disable(name)
-        for w in workflows(storage.conductor, "verify_backup", name, include_closed=False):
-            requests.delete(
-                f"{storage.conductor}/workflow/{w['workflowId']}",
-                params={"reason": "test over"},
-                timeout=10,
-            )
+        stop_open_runs(storage.conductor, "verify_backup", name)

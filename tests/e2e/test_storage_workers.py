@@ -26,7 +26,7 @@ from sqlalchemy.engine import URL, make_url
 from backtor.conductor.registration import DEFINITIONS
 from tests.e2e.conftest import WRITABLE
 from tests.support import processes
-from tests.support.conductor import workflow, workflows
+from tests.support.conductor import stop_open_runs, workflow, workflows
 from tests.support.net import free_port
 from tests.support.waiting import wait_until
 
@@ -104,12 +104,7 @@ def storage(stack_env: dict[str, str], conductor_url: str, tmp_path: Path) -> It
                 processes.stop(process)
             for name in storage.names:
                 for kind in ("create_backup", "remove_backup"):
-                    for w in workflows(conductor_url, kind, name, include_closed=False):
-                        requests.delete(
-                            f"{conductor_url}/workflow/{w['workflowId']}",
-                            params={"reason": "test over"},
-                            timeout=10,
-                        )
+                    stop_open_runs(conductor_url, kind, name)
 
 
 def finished(conductor: str, workflow_id: str, timeout: float = 60) -> dict[str, Any]:

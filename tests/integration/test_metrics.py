@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import delete, select
-from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from backtor.api.app import create_app
@@ -30,37 +27,16 @@ from backtor.db.models import (
 from backtor.observability.collector import MetricsCollector
 from backtor.runtime.settings import Settings
 from backtor.scheduling.fires import schedule_due_fires
+from tests.support import metrics
+from tests.support.metrics import Samples, parse, value
 
 pytestmark = pytest.mark.integration
 
 NOW = datetime(2026, 6, 10, 12, 0, tzinfo=UTC)
 DEAD_CONDUCTOR = "http://127.0.0.1:9/api"  # nothing listens on the discard port
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def parse(text: str) -> Samples:
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float | None:
-    return samples.get((name, frozenset(labels.items())))
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    upgrade_to_head(database_url)
-    engine = make_engine(database_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def sessions(engine: Engine) -> sessionmaker[Session]:
-    return make_session_factory(engine)
+# The migrated test database (tests.support.metrics), for every test here.
+engine = metrics.engine
+sessions = metrics.sessions
 
 
 def add_spec(session: Session, name: str, cron: str = "0 0 3 * * *", **fields: object) -> int:

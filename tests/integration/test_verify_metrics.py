@@ -4,52 +4,26 @@ and the per-spec verification gauges read from the backups' state at scrape time
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from backtor.conductor.payloads import WorkflowStatus
 from backtor.core.specs import SpecDraft, normalise_spec
 from backtor.db import counters, repository
-from backtor.db.engine import make_engine, make_session_factory
-from backtor.db.migrate import upgrade_to_head
 from backtor.db.models import Backup, BackupSpec, BackupStatus
 from backtor.observability.collector import MetricsCollector
 from backtor.scheduling import restores
+from tests.support import metrics
+from tests.support.metrics import Samples, parse, value
 
 pytestmark = pytest.mark.integration
 
 NOW = datetime(2026, 6, 10, 12, 0, tzinfo=UTC)
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def parse(text: str) -> Samples:
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float | None:
-    return samples.get((name, frozenset(labels.items())))
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    upgrade_to_head(database_url)
-    engine = make_engine(database_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def sessions(engine: Engine) -> sessionmaker[Session]:
-    return make_session_factory(engine)
+# The migrated test database (tests.support.metrics), for every test here.
+engine = metrics.engine
+sessions = metrics.sessions
 
 
 def add_spec(session: Session, name: str) -> int:

@@ -769,3 +769,35 @@ def test_a_manual_fire_at_the_instant_of_a_fire_time_leaves_that_fire_its_row(
     by_kind = {row.manual: row for row in rows}
     assert (by_kind[True].id, by_kind[True].status) == (manual_id, "STARTED")
     assert (by_kind[False].status, by_kind[False].skip_reason) == ("SKIPPED", "running")
+
+
+def test_a_chunk_is_not_filled_with_fires_whose_spec_is_held(core: Core) -> None:
+    """Found by the simulation with chunks of one fire (seed 716): the candidates were cut
+    by the chunk's LIMIT before fires of specs under a live claim were dropped, so a chunk
+    of them claimed nothing while another spec's fire waited; _next_due still said work was
+    ready, and passes ran back to back (thousands in 24 simulated seconds)."""
+    held = core.add_spec("held", cron="0 0 0 1 1 *")
+    free = core.add_spec("free", cron="0 0 0 1 1 *")
+    now = core.now()
+    with core.services.db.begin() as session:
+        for spec_id, at, claimed_until in (
+            (held.id, now - seconds(30), now + seconds(10)),  # another attempt decides it
+            (held.id, now - seconds(20), None),  # waits for that claim
+            (free.id, now - seconds(10), None),  # claimable
+        ):
+            session.execute(
+                insert(Fire).values(
+                    spec_id=spec_id,
+                    scheduled_at=at,
+                    status=FireStatus.PENDING.value,
+                    claimed_until=claimed_until,
+                    created_at=at,
+                    manual=False,
+                    attempts=1 if claimed_until else 0,
+                )
+            )
+
+    with core.services.db.begin() as session:
+        jobs = claim_pending(session, now, limit=1)
+
+    assert [job.spec_name for job in jobs] == ["free"]

@@ -403,6 +403,34 @@ def test_terminate_other_with_conductor_away_starts_nothing_and_tries_again(core
     assert [r.status for r in ledger(core, "retry")] == ["STARTED", "STARTED"]
 
 
+def test_a_retried_run_terminated_for_a_newer_fire_has_its_data_recorded(core: Core) -> None:
+    """Found by the simulation (seed 14764): a failed run retried from Conductor took its
+    backup, then terminateOther stopped it for a newer fire before reconcile saw it run
+    again. Its fire's outcome was recorded already, so nobody followed the run: the data
+    it took stayed stored with no record."""
+    core.add_spec("retried", cron=EVERY_10S, overlap_policy="terminateOther")
+    assert fire_due(core, "retried").started == 1
+    (first,) = open_runs(core)
+    task = core.twin.poll_task(BACKUP, "storage-1")
+    assert task is not None and task.workflow_id == first
+    core.twin.update_task(task, "FAILED_WITH_TERMINAL_ERROR", {}, reason="disk full")
+    core.advance(0.5)
+    run_tick(core.services)  # the failed run is recorded
+    assert ledger(core, "retried")[0].outcome == "FAILED"
+    core.twin.retry_workflow(first)  # an operator retries it in Conductor's UI
+    data_id = take_backup(core, first)  # its backup is taken; apply_retention not yet run
+
+    assert fire_due(core, "retried").started == 1  # terminateOther stops the retried run
+    assert core.twin.get_workflow(first).status is WorkflowStatus.TERMINATED
+    core.advance(0.5)
+    run_tick(core.services)
+
+    assert ("COMPLETED", data_id, first) in [
+        (r.status, r.data_id, r.create_workflow_id) for r in records(core, "retried")
+    ]
+    assert ledger(core, "retried")[0].outcome == "TERMINATED"
+
+
 # -- the manual trigger's ?overlap= ---------------------------------------------------------
 
 

@@ -75,6 +75,9 @@ class Scenario:
     watchdog: bool = False
     # Knob of issue 11: the chance an API request is followed by a restore or verify one.
     restore_rate: float = 0.0
+    # Knob of issue 14: fires claimed per chunk of a pass's starts (fires.START_CHUNK), small
+    # here so that the start pipeline (claim ahead, record behind) runs across chunks.
+    start_chunk: int = 64
 
     def describe(self) -> str:
         """One line for a failure report."""
@@ -94,7 +97,8 @@ class Scenario:
             f"crash={self.crash_rate} storage(fail={self.storage_fail},hang={self.storage_hang},"
             f"rmfail={self.remove_fail}) purge_at={self.purge_at_ms} "
             f"cap={self.max_removals} api_clients={self.api_clients} "
-            f"watchdog={self.watchdog} restores={self.restore_rate} | {specs}"
+            f"watchdog={self.watchdog} restores={self.restore_rate} chunk={self.start_chunk} "
+            f"| {specs}"
         )
 
 
@@ -274,7 +278,7 @@ def generate(seed: int) -> Scenario:
         api_clients=rng.choice((1, 1, 2)),
         watchdog=rng.random() < 0.4,  # drawn last: the other fields of a seed stay as they were
     )
-    return _restores(_jitters(_overlap_policies(_schedule_controls(rng, scenario))))
+    return _start_chunks(_restores(_jitters(_overlap_policies(_schedule_controls(rng, scenario)))))
 
 
 # Knobs of issue 12, per spec: a removal delay (s) and autoPauseAfterFailures.
@@ -351,3 +355,9 @@ def _restores(scenario: Scenario) -> Scenario:
 # Scheduled verification of a spec (verifyCronString, verifySampleRate); None: not sent.
 VERIFY_CRONS: tuple[str | None, ...] = (None, None, "*/3 * * * * *", "*/7 * * * * *")
 VERIFY_SAMPLES: tuple[float | None, ...] = (None, 0.0, 0.5, 1.0)
+
+
+def _start_chunks(scenario: Scenario) -> Scenario:
+    """Knob `start_chunk` (issue 14), from a stream of its own (every other draw stays)."""
+    rng = random.Random(f"{scenario.seed}:start-chunk")
+    return dataclasses.replace(scenario, start_chunk=rng.choice((1, 2, 3, 64)))

@@ -26,6 +26,7 @@ import random
 import traceback
 import uuid
 from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -153,6 +154,11 @@ class Database:
         # World.committed observes, which a commit that wrote neither cannot have changed.
         self.specs_written = True
         self.maker = sessionmaker(bind=self.engine, expire_on_commit=False)
+        # The API's sessions (each commit a step boundary); made once: each sessionmaker
+        # makes a Session subclass, and event dispatch pays for every new one.
+        self.request_maker = sessionmaker(
+            bind=self.engine, class_=SteppedSession, expire_on_commit=False
+        )
         with self.engine.connect() as connection:
             self._raw: Any = connection.connection.driver_connection
         self._tables = list(reversed(Base.metadata.sorted_tables))
@@ -207,6 +213,26 @@ class SerialExecutor:
 
     def map(self, fn: Callable[..., T], *iterables: Any) -> list[T]:
         return [fn(*args) for args in zip(*iterables, strict=True)]
+
+    def submit(self, fn: Callable[..., T], /, *args: Any) -> Future[T]:
+        """Runs `fn` now. An Exception waits in the future, as a pool thread's would; a
+        Crash (the process dying) goes up at once."""
+        future: Future[T] = Future()
+        try:
+            future.set_result(fn(*args))
+        except Exception as error:
+            future.set_exception(error)
+        return future
+
+
+@contextmanager
+def _patched(module: object, name: str, value: object) -> Iterator[None]:
+    saved = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, saved)
 
 
 @contextmanager
@@ -292,15 +318,10 @@ class SteppedDb:
     def __init__(self, world: World) -> None:
         self._world = world
         self._maker = world.db.maker
-        self._requests = sessionmaker(
-            bind=world.db.engine,
-            class_=SteppedSession,
-            expire_on_commit=False,
-            info={"world": world},
-        )
+        self._requests = world.db.request_maker
 
     def __call__(self, **kwargs: Any) -> Session:
-        session = self._requests(**kwargs)
+        session = self._requests(info={"world": self._world}, **kwargs)
         act = acting()
         if act is not None:
             act.sessions.append(session)
@@ -587,7 +608,7 @@ class World:
         if scenario.purge_at_ms is not None:
             self.spawn(self.purge_actor(), scenario.purge_at_ms)
         self.set_fault_rates(scenario.fault_rate)
-        with self.recording_passes():
+        with self.recording_passes(), _patched(fires_module, "START_CHUNK", scenario.start_chunk):
             self.run_agenda(scenario.horizon_ms)
             self.settle()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -12,10 +13,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from backtor.api.metrics import entity_of
 from backtor.core.cron import CronSchedule, latest_fire_at_or_before, next_fire
 from backtor.db.counters import LAG_BUCKETS, bucket_label
+from backtor.observability import freshness
+from backtor.observability.aggregated import fleet_name
 from backtor.observability.collector import ConductorProbe
 from backtor.observability.exposition import Family, label_pairs, render
 from backtor.observability.periods import PeriodCache, expected_period_seconds
 
+ROOT = Path(__file__).resolve().parents[2]
 DAY = 86400.0
 UTC_ZONE = ZoneInfo("UTC")
 # A Wednesday, far from any DST change in Europe.
@@ -145,3 +149,23 @@ def test_conductor_probe_asks_at_most_once_per_ttl_and_counts_a_raising_check_as
     assert len(asked) == 1
     every_time = ConductorProbe(check, ttl=0)
     assert every_time() is False
+
+
+def test_the_aggregated_counts_apply_the_per_spec_alerts_own_limits() -> None:
+    """backtor_specs_overdue and _not_verified count by freshness.py's limits: the rules'."""
+    rules = " ".join((ROOT / "deploy" / "prometheus" / "alerts.yml").read_text().split())
+    period = "max by (backup) (backtor_backup_expected_period_seconds)"
+    verify_period = "max by (backup) (backtor_backup_verify_expected_period_seconds)"
+    factor, floor = freshness.OVERDUE_FACTOR, freshness.MIN_PERIOD_SECONDS
+    assert f"> {factor:g} * clamp_min({period}, {floor:g})" in rules
+    factor, floor = freshness.NOT_VERIFIED_FACTOR, freshness.MIN_VERIFY_WINDOW_SECONDS
+    assert f"> {factor:g} * clamp_min( {verify_period} + {period}, {floor:g} )" in rules
+    assert freshness.overdue_limit_seconds(DAY) == 1.5 * DAY
+    assert freshness.overdue_limit_seconds(1) == 450
+    assert freshness.not_verified_limit_seconds(DAY, 7 * DAY) == 16 * DAY
+    assert freshness.not_verified_limit_seconds(60, 60) == 7200
+
+
+def test_fleet_families_are_the_per_spec_ones_renamed() -> None:
+    assert fleet_name("backtor_backups") == "backtor_fleet_backups"
+    assert fleet_name("backtor_backup_trigger") + "_total" == "backtor_fleet_backup_trigger_total"

@@ -80,6 +80,9 @@ BAD_VALUES = [
     ("BACKTOR_MIGRATE_ON_START", "2"),
     ("BACKTOR_NOTIFY_URL", "ftp://hooks.example/backtor"),
     ("BACKTOR_NOTIFY_URL", "hooks.example/backtor"),
+    ("BACKTOR_METRICS_MODE", "fleet"),
+    ("BACKTOR_METRICS_MODE", "per_spec"),
+    ("BACKTOR_METRICS_MODE", "aggregate"),
 ]
 
 
@@ -198,6 +201,7 @@ def test_good_values_are_read() -> None:
             "BACKTOR_STORAGE_ROOTS": "/a::/b",
             "BACKTOR_JITTER_SECONDS": "86400",
             "BACKTOR_VERIFY_SAMPLE_RATE": "0.25",
+            "BACKTOR_METRICS_MODE": " Aggregated ",
         }
     )
     assert settings.conductor_api_url == "https://conductor.example/api"
@@ -212,6 +216,7 @@ def test_good_values_are_read() -> None:
     assert settings.storage_roots == ("/a", "/b")
     assert settings.jitter_seconds == 86_400
     assert settings.verify_sample_rate == 0.25
+    assert settings.metrics_mode == "aggregated"
 
 
 @pytest.mark.parametrize(
@@ -277,6 +282,7 @@ def nothing_starts(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     ("argv", "variable", "value", "why"),
     [
         (["api"], "PORT", "http", "must be a port number, 1 to 65535"),
+        (["api"], "BACKTOR_METRICS_MODE", "fleet", "must be one of per-spec, aggregated"),
         (["api", "--port", "6000"], "BACKTOR_MIGRATE_ON_START", "yes", "must be 1 or 0"),
         (["worker"], "BACKTOR_MAX_REMOVALS_PER_RUN", "abc", "must be a whole number"),
         (
