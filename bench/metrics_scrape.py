@@ -23,11 +23,9 @@ import argparse
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -35,10 +33,8 @@ from pathlib import Path
 
 import psycopg
 import requests
-from psycopg import sql
 from sqlalchemy import insert, select
 
-from backtor.core.policy import DEFAULT_POLICY
 from backtor.db.engine import make_engine, make_session_factory
 from backtor.db.migrate import upgrade_to_head
 from backtor.db.models import Backup, BackupSpec, BackupStatus, MetricCounter
@@ -48,32 +44,16 @@ from backtor.observability.exposition import render
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from tests.support.databases import (  # noqa: E402
+    create_postgres_database,
+    default_retention_columns,
+    drop_postgres_database,
+)
 from tests.support.processes import api_server, backtor_env  # noqa: E402
 
 HISTORY = 20  # REMOVED backups per spec
 HELD = 8  # COMPLETED backups per spec
 MODES = ("per-spec", "aggregated")
-
-
-def fresh_database() -> tuple[str, str]:
-    """A new database on the local server: (its URL, the admin URL to drop it with)."""
-    script = str(ROOT / "scripts" / "postgres")
-    subprocess.run([script, "ensure"], check=True, capture_output=True)
-    admin = subprocess.run(
-        [script, "url", "backtor"], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    name = f"backtor_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return admin.rsplit("/", 1)[0] + "/" + name, admin
-
-
-def drop_database(url: str, admin: str) -> None:
-    name = url.rsplit("/", 1)[1]
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
 
 
 def schedule(rng: random.Random) -> tuple[str, str]:
@@ -93,12 +73,7 @@ def fill(database_url: str, specs: int, seed: int = 7) -> None:
     rng = random.Random(seed)
     engine = make_engine(database_url)
     now = datetime.now(UTC)
-    retention = {
-        f"retention_{tier.value}": value
-        for tier, value in zip(
-            DEFAULT_POLICY.rules, DEFAULT_POLICY.to_fields().values(), strict=True
-        )
-    }
+    retention = default_retention_columns()
     spec_rows = []
     for i in range(specs):
         cron, zone = schedule(rng)
@@ -325,7 +300,7 @@ def main() -> int:
         if args.database_url:
             database_url = args.database_url
         else:
-            created = fresh_database()
+            created = create_postgres_database()
             database_url = created[0]
         try:
             upgrade_to_head(database_url)
@@ -342,7 +317,7 @@ def main() -> int:
                     in_process(database_url, mode, args.scrapes)
         finally:
             if created is not None:
-                drop_database(*created)
+                drop_postgres_database(*created)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"\nHTTP GET /metrics on one `backtor api`, warm scrapes x{args.scrapes}:\n")
     print(table(results))

@@ -27,23 +27,22 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import psycopg
 import requests
-from psycopg import sql
 from sqlalchemy import insert, select
 
 from backtor.conductor.http import ConductorClient
 from backtor.conductor.registration import DEFINITIONS, register_definitions
-from backtor.core.policy import DEFAULT_POLICY
 from backtor.db.engine import make_engine, make_session_factory
 from backtor.db.migrate import upgrade_to_head
 from backtor.db.models import BackupSpec, Fire
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from tests.support.databases import default_retention_columns, throwaway_postgres  # noqa: E402
 from tests.support.net import free_port  # noqa: E402
 from tests.support.processes import backtor_env, start, stop  # noqa: E402
 
@@ -66,29 +65,10 @@ def conductor() -> Iterator[str]:
         subprocess.run([script, "stop", "--dir", directory], check=False)
 
 
-def fresh_database() -> str:
-    subprocess.run([str(ROOT / "scripts" / "postgres"), "ensure"], check=True, capture_output=True)
-    url = subprocess.run(
-        [str(ROOT / "scripts" / "postgres"), "url", "backtor"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    name = f"backtor_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return url.rsplit("/", 1)[0] + "/" + name
-
-
 def insert_specs(database_url: str, prefix: str, crons: list[str], due: list[datetime]) -> None:
     engine = make_engine(database_url)
     now = datetime.now(UTC)
-    retention = {
-        f"retention_{tier.value}": value
-        for tier, value in zip(
-            DEFAULT_POLICY.rules, DEFAULT_POLICY.to_fields().values(), strict=True
-        )
-    }
+    retention = default_retention_columns()
     rows = [
         {
             "name": f"{prefix}-{i:05d}",
@@ -172,36 +152,58 @@ def terminate(conductor_url: str, workflow_ids: list[str]) -> None:
         ).raise_for_status()
 
 
-def backtor_starts(conductor_url: str, n: int, logs: Path) -> tuple[float, list[float]]:
-    database_url = fresh_database()
-    upgrade_to_head(database_url)
+@dataclass(frozen=True)
+class Herd:
+    """One herd's figures: from the due second to the last start, each fire's lag, and the
+    worker's RSS (KiB, by pid) at the end."""
+
+    last_start: float
+    lags: list[float]
+    rss: dict[int, int]
+
+
+def herd_starts(conductor_url: str, database_url: str, n: int, logs: Path) -> Herd:
+    """N specs due in the same second, added to a migrated database (which may hold other
+    specs: only the herd's fires are followed), started by a real `backtor worker`."""
     due = (datetime.now(UTC) + LEAD).replace(microsecond=0)
     cron = f"{due.second} {due.minute} {due.hour} * * *"
-    insert_specs(database_url, f"bench{uuid.uuid4().hex[:6]}", [cron] * n, [due] * n)
-    worker = start(["worker"], backtor_env(database_url, conductor_url), logs / f"worker-{n}.log")
+    prefix = f"herd{uuid.uuid4().hex[:6]}"
+    insert_specs(database_url, prefix, [cron] * n, [due] * n)
+    herd = (
+        select(Fire.scheduled_at, Fire.started_at, Fire.workflow_id)
+        .join(BackupSpec, BackupSpec.id == Fire.spec_id)
+        .where(Fire.status == "STARTED", BackupSpec.name.startswith(f"{prefix}-"))
+    )
+    engine = make_engine(database_url)
+    sessions = make_session_factory(engine)
+    env = backtor_env(database_url, conductor_url)
+    worker = start(["worker"], env, logs / f"worker-{prefix}-{n}.log")
     try:
-        sessions = make_session_factory(make_engine(database_url))
-        deadline = time.monotonic() + LEAD.total_seconds() + 120
+        deadline = time.monotonic() + LEAD.total_seconds() + 300
         while time.monotonic() < deadline:
             with sessions() as session:
-                started = session.execute(
-                    select(Fire.scheduled_at, Fire.started_at).where(Fire.status == "STARTED")
-                ).all()
+                started = session.execute(herd).all()
             if len(started) >= n:
                 break
             time.sleep(0.5)
         else:
             raise RuntimeError(f"only {len(started)} of {n} started; see {logs}")
+        rss = process_tree_rss(worker.pid)
     finally:
         stop(worker)
-    with sessions() as session:
-        terminate(
-            conductor_url,
-            list(session.scalars(select(Fire.workflow_id).where(Fire.status == "STARTED"))),
-        )
-    times = [(fired, began) for fired, began in started if began is not None]  # STARTED: set
+        engine.dispose()
+    terminate(conductor_url, [run for _, _, run in started if run is not None])
+    times = [(fired, began) for fired, began, _ in started if began is not None]  # STARTED: set
     lags = sorted((began - fired).total_seconds() for fired, began in times)
-    return max(began for _, began in times).timestamp() - due.timestamp(), lags
+    last = max(began for _, began in times).timestamp() - due.timestamp()
+    return Herd(last, lags, rss)
+
+
+def backtor_starts(conductor_url: str, n: int, logs: Path) -> tuple[float, list[float]]:
+    with throwaway_postgres() as database_url:
+        upgrade_to_head(database_url)
+        found = herd_starts(conductor_url, database_url, n, logs)
+    return found.last_start, found.lags
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -209,33 +211,34 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def worker_rss(conductor_url: str, specs: int, seconds: float, logs: Path) -> None:
-    database_url = fresh_database()
-    upgrade_to_head(database_url)
-    now = datetime.now(UTC)
-    crons, due = [], []
-    for i in range(specs):
-        second, minute = i % 60, (i // 60) % 60
-        crons.append(f"{second} {minute} * * * *")
-        first = now.replace(minute=minute, second=second, microsecond=0)
-        due.append(first if first > now else first + timedelta(hours=1))
-    insert_specs(database_url, f"rss{uuid.uuid4().hex[:6]}", crons, due)
-    worker = start(["worker"], backtor_env(database_url, conductor_url), logs / "worker-rss.log")
-    samples: list[dict[int, int]] = []
-    try:
-        began = time.monotonic()
-        while time.monotonic() - began < seconds:
-            time.sleep(5)
-            samples.append(process_tree_rss(worker.pid))
-    finally:
-        stop(worker)
-    print(f"\nworker memory with {specs} specs (fires spread over the hour), {seconds:.0f} s:")
-    for pid in sorted(samples[-1]):
-        series = [s.get(pid, 0) / 1024 for s in samples]
-        role = "main" if pid == worker.pid else "runner"
-        print(
-            f"  pid {pid} ({role}): first {series[0]:.0f} MB, last {series[-1]:.0f} MB, "
-            f"max {max(series):.0f} MB"
-        )
+    with throwaway_postgres() as database_url:
+        upgrade_to_head(database_url)
+        now = datetime.now(UTC)
+        crons, due = [], []
+        for i in range(specs):
+            second, minute = i % 60, (i // 60) % 60
+            crons.append(f"{second} {minute} * * * *")
+            first = now.replace(minute=minute, second=second, microsecond=0)
+            due.append(first if first > now else first + timedelta(hours=1))
+        insert_specs(database_url, f"rss{uuid.uuid4().hex[:6]}", crons, due)
+        env = backtor_env(database_url, conductor_url)
+        worker = start(["worker"], env, logs / "worker-rss.log")
+        samples: list[dict[int, int]] = []
+        try:
+            began = time.monotonic()
+            while time.monotonic() - began < seconds:
+                time.sleep(5)
+                samples.append(process_tree_rss(worker.pid))
+        finally:
+            stop(worker)
+        print(f"\nworker memory with {specs} specs (fires spread over the hour), {seconds:.0f} s:")
+        for pid in sorted(samples[-1]):
+            series = [s.get(pid, 0) / 1024 for s in samples]
+            role = "main" if pid == worker.pid else "runner"
+            print(
+                f"  pid {pid} ({role}): first {series[0]:.0f} MB, last {series[-1]:.0f} MB, "
+                f"max {max(series):.0f} MB"
+            )
 
 
 def process_tree_rss(root: int) -> dict[int, int]:

@@ -13,11 +13,12 @@ from sqlalchemy.engine import Engine
 from backtor import __version__
 from backtor.api import health, restore_routes, retention_routes, routes, ui
 from backtor.api.auth import install_auth
+from backtor.api.context import SchemaCheck
 from backtor.api.errors import install_error_handlers
 from backtor.api.metrics import install_metrics
 from backtor.conductor.http import ConductorClient
 from backtor.conductor.port import Conductor
-from backtor.db.engine import make_engine, make_session_factory
+from backtor.db.engine import Reads, make_engine, make_session_factory
 from backtor.db.migrate import SchemaGate
 from backtor.db.types import utc_now
 from backtor.runtime.services import Services
@@ -73,7 +74,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.backtor = services
-    app.state.schema_gate = SchemaGate(engine)
+    app.state.schema_gate = SchemaCheck(SchemaGate(engine))
+    app.state.reads = Reads(engine)
     install_error_handlers(app)
     install_auth(app, settings.api_token)
     install_metrics(app)

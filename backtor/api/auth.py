@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
 
-from fastapi import FastAPI, Request
-from starlette.responses import Response
+from fastapi import FastAPI
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from backtor.api.errors import error_response
 
@@ -34,21 +34,38 @@ def install_auth(app: FastAPI, token: str | None) -> None:
     """Require the token on every route but OPEN_PATHS; no token, no check."""
     if not token:
         return
+    app.add_middleware(TokenCheck, token=token)
 
-    @app.middleware("http")
-    async def _require_token(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
+
+class TokenCheck:
+    """Pure ASGI middleware: a request without the token gets the 401, and goes no further.
+
+    Not `@app.middleware("http")` (Starlette's BaseHTTPMiddleware), which runs the rest of
+    the app in a task of its own and streams the answer back through it: a third of a
+    millisecond per request, on every route, probes included (docs/performance.md, "API").
+    """
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self._token = token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = HTTPConnection(scope)
         path = request.url.path
         if (
             path in OPEN_PATHS
             or checks_itself(path)
-            or token_matches(request.headers.get("authorization"), token)
+            or token_matches(request.headers.get("authorization"), self._token)
         ):
-            return await call_next(request)
-        return error_response(
+            await self.app(scope, receive, send)
+            return
+        answer = error_response(
             401,
             "a valid 'Authorization: Bearer <token>' header is required",
             "Authorization",
             headers={"WWW-Authenticate": "Bearer"},
         )
+        await answer(scope, receive, send)

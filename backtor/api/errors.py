@@ -23,6 +23,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from backtor.api.context import SchemaCheck
 from backtor.core.errors import (
     BacktorError,
     ConductorRefused,
@@ -31,7 +32,7 @@ from backtor.core.errors import (
     InvalidField,
     NotFound,
 )
-from backtor.db.migrate import SchemaGate, SchemaNotReady
+from backtor.db.migrate import SchemaNotReady
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def explain_database_error(app: FastAPI, error: OperationalError | ProgrammingEr
     The schema is looked at again first: a table that went missing is a schema behind its
     code, not an unreachable database.
     """
-    gate: SchemaGate | None = getattr(app.state, "schema_gate", None)
+    gate: SchemaCheck | None = getattr(app.state, "schema_gate", None)
     if gate is not None:
         gate.forget()
         try:

@@ -8,10 +8,11 @@ come a page at a time.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, Any, cast
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Body, Path, Request, Response
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.orm import Session
 
 from backtor.api.common import (
@@ -22,30 +23,30 @@ from backtor.api.common import (
     PageLimit,
     SpecPath,
     errors,
+    json_answer,
     link_next,
     only_query,
     parse_backup_cursor,
     parse_backup_id,
 )
-from backtor.api.context import SessionDep
+from backtor.api.context import ReadsDep, SessionDep
 from backtor.api.patterns import BACKUP_ID_PATTERN
 from backtor.api.schemas import (
     PREVIEW_EXAMPLES,
     BackupOut,
-    PlannedBackup,
-    PlanSummary,
     PolicyCandidateIn,
     PolicyFields,
     RetentionPlanOut,
     RetentionPreviewOut,
+    json_bytes,
 )
 from backtor.core.policy import RetentionPolicy
 from backtor.core.retention import RetentionPlan, plan_retention
 from backtor.core.specs import parse_retention, validate_timezone
 from backtor.db import repository
-from backtor.db.models import Backup, BackupSpec, BackupStatus
+from backtor.db.models import BackupSpec, BackupStatus
 from backtor.scheduling.pins import set_pinned
-from backtor.scheduling.recording import CANDIDATE_STATUSES, completed_records, policy_of
+from backtor.scheduling.recording import CANDIDATE_STATUSES, policy_of
 
 router = APIRouter(tags=["retention"])
 
@@ -59,61 +60,69 @@ BackupId = Annotated[
     ),
 ]
 LISTED_404 = "No such backup spec, or `after` names none of its backups"
-CANDIDATES = tuple(BackupStatus(status) for status in CANDIDATE_STATUSES)
 
 
 def _view(
-    spec: BackupSpec,
-    page: Sequence[Backup],
+    spec: Row[Any],
+    page: Sequence[Row[Any]],
     plan: RetentionPlan,
     ignored: int,
     policy: RetentionPolicy,
     timezone: str,
-) -> RetentionPlanOut:
+) -> dict[str, Any]:
     """One page of the plan: `page` rows (any status) with their decisions; the summary is
     the whole plan's. The plan holds the candidates only (COMPLETED and EXPIRING); another
     row is `ignore`, as the plan over every row said (so is a row whose status changed
-    between the reads). An EXPIRING row shows its expiresAt."""
+    between the reads). An EXPIRING row shows its expiresAt.
+
+    RetentionPlanOut's fields, in its order, written as JSON directly (schemas.json_bytes)."""
+    decisions = plan.by_id
     planned = []
     for row in page:
-        candidate = row.status in CANDIDATE_STATUSES
-        decision = plan.by_id.get(str(row.id)) if candidate else None
+        decision = decisions.get(str(row.id)) if row.status in CANDIDATE_STATUSES else None
         planned.append(
-            PlannedBackup(
-                id=row.id,
-                dataId=row.data_id,
-                status=BackupStatus(row.status),
-                scheduledTime=row.scheduled_at,
-                tags=[tier.value for tier in decision.tags] if decision else [],
-                action=decision.action if decision else "ignore",
-                reasons=list(decision.reasons) if decision else [],
-                pinned=row.pinned,
-                expiresAt=row.expires_at if row.status == BackupStatus.EXPIRING else None,
-            )
+            {  # PlannedBackup
+                "id": row.id,
+                "dataId": row.data_id,
+                "status": row.status,
+                "scheduledTime": row.scheduled_at,
+                "tags": [tier.value for tier in decision.tags] if decision else [],
+                "action": decision.action if decision else "ignore",
+                "reasons": list(decision.reasons) if decision else [],
+                "pinned": row.pinned,
+                "expiresAt": row.expires_at if row.status == BackupStatus.EXPIRING else None,
+            }
         )
-    return RetentionPlanOut(
-        name=spec.name,
-        timezone=timezone,
-        policy=PolicyFields.of(policy),
-        summary=PlanSummary(keep=len(plan.keep_ids), remove=len(plan.remove_ids), ignore=ignored),
-        backups=planned,
+    return {
+        "name": spec.name,
+        "timezone": timezone,
+        "policy": PolicyFields.of(policy).model_dump(),
+        "summary": {"keep": len(plan.keep_ids), "remove": len(plan.remove_ids), "ignore": ignored},
+        "backups": planned,
+    }
+
+
+def _policy(spec: Row[Any]) -> RetentionPolicy:
+    """The spec's stored policy (policy_of reads the columns by name: a row has them all)."""
+    return policy_of(cast(BackupSpec, spec))
+
+
+def _inputs(
+    connection: Connection, spec: Row[Any], limit: int, after: int | None
+) -> repository.PlanInputs:
+    """One page of the spec's backups (every status), newest first, as /materialized pages
+    (`limit + 1` rows: the last one only says that another page follows), the plan's input
+    (completed_records) and the count of the backups it ignores."""
+    return repository.plan_inputs(
+        connection, spec.id, CANDIDATE_STATUSES, after=after, fetch=limit + 1
     )
 
 
-def _page(
-    request: Request,
-    response: Response,
-    session: Session,
-    spec: BackupSpec,
-    limit: int,
-    after: int | None,
-) -> list[Backup]:
-    """One page of the spec's backups (every status), newest first, as /materialized pages."""
-    rows = repository.list_backups(session, spec.id, after=after, limit=limit + 1)
-    if len(rows) > limit:
-        rows = rows[:limit]
-        link_next(request, response, str(rows[-1].id))
-    return rows
+def _answer(request: Request, view: dict[str, Any], page: list[Row[Any]], limit: int) -> Response:
+    answer = json_answer(json_bytes(view))
+    if len(page) > limit:
+        link_next(request, answer, str(page[limit - 1].id))
+    return answer
 
 
 @router.get(
@@ -125,23 +134,23 @@ def _page(
 def get_retention(
     name: SpecPath,
     request: Request,
-    response: Response,
-    session: SessionDep,
+    reads: ReadsDep,
     limit: PageLimit = DEFAULT_PAGE_SIZE,
     after: BackupAfter = None,
-) -> RetentionPlanOut:
+) -> Response:
     """Today's plan for the spec's recorded backups, newest first; nothing is removed.
 
     The plan ignores the per-run cap: `remove` may list more than one run starts. `backups`
     comes a page at a time (`after`: the last id seen); `summary` is the whole plan's.
     """
     cursor = parse_backup_cursor(after)
-    spec = repository.require_spec(session, name)
-    policy = policy_of(spec)
-    plan = plan_retention(completed_records(session, spec.id), policy, ZoneInfo(spec.timezone))
-    page = _page(request, response, session, spec, limit, cursor)
-    ignored = repository.count_backups_other_than(session, spec.id, *CANDIDATES)
-    return _view(spec, page, plan, ignored, policy, spec.timezone)
+    with reads.connect() as connection:
+        spec = repository.spec_row(connection, name)
+        policy = _policy(spec)
+        inputs = _inputs(connection, spec, limit, cursor)
+        plan = plan_retention(inputs.candidates, policy, ZoneInfo(spec.timezone))
+        view = _view(spec, inputs.page[:limit], plan, inputs.others, policy, spec.timezone)
+        return _answer(request, view, inputs.page, limit)
 
 
 @router.post(
@@ -154,11 +163,10 @@ def preview_retention(
     name: SpecPath,
     body: CandidateBody,
     request: Request,
-    response: Response,
-    session: SessionDep,
+    reads: ReadsDep,
     limit: PageLimit = DEFAULT_PAGE_SIZE,
     after: BackupAfter = None,
-) -> RetentionPreviewOut:
+) -> Response:
     """The plan a candidate policy would give, next to today's; nothing changes.
 
     Retention fields left out take their defaults, as in POST /backup; `timezone` left
@@ -169,21 +177,19 @@ def preview_retention(
         validate_timezone(body.timezone)
     policy = parse_retention(body.retention())
     cursor = parse_backup_cursor(after)
-    spec = repository.require_spec(session, name)
-    timezone = spec.timezone if body.timezone is None else body.timezone
-    records = completed_records(session, spec.id)  # both plans over the same candidates
-    today = plan_retention(records, policy_of(spec), ZoneInfo(spec.timezone))
-    candidate = plan_retention(records, policy, ZoneInfo(timezone))
-    page = _page(request, response, session, spec, limit, cursor)
-    ignored = repository.count_backups_other_than(session, spec.id, *CANDIDATES)
-    view = _view(spec, page, candidate, ignored, policy, timezone)
-    removes = candidate.remove_ids & today.keep_ids
-    keeps = candidate.keep_ids & today.remove_ids
-    return RetentionPreviewOut(
-        **dict(view),
-        additionalRemovals=[int(d.id) for d in candidate.decisions if d.id in removes],
-        additionalKeeps=[int(d.id) for d in candidate.decisions if d.id in keeps],
-    )
+    with reads.connect() as connection:
+        spec = repository.spec_row(connection, name)
+        timezone = spec.timezone if body.timezone is None else body.timezone
+        inputs = _inputs(connection, spec, limit, cursor)
+        records = inputs.candidates  # both plans over the same candidates
+        today = plan_retention(records, _policy(spec), ZoneInfo(spec.timezone))
+        candidate = plan_retention(records, policy, ZoneInfo(timezone))
+        view = _view(spec, inputs.page[:limit], candidate, inputs.others, policy, timezone)
+        removes = candidate.remove_ids & today.keep_ids
+        keeps = candidate.keep_ids & today.remove_ids
+        view["additionalRemovals"] = [int(d.id) for d in candidate.decisions if d.id in removes]
+        view["additionalKeeps"] = [int(d.id) for d in candidate.decisions if d.id in keeps]
+        return _answer(request, view, inputs.page, limit)  # RetentionPreviewOut
 
 
 def _pin(session: Session, name: str, backup_id: str, pinned: bool) -> BackupOut:

@@ -20,11 +20,12 @@ from backtor.api.common import (
     SpecAfter,
     SpecPath,
     errors,
+    json_answer,
     link_next,
     only_query,
     parse_backup_cursor,
 )
-from backtor.api.context import ServicesDep, SessionDep
+from backtor.api.context import ReadsDep, ServicesDep, SessionDep
 from backtor.api.errors import StartRefused
 from backtor.api.patterns import one_of_any_case
 from backtor.api.schemas import (
@@ -37,6 +38,9 @@ from backtor.api.schemas import (
     SpecIn,
     SpecOut,
     TriggerAccepted,
+    backups_json,
+    spec_json,
+    specs_json,
 )
 from backtor.conductor.names import CREATE_BACKUP
 from backtor.core.errors import ConductorUnavailable, Conflict, InvalidField
@@ -76,23 +80,23 @@ StatusText = Annotated[str, WithJsonSchema({"type": "string", "pattern": STATUS_
 )
 def list_specs(
     request: Request,
-    response: Response,
-    session: SessionDep,
+    reads: ReadsDep,
     enabled: Annotated[
         Literal["0", "1"] | None, Query(description="1: only enabled specs; 0: only disabled")
     ] = None,
     limit: PageLimit = DEFAULT_PAGE_SIZE,
     after: SpecAfter = None,
-) -> list[SpecOut]:
+) -> Response:
     """Backup specs ordered by name, a page at a time (`after`: the last name seen)."""
     if after is not None and not re.fullmatch(NAME_PATTERN, after, re.ASCII):
         raise InvalidField("after", "after must be a spec name (the last of the previous page)")
     flag = None if enabled is None else enabled == "1"
-    specs = repository.list_specs(session, enabled=flag, after=after, limit=limit + 1)
+    with reads.connect() as connection:
+        specs = repository.list_spec_rows(connection, enabled=flag, after=after, limit=limit + 1)
+    answer = json_answer(specs_json(specs[:limit]))
     if len(specs) > limit:
-        specs = specs[:limit]
-        link_next(request, response, specs[-1].name)
-    return [SpecOut.of(spec) for spec in specs]
+        link_next(request, answer, specs[limit - 1].name)
+    return answer
 
 
 @router.post(
@@ -181,8 +185,10 @@ def replace_spec_by_body(body: NewSpecBody, session: SessionDep, services: Servi
     responses=errors(404, e404=SPEC_NOT_FOUND),
     dependencies=[only_query()],
 )
-def get_spec(name: SpecPath, session: SessionDep) -> SpecOut:
-    return SpecOut.of(repository.require_spec(session, name))
+def get_spec(name: SpecPath, reads: ReadsDep) -> Response:
+    with reads.connect() as connection:
+        spec = repository.spec_row(connection, name)
+    return json_answer(spec_json(spec))
 
 
 @router.delete(
@@ -294,8 +300,7 @@ def _parse_tag(value: str | None) -> str | None:
 def list_backups(
     name: SpecPath,
     request: Request,
-    response: Response,
-    session: SessionDep,
+    reads: ReadsDep,
     status_filter: Annotated[
         list[StatusText] | None,
         Query(
@@ -318,19 +323,24 @@ def list_backups(
     ] = None,
     limit: PageLimit = DEFAULT_PAGE_SIZE,
     after: BackupAfter = None,
-) -> list[BackupOut]:
+) -> Response:
     """The backups taken for this spec, newest first, a page at a time (`after`: an id)."""
     statuses = _parse_statuses(status_filter or [])
     tier = _parse_tag(tag)
     cursor = parse_backup_cursor(after)
-    spec = repository.require_spec(session, name)
-    backups = repository.list_backups(
-        session, spec.id, statuses=statuses, tag=tier, after=cursor, limit=limit + 1
-    )
+    with reads.connect() as connection:
+        backups = repository.list_backup_rows_by_name(
+            connection,
+            name,
+            statuses=statuses,
+            tag=tier,
+            after=cursor,
+            limit=limit + 1,
+        )
+    answer = json_answer(backups_json(backups[:limit]))
     if len(backups) > limit:
-        backups = backups[:limit]
-        link_next(request, response, str(backups[-1].id))
-    return [BackupOut.of(backup) for backup in backups]
+        link_next(request, answer, str(backups[limit - 1].id))
+    return answer
 
 
 @router.post(

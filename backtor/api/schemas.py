@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from operator import attrgetter, itemgetter
 from typing import Annotated, Any, Literal
 
 from fastapi.openapi.models import Example
@@ -23,10 +25,19 @@ from pydantic import (
     StringConstraints,
 )
 from pydantic.json_schema import WithJsonSchema
+from pydantic_core import to_json
+from sqlalchemy.engine import Row
 
 from backtor.api import patterns
 from backtor.core.errors import InvalidField
-from backtor.core.policy import KEEP_WITHIN_FIELD, LAST_FIELD, MAX_COUNT, RetentionPolicy, Tier
+from backtor.core.policy import (
+    FIELD_BY_TIER,
+    KEEP_WITHIN_FIELD,
+    LAST_FIELD,
+    MAX_COUNT,
+    RetentionPolicy,
+    Tier,
+)
 from backtor.core.schedule import OverlapPolicy
 from backtor.core.specs import (
     MAX_DATE_CHARS,
@@ -40,7 +51,11 @@ from backtor.core.specs import (
     SpecDraft,
 )
 from backtor.db.models import Backup, BackupSpec, BackupStatus
-from backtor.db.repository import retention_fields
+
+# What SpecOut and BackupOut are made of: an entity, or a row of the same columns
+# (backtor.db.repository's read paths).
+SpecSource = BackupSpec | Row[Any]
+BackupSource = Backup | Row[Any]
 
 
 def _enabled_flag(value: object) -> bool:
@@ -496,40 +511,75 @@ class SpecOut(BaseModel):
     deleting: bool
 
     @classmethod
-    def of(cls, spec: BackupSpec) -> SpecOut:
-        return cls(
-            name=spec.name,
-            enabled=1 if spec.enabled else 0,
-            fromDate=spec.from_date,
-            toDate=spec.to_date,
-            backupCronString=spec.cron_string,
-            cronDerived=spec.cron_derived,
-            timezone=spec.timezone,
-            workerConfig=spec.worker_config,
-            timeoutSeconds=spec.timeout_seconds,
-            misfireGraceSeconds=spec.misfire_grace_seconds,
-            overlapPolicy=spec.overlap_policy,
-            notifyUrl=spec.notify_url,
-            runningCreateWorkflowID=spec.running_create_workflow_id,
-            lastUpdate=spec.last_update,
-            createdAt=spec.created_at,
-            nextFireTime=spec.next_fire_at,
-            lastSkipTime=spec.last_skip_at,
-            lastSkipReason=spec.last_skip_reason,
-            deleting=spec.deleting,
-            retentionKeepWithin=spec.retention_keep_within,
-            retentionLast=spec.retention_last,
-            allowKeepNewestOnly=spec.allow_keep_newest_only,
-            pausedReason=spec.paused_reason,
-            autoPauseAfterFailures=spec.auto_pause_after_failures,
-            removalDelaySeconds=spec.removal_delay_seconds,
-            jitterSeconds=spec.jitter_seconds,
-            verifyCronString=spec.verify_cron_string,
-            verifySampleRate=spec.verify_sample_rate,
-            nextVerifyTime=spec.next_verify_at,
-            consecutiveFailures=spec.consecutive_failures,
-            **retention_fields(spec),
-        )
+    def of(cls, spec: SpecSource) -> SpecOut:
+        return cls(**spec_fields(spec))
+
+
+# SpecOut's fields, in the model's order, each with the column (BackupSpec's attribute) it
+# shows.
+_SPEC_FIELD_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("name", "name"),
+    ("enabled", "enabled"),
+    ("fromDate", "from_date"),
+    ("toDate", "to_date"),
+    ("backupCronString", "cron_string"),
+    ("cronDerived", "cron_derived"),
+    ("timezone", "timezone"),
+    ("workerConfig", "worker_config"),
+    ("timeoutSeconds", "timeout_seconds"),
+    ("misfireGraceSeconds", "misfire_grace_seconds"),
+    ("overlapPolicy", "overlap_policy"),
+    ("notifyUrl", "notify_url"),
+    *((field, f"retention_{tier.value}") for tier, field in FIELD_BY_TIER.items()),
+    (KEEP_WITHIN_FIELD, "retention_keep_within"),
+    (LAST_FIELD, "retention_last"),
+    ("allowKeepNewestOnly", "allow_keep_newest_only"),
+    ("pausedReason", "paused_reason"),
+    ("autoPauseAfterFailures", "auto_pause_after_failures"),
+    ("removalDelaySeconds", "removal_delay_seconds"),
+    ("jitterSeconds", "jitter_seconds"),
+    ("verifyCronString", "verify_cron_string"),
+    ("verifySampleRate", "verify_sample_rate"),
+    ("nextVerifyTime", "next_verify_at"),
+    ("consecutiveFailures", "consecutive_failures"),
+    ("runningCreateWorkflowID", "running_create_workflow_id"),
+    ("lastUpdate", "last_update"),
+    ("createdAt", "created_at"),
+    ("nextFireTime", "next_fire_at"),
+    ("lastSkipTime", "last_skip_at"),
+    ("lastSkipReason", "last_skip_reason"),
+    ("deleting", "deleting"),
+)
+_SPEC_OUT_FIELDS = tuple(field for field, _ in _SPEC_FIELD_COLUMNS)
+_SPEC_COLUMNS = tuple(column for _, column in _SPEC_FIELD_COLUMNS)
+
+
+def _values_of(source: object, columns: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """What reads `columns` off `source`'s kind, all at once: attributes of an entity, or
+    positions of a row (a row's attributes are looked up one name at a time, far slower).
+    Rows of one result share their columns: callers make one getter per result."""
+    if isinstance(source, Row):
+        fields = source._fields
+        return itemgetter(*(fields.index(column) for column in columns))
+    return attrgetter(*columns)
+
+
+def _spec_dict(values: tuple[Any, ...]) -> dict[str, Any]:
+    fields = dict(zip(_SPEC_OUT_FIELDS, values, strict=True))
+    fields["enabled"] = 1 if fields["enabled"] else 0
+    rate = fields["verifySampleRate"]
+    if rate is not None:
+        fields["verifySampleRate"] = float(rate)
+    return fields
+
+
+def spec_fields(spec: SpecSource) -> dict[str, Any]:
+    """SpecOut's fields of a stored spec (an entity or a row), in the model's order.
+
+    SpecOut.of validates them; the read routes write them as JSON directly (specs_json),
+    the same bytes.
+    """
+    return _spec_dict(_values_of(spec, _SPEC_COLUMNS)(spec))
 
 
 class BackupOut(BaseModel):
@@ -587,35 +637,145 @@ class BackupOut(BaseModel):
     )
 
     @classmethod
-    def of(cls, backup: Backup) -> BackupOut:
-        return cls(
-            id=backup.id,
-            dataId=backup.data_id,
-            status=BackupStatus(backup.status),
-            scheduledTime=backup.scheduled_at,
-            startTime=backup.start_time,
-            endTime=backup.end_time,
-            sizeMB=backup.size_mb,
-            tags=backup.tag_list,
-            pinned=backup.pinned,
-            createWorkflowId=backup.create_workflow_id,
-            removeWorkflowId=backup.remove_workflow_id,
-            expiresAt=backup.expires_at,
-            lastError=backup.last_error,
-            checksum=backup.checksum,
-            verifyStatus=_verify_status(backup.verify_status),
-            lastVerifiedAt=backup.last_verified_at,
-            verifyDetails=backup.verify_details,
-            lastVerify=RunOut.of(
-                backup.verify_workflow_id, backup.verify_run_status, backup.verify_requested_at
-            ),
-            lastRestore=RunOut.of(
-                backup.restore_workflow_id,
-                backup.restore_status,
-                backup.restore_requested_at,
-                backup.restore_details,
-            ),
-        )
+    def of(cls, backup: BackupSource) -> BackupOut:
+        return cls(**backup_fields(backup))
+
+
+# The columns (Backup's attributes) BackupOut is made of.
+_BACKUP_COLUMNS = (
+    "id",
+    "data_id",
+    "status",
+    "scheduled_at",
+    "start_time",
+    "end_time",
+    "size_mb",
+    "tags",
+    "pinned",
+    "create_workflow_id",
+    "remove_workflow_id",
+    "expires_at",
+    "last_error",
+    "checksum",
+    "verify_status",
+    "last_verified_at",
+    "verify_details",
+    "verify_workflow_id",
+    "verify_run_status",
+    "verify_requested_at",
+    "restore_workflow_id",
+    "restore_status",
+    "restore_requested_at",
+    "restore_details",
+)
+
+
+def _backup_dict(values: tuple[Any, ...]) -> dict[str, Any]:
+    (
+        backup_id,
+        data_id,
+        status,
+        scheduled_at,
+        start_time,
+        end_time,
+        size_mb,
+        tags,
+        pinned,
+        create_workflow_id,
+        remove_workflow_id,
+        expires_at,
+        last_error,
+        checksum,
+        verify_status,
+        last_verified_at,
+        verify_details,
+        verify_workflow_id,
+        verify_run_status,
+        verify_requested_at,
+        restore_workflow_id,
+        restore_status,
+        restore_requested_at,
+        restore_details,
+    ) = values
+    return {
+        "id": backup_id,
+        "dataId": data_id,
+        "status": status,
+        "scheduledTime": scheduled_at,
+        "startTime": start_time,
+        "endTime": end_time,
+        "sizeMB": None if size_mb is None else float(size_mb),
+        "tags": [tag for tag in tags.split(",") if tag],  # Backup.tag_list
+        "pinned": pinned,
+        "createWorkflowId": create_workflow_id,
+        "removeWorkflowId": remove_workflow_id,
+        "expiresAt": expires_at,
+        "lastError": last_error,
+        "checksum": checksum,
+        "verifyStatus": _verify_status(verify_status),
+        "lastVerifiedAt": last_verified_at,
+        "verifyDetails": verify_details,
+        "lastVerify": _run_fields(verify_workflow_id, verify_run_status, verify_requested_at),
+        "lastRestore": _run_fields(
+            restore_workflow_id, restore_status, restore_requested_at, restore_details
+        ),
+    }
+
+
+def backup_fields(backup: BackupSource) -> dict[str, Any]:
+    """BackupOut's fields of a stored backup (an entity or a row), in the model's order;
+    as spec_fields, validated by BackupOut.of or written directly (backups_json)."""
+    return _backup_dict(_values_of(backup, _BACKUP_COLUMNS)(backup))
+
+
+def _run_fields(
+    workflow_id: str | None,
+    status: str | None,
+    requested_at: datetime | None,
+    details: str | None = None,
+) -> dict[str, Any] | None:
+    """RunOut's fields, in its order; None when no run was requested."""
+    if status is None:
+        return None
+    return {
+        "workflowId": workflow_id,
+        "status": status,
+        "requestedAt": requested_at,
+        "details": details,
+    }
+
+
+def json_bytes(fields: object) -> bytes:
+    """A response model's fields (dicts in the model's field order, lists, plain values) as
+    the JSON FastAPI would write for the model, without building and validating it.
+
+    The read routes take their values from typed columns (strings, integers, booleans,
+    floats made float, aware datetimes), so validating them once more could only cost
+    time: pydantic's own serializer writes them, infinities as null as the models do.
+    tests/api/test_read_json.py checks every read route's answer against its model.
+    """
+    return to_json(fields, inf_nan_mode="null")
+
+
+def specs_json(specs: Sequence[SpecSource]) -> bytes:
+    """`list[SpecOut]`, as json_bytes writes it (the specs: rows of one result, or entities)."""
+    if not specs:
+        return b"[]"
+    values = _values_of(specs[0], _SPEC_COLUMNS)
+    return json_bytes([_spec_dict(values(spec)) for spec in specs])
+
+
+def spec_json(spec: SpecSource) -> bytes:
+    """One SpecOut, as json_bytes writes it."""
+    return json_bytes(spec_fields(spec))
+
+
+def backups_json(backups: Sequence[BackupSource]) -> bytes:
+    """`list[BackupOut]`, as json_bytes writes it (rows of one result, or entities)."""
+    if not backups:
+        return b"[]"
+    values = _values_of(backups[0], _BACKUP_COLUMNS)
+    return json_bytes([_backup_dict(values(backup)) for backup in backups])
 
 
 def _verify_status(value: str) -> Literal["VERIFIED", "FAILED", "NEVER"]:
@@ -656,16 +816,10 @@ class RunOut(BaseModel):
         requested_at: datetime | None,
         details: str | None = None,
     ) -> RunOut | None:
-        if status is None:
+        fields = _run_fields(workflow_id, status, requested_at, details)
+        if fields is None:
             return None
-        return cls.model_validate(
-            {
-                "workflowId": workflow_id,
-                "status": status,
-                "requestedAt": requested_at,
-                "details": details,
-            }
-        )
+        return cls.model_validate(fields)
 
 
 RunConfig = Annotated[

@@ -7,8 +7,9 @@ import logging
 import uvicorn
 from sqlalchemy.exc import SQLAlchemyError
 
+from backtor.api.context import SchemaCheck
 from backtor.db.engine import mask_url
-from backtor.db.migrate import SchemaGate, SchemaNotReady
+from backtor.db.migrate import SchemaNotReady
 from backtor.observability.logs import configure_logging
 from backtor.runtime.settings import Settings
 from backtor.runtime.startup import describe_driver_error, prepare_database
@@ -23,7 +24,7 @@ def _configure_logging(level: str, fmt: str) -> None:
     logging.getLogger("sqlalchemy").setLevel(logging.WARNING)
 
 
-def _say_schema(gate: SchemaGate) -> None:
+def _say_schema(gate: SchemaCheck) -> None:
     """Log at start what keeps the schema from serving (the gate says it once), if anything."""
     try:
         gate.check()

@@ -6,12 +6,14 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from backtor.runtime.settings import Settings, normalize_database_url
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+# The execution option of `Reads` connections on SQLite: a deferred BEGIN.
+READS_ONLY = "backtor_reads_only"
 
 
 def make_engine(database_url: str) -> Engine:
@@ -40,6 +42,47 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
+class Reads:
+    """Connections for work that only reads (the API's read routes): the engine's pool,
+    fewer waits.
+
+    SQLite: a deferred BEGIN instead of BEGIN IMMEDIATE. The statements of one connection
+    still read one snapshot (WAL), but readers no longer queue for the write lock (nor
+    sleep in the busy handler while a writer or another reader holds it), and the
+    scheduler's writes never wait for them.
+    PostgreSQL: no transaction (autocommit) while the server's default isolation is READ
+    COMMITTED, as it is unless an operator changed it: there every statement reads its own
+    snapshot, in a transaction or not, so BEGIN and ROLLBACK were two round trips that
+    changed nothing. Under another default level (or before the first connection told
+    which) a transaction as before.
+    Nothing from here may write. A plain Connection: a Session would cost more, and hold
+    nothing the routes need.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._sqlite = engine.dialect.name == "sqlite"
+        self._postgresql = engine.dialect.name == "postgresql"
+
+    def _options(self) -> dict[str, Any]:
+        if self._sqlite:
+            return {READS_ONLY: True}
+        # Set by the dialect at its first connection (absent until then).
+        if self._postgresql and (
+            getattr(self._engine.dialect, "default_isolation_level", None) == "READ COMMITTED"
+        ):
+            return {"isolation_level": "AUTOCOMMIT"}
+        return {}
+
+    def connect(self) -> Connection:
+        """A connection (use it in a `with`): returned to the pool, rolled back, on exit."""
+        connection = self._engine.connect()
+        options = self._options()
+        if options:
+            connection.execution_options(**options)
+        return connection
+
+
 def mask_url(database_url: str) -> str:
     """The URL with its password hidden, for log lines and error messages."""
     return make_url(database_url).render_as_string(hide_password=True)
@@ -54,7 +97,7 @@ def _sqlite_engine(url: URL) -> Engine:
 
     @event.listens_for(engine, "connect")
     def _configure(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # no implicit BEGIN: see _begin_immediate
+        dbapi_connection.isolation_level = None  # no implicit BEGIN: see _begin
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS:d}")
@@ -66,10 +109,14 @@ def _sqlite_engine(url: URL) -> Engine:
             cursor.close()
 
     @event.listens_for(engine, "begin")
-    def _begin_immediate(connection: Any) -> None:
+    def _begin(connection: Any) -> None:
         # pysqlite would start a transaction only at the first write, so a read-then-write
         # (claim a fire, take a lease) could interleave with another writer. BEGIN
         # IMMEDIATE takes the write lock up front: SQLite's transactions become serial.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Connections that only read (Reads) take a snapshot instead.
+        if connection.get_execution_options().get(READS_ONLY):
+            connection.exec_driver_sql("BEGIN")
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine

@@ -362,6 +362,12 @@ Index(
     sqlite_where=text(_SUCCEEDED),
     postgresql_include=["start_time", "size_mb"],
 )
+# A spec's backups newest first, the read routes' order, a page without a sort (migration
+# 0012; read backwards). And on PostgreSQL the spec list's order, code points (`COLLATE
+# "C"`), which the unique index on `name` (the database's collation) cannot serve; SQLite's
+# own order is code point order.
+Index("ix_backup_spec_scheduled", Backup.spec_id, Backup.scheduled_at, Backup.id)
+Index("ix_backup_spec_name_c", BackupSpec.name.collate("C")).ddl_if(dialect="postgresql")
 # Each spec's newest verification, read on every scrape (migration 0011); never-verified
 # backups, nearly all of them, stay out of it.
 _VERIFIED = "verify_status <> 'NEVER'"

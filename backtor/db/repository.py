@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, literal, or_, select, update
+from sqlalchemy import Select, and_, bindparam, delete, func, literal, or_, select, update
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from backtor.core.errors import Conflict, NotFound
+from backtor.core.retention import COMPLETED, BackupRecord
 from backtor.core.specs import SpecValues, compute_next_fire_at
 from backtor.core.verification import next_verify_after
 from backtor.db.models import (
@@ -385,3 +388,301 @@ def finish_purge_if_done(session: Session, spec_id: int) -> bool:
     delete_spec(session, spec_id)
     session.expunge(spec)
     return True
+
+
+# -- the API's read paths: rows, not entities ---------------------------------------------
+# What the read routes show is built from plain rows (the columns under the models'
+# attribute names), read by statements built once, every value bound: a GET spends its
+# time neither building SQL nor setting up ORM entities it will never change. Same
+# filters, order and errors as the functions above; the spec routes that write still load
+# entities.
+
+_SPEC = BackupSpec.__table__
+_BACKUP = Backup.__table__
+_SPEC_BY_NAME = select(_SPEC).where(_SPEC.c.name == bindparam("name"))
+_SPEC_ID_BY_NAME = select(_SPEC.c.id).where(_SPEC.c.name == bindparam("name"))
+_CURSOR_MOMENT = select(_BACKUP.c.scheduled_at).where(
+    _BACKUP.c.id == bindparam("after"), _BACKUP.c.spec_id == bindparam("spec_id")
+)
+_NEWEST_FIRST = (_BACKUP.c.scheduled_at.desc(), _BACKUP.c.id.desc())
+
+
+def _page_statements(*columns: Any) -> tuple[Select[Any], Select[Any]]:
+    """A spec's backups, newest first, `limit` of them: the first page, and the page after
+    a cursor (its id and scheduled time), as list_backups pages."""
+    first = (
+        select(*columns)
+        .where(_BACKUP.c.spec_id == bindparam("spec_id"))
+        .order_by(*_NEWEST_FIRST)
+        .limit(bindparam("limit"))
+    )
+    after = (
+        select(*columns)
+        .where(
+            _BACKUP.c.spec_id == bindparam("spec_id"),
+            or_(
+                _BACKUP.c.scheduled_at < bindparam("moment"),
+                and_(
+                    _BACKUP.c.scheduled_at == bindparam("moment"),
+                    _BACKUP.c.id < bindparam("after"),
+                ),
+            ),
+        )
+        .order_by(*_NEWEST_FIRST)
+        .limit(bindparam("limit"))
+    )
+    return first, after
+
+
+_BACKUP_PAGES = _page_statements(_BACKUP)
+# What a retention plan's page shows of each backup (backtor.api.retention_routes).
+_PLAN_PAGES = _page_statements(
+    _BACKUP.c.id,
+    _BACKUP.c.data_id,
+    _BACKUP.c.status,
+    _BACKUP.c.scheduled_at,
+    _BACKUP.c.pinned,
+    _BACKUP.c.expires_at,
+)
+# A spec's newest backups found by the spec's name: one statement for the common page.
+_BACKUP_PAGE_BY_NAME = (
+    select(_BACKUP)
+    .where(_BACKUP.c.spec_id == _SPEC_ID_BY_NAME.scalar_subquery())
+    .order_by(*_NEWEST_FIRST)
+    .limit(bindparam("limit"))
+)
+# list_spec_rows' statements: by dialect (the collation), `enabled` and `after` given or not.
+_SPEC_PAGES: dict[tuple[str, bool, bool], Select[Any]] = {}
+# Where the read paths run: a plain connection (backtor.db.engine.Reads) or a session.
+Reader = Connection | Session
+
+
+def _dialect_name(reader: Reader) -> str:
+    bind = reader if isinstance(reader, Connection) else reader.get_bind()
+    return str(bind.dialect.name)
+
+
+def spec_row(reader: Reader, name: str) -> Row[Any]:
+    """The spec named `name` as a row (get_spec's columns), or SpecNotFound."""
+    row = reader.execute(_SPEC_BY_NAME, {"name": name}).one_or_none()
+    if row is None:
+        raise SpecNotFound(name)
+    return row
+
+
+def spec_id(reader: Reader, name: str) -> int:
+    """The id of the spec named `name`, or SpecNotFound."""
+    found = reader.execute(_SPEC_ID_BY_NAME, {"name": name}).scalar_one_or_none()
+    if found is None:
+        raise SpecNotFound(name)
+    return int(found)
+
+
+def _spec_page(dialect: str, enabled: bool, after: bool) -> Select[Any]:
+    key = (dialect, enabled, after)
+    statement = _SPEC_PAGES.get(key)
+    if statement is None:
+        name = _SPEC.c.name.collate("C") if dialect == "postgresql" else _SPEC.c.name
+        statement = select(_SPEC).order_by(name).limit(bindparam("limit"))
+        if enabled:
+            statement = statement.where(_SPEC.c.enabled == bindparam("enabled"))
+        if after:
+            statement = statement.where(name > bindparam("after"))
+        _SPEC_PAGES[key] = statement
+    return statement
+
+
+def list_spec_rows(
+    reader: Reader, *, enabled: bool | None = None, after: str | None = None, limit: int
+) -> list[Row[Any]]:
+    """list_specs as rows: ordered by name by code point, `after` and `limit` in SQL."""
+    dialect = _dialect_name(reader)
+    statement = _spec_page(dialect, enabled is not None, after is not None)
+    params: dict[str, Any] = {"limit": limit}
+    if enabled is not None:
+        params["enabled"] = enabled
+    if after is not None:
+        params["after"] = after
+    return list(reader.execute(statement, params))
+
+
+def list_backup_rows(
+    reader: Reader,
+    spec_id: int,
+    *,
+    statuses: Collection[BackupStatus] = (),
+    tag: str | None = None,
+    after: int | None = None,
+    limit: int,
+) -> list[Row[Any]]:
+    """list_backups as rows: the same filters, order, cursor and CursorNotFound.
+
+    The plain pages (no status or tag filter) run prebuilt statements; a filtered one is
+    built as list_backups builds it.
+    """
+    moment = _cursor_moment(reader, spec_id, after)
+    if statuses or tag is not None:
+        query = _filtered_backups(spec_id, statuses, tag, after, moment).limit(limit)
+        return list(reader.execute(query))
+    return _paged(reader, _BACKUP_PAGES, spec_id, after, moment, limit)
+
+
+def plan_page_rows(
+    reader: Reader, spec_id: int, *, after: int | None, limit: int
+) -> list[Row[Any]]:
+    """list_backup_rows without filters, only the columns a retention plan's page shows:
+    id, data_id, status, scheduled_at, pinned, expires_at."""
+    moment = _cursor_moment(reader, spec_id, after)
+    return _paged(reader, _PLAN_PAGES, spec_id, after, moment, limit)
+
+
+def _cursor_moment(reader: Reader, spec_id: int, after: int | None) -> datetime | None:
+    """The scheduled time of the cursor's backup (None without a cursor); CursorNotFound
+    when `after` is not one of the spec's backups."""
+    if after is None:
+        return None
+    params = {"after": after, "spec_id": spec_id}
+    moment: datetime | None = reader.execute(_CURSOR_MOMENT, params).scalar_one_or_none()
+    if moment is None:
+        raise CursorNotFound(f"after: {after} is not the id of one of the spec's backups")
+    return moment
+
+
+def _paged(
+    reader: Reader,
+    statements: tuple[Select[Any], Select[Any]],
+    spec_id: int,
+    after: int | None,
+    moment: datetime | None,
+    limit: int,
+) -> list[Row[Any]]:
+    first, following = statements
+    if after is None:
+        return list(reader.execute(first, {"spec_id": spec_id, "limit": limit}))
+    params = {"spec_id": spec_id, "moment": moment, "after": after, "limit": limit}
+    return list(reader.execute(following, params))
+
+
+def list_backup_rows_by_name(
+    reader: Reader,
+    name: str,
+    *,
+    statuses: Collection[BackupStatus] = (),
+    tag: str | None = None,
+    after: int | None = None,
+    limit: int,
+) -> list[Row[Any]]:
+    """list_backup_rows of the spec named `name` (SpecNotFound first, as spec_id says it).
+
+    The first page of all statuses, what most requests ask for, takes one statement: the
+    spec is looked up on its own only when that page comes back empty.
+    """
+    if statuses or tag is not None or after is not None:
+        return list_backup_rows(
+            reader,
+            spec_id(reader, name),
+            statuses=statuses,
+            tag=tag,
+            after=after,
+            limit=limit,
+        )
+    rows = list(reader.execute(_BACKUP_PAGE_BY_NAME, {"name": name, "limit": limit}))
+    if not rows:
+        spec_id(reader, name)  # SpecNotFound, or a spec without backups
+    return rows
+
+
+def _filtered_backups(
+    spec_id: int,
+    statuses: Collection[BackupStatus],
+    tag: str | None,
+    after: int | None,
+    moment: datetime | None,
+) -> Select[Any]:
+    query = select(_BACKUP).where(_BACKUP.c.spec_id == spec_id)
+    if after is not None:
+        query = query.where(
+            or_(
+                _BACKUP.c.scheduled_at < moment,
+                and_(_BACKUP.c.scheduled_at == moment, _BACKUP.c.id < after),
+            )
+        )
+    if statuses:
+        query = query.where(_BACKUP.c.status.in_(sorted(statuses)))
+    if tag is not None:
+        # tags is "daily,weekly": wrap both sides in commas so "daily" never matches a prefix.
+        wrapped = literal(",") + _BACKUP.c.tags + literal(",")
+        query = query.where(wrapped.contains(f",{tag},", autoescape=True))
+    return query.order_by(*_NEWEST_FIRST)
+
+
+_CANDIDATES: dict[tuple[str, ...], Select[Any]] = {}
+
+
+def candidate_records(
+    reader: Reader, spec_id: int, statuses: tuple[str, ...]
+) -> list[BackupRecord]:
+    """backtor.scheduling.recording.completed_records (`statuses`: its CANDIDATE_STATUSES),
+    by a statement built once: the same rows, the same records (each as COMPLETED to the
+    plan), for the retention routes that read a plan on every request."""
+    key = tuple(sorted(statuses))
+    statement = _CANDIDATES.get(key)
+    if statement is None:
+        columns: tuple[Any, ...] = (_BACKUP.c.id, _BACKUP.c.scheduled_at, _BACKUP.c.pinned)
+        statement = select(*columns).where(
+            _BACKUP.c.spec_id == bindparam("spec_id"), _BACKUP.c.status.in_(key)
+        )
+        _CANDIDATES[key] = statement
+    return [_candidate(row) for row in reader.execute(statement, {"spec_id": spec_id})]
+
+
+def _candidate(row: Row[Any]) -> BackupRecord:
+    """A candidate's record, as completed_records makes it: COMPLETED to the plan."""
+    return BackupRecord(str(row.id), row.scheduled_at, COMPLETED, row.pinned)
+
+
+_OTHERS: dict[tuple[str, ...], Select[Any]] = {}
+
+
+def _count_others(reader: Reader, spec_id: int, statuses: tuple[str, ...]) -> int:
+    """count_backups_other_than, by a statement built once per set of statuses."""
+    key = tuple(sorted(statuses))
+    statement = _OTHERS.get(key)
+    if statement is None:
+        statement = (
+            select(func.count())
+            .select_from(_BACKUP)
+            .where(_BACKUP.c.spec_id == bindparam("spec_id"), _BACKUP.c.status.not_in(key))
+        )
+        _OTHERS[key] = statement
+    return int(reader.execute(statement, {"spec_id": spec_id}).scalar() or 0)
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    """What one page of a spec's retention plan is made of."""
+
+    page: list[Row[Any]]  # plan_page_rows
+    candidates: list[BackupRecord]  # the plan's input: candidate_records
+    others: int  # backups of another status: count_backups_other_than
+
+
+def plan_inputs(
+    reader: Reader, spec_id: int, statuses: tuple[str, ...], *, after: int | None, fetch: int
+) -> PlanInputs:
+    """A plan's page (`fetch` rows at most, as plan_page_rows), its candidates (`statuses`:
+    CANDIDATE_STATUSES) and how many backups the plan ignores.
+
+    A first page that came back with fewer than `fetch` rows holds every backup of the
+    spec, as most specs' first page does: the candidates and the count are taken from it,
+    one statement instead of three (and one read of the table on every backend).
+    """
+    page = plan_page_rows(reader, spec_id, after=after, limit=fetch)
+    if after is None and len(page) < fetch:
+        candidates = [_candidate(row) for row in page if row.status in statuses]
+        return PlanInputs(page, candidates, len(page) - len(candidates))
+    return PlanInputs(
+        page,
+        candidate_records(reader, spec_id, statuses),
+        _count_others(reader, spec_id, statuses),
+    )

@@ -488,7 +488,7 @@ def start_due(
                 next_jobs, next_plan = [], _Plan([], [])
             next_running = next_plan.launch(pool, services, version)
             outcomes = [*plan.decided, *(future.result() for future in running)]
-            unwell = unwell or any(_waiting(outcome) for outcome in outcomes)
+            unwell = unwell or any(left_for_retry(outcome) for outcome in outcomes)
             recorded += _record_outcomes(services, outcomes)
             jobs, plan, running = next_jobs, next_plan, next_running
     return recorded
@@ -500,7 +500,7 @@ def _claim_and_plan(services: Services, now: datetime) -> tuple[list[FireJob], _
     return jobs, (_plan_starts(services, jobs) if jobs else _Plan([], []))
 
 
-def _waiting(outcome: FireOutcome) -> bool:
+def left_for_retry(outcome: FireOutcome) -> bool:
     """Left PENDING for a retry (Conductor unavailable), not buffered behind a run."""
     return outcome.status is FireStatus.PENDING and not outcome.buffered
 
@@ -514,7 +514,7 @@ class _Plan:
 
     @property
     def unwell(self) -> bool:
-        return any(_waiting(outcome) for outcome in self.decided)
+        return any(left_for_retry(outcome) for outcome in self.decided)
 
     def launch(
         self, pool: ThreadPoolExecutor, services: Services, version: int

@@ -20,6 +20,7 @@ from backtor.runtime.services import Services
 from backtor.scheduling import leases
 from backtor.scheduling.fires import (
     BUFFER_POLL,
+    left_for_retry,
     not_held,
     not_waiting,
     schedule_due_fires,
@@ -73,7 +74,7 @@ def run_tick(services: Services, holder: str = PROCESS_HOLDER) -> TickReport:
         )
         started = sum(1 for o in outcomes if o.status is FireStatus.STARTED)
         skipped = sum(1 for o in outcomes if o.status is FireStatus.SKIPPED)
-        waiting = sum(1 for o in outcomes if o.status is FireStatus.PENDING and not o.buffered)
+        waiting = sum(1 for o in outcomes if left_for_retry(o))
         healthy = waiting == 0
         for stage in (
             reconcile_fires,
