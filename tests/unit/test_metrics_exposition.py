@@ -127,9 +127,11 @@ def test_period_cache_computes_once_and_respects_its_budget() -> None:
     assert cache.get("0 0 3 * * *", "UTC", WEDNESDAY, far_future) == DAY
     # Cached: even a spent budget returns it.
     assert cache.get("0 0 3 * * *", "UTC", WEDNESDAY, deadline=0.0) == DAY
+    # Another daily time is the same class (periods.period_class): cached too.
+    assert cache.get("0 0 4 * * *", "UTC", WEDNESDAY, deadline=0.0) == DAY
     # Not cached and no budget left: left out for now.
-    assert cache.get("0 0 4 * * *", "UTC", WEDNESDAY, deadline=0.0) is None
-    assert cache.get("0 0 4 * * *", "UTC", WEDNESDAY, far_future) == DAY
+    assert cache.get("0 */5 * * * *", "UTC", WEDNESDAY, deadline=0.0) is None
+    assert cache.get("0 */5 * * * *", "UTC", WEDNESDAY, far_future) == 300
 
 
 def test_conductor_probe_asks_at_most_once_per_ttl_and_counts_a_raising_check_as_down() -> None:
