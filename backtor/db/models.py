@@ -368,6 +368,29 @@ Index(
 # own order is code point order.
 Index("ix_backup_spec_scheduled", Backup.spec_id, Backup.scheduled_at, Backup.id)
 Index("ix_backup_spec_name_c", BackupSpec.name.collate("C")).ddl_if(dialect="postgresql")
+# The backups with a restore or verification under way and the specs being purged, looked
+# for by every pass (scheduling.restores.follow_runs, removals; migration 0013): a few
+# rows, not whole tables.
+Index(
+    "ix_backup_spec_deleting",
+    BackupSpec.id,
+    postgresql_where=text("deleting IS true"),  # as the pass asks, so each planner matches it
+    sqlite_where=text("deleting IS 1"),
+)
+_RESTORE_OPEN = "restore_status IN ('STARTING', 'RUNNING')"
+_VERIFY_OPEN = "verify_run_status IN ('STARTING', 'RUNNING')"
+Index(
+    "ix_backup_restore_open",
+    Backup.id,
+    postgresql_where=text(_RESTORE_OPEN),
+    sqlite_where=text(_RESTORE_OPEN),
+)
+Index(
+    "ix_backup_verify_open",
+    Backup.id,
+    postgresql_where=text(_VERIFY_OPEN),
+    sqlite_where=text(_VERIFY_OPEN),
+)
 # Each spec's newest verification, read on every scrape (migration 0011); never-verified
 # backups, nearly all of them, stay out of it.
 _VERIFIED = "verify_status <> 'NEVER'"
