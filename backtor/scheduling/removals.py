@@ -118,7 +118,7 @@ def start_pending_removals(services: Services, limit: int = 200) -> int:
     started = [(job, workflow_id) for job, workflow_id, _ in results if workflow_id is not None]
     failed = [(job, error or "") for job, workflow_id, error in results if workflow_id is None]
     with services.db.begin() as session:
-        recorded = _record_started(session, started)
+        recorded = _record_started(session, started, services.clock())
         _release_each(session, failed)
     for job, workflow_id in started:
         if recorded.get(job.backup_id) == workflow_id:
@@ -142,13 +142,18 @@ def _start_by(job: RemovalJob) -> dict[str, int]:
 
 
 def _record_started(
-    session: Session, started: Sequence[tuple[RemovalJob, str]]
+    session: Session, started: Sequence[tuple[RemovalJob, str]], now: datetime
 ) -> dict[int, str | None]:
-    """Store each started (or adopted) workflow id on its backup, if it has none yet.
+    """Store each started (or adopted) workflow id on its backup, if it has none yet and no
+    other attempt holds a live claim on it.
 
-    Core UPDATEs by id, so a row that vanished (its spec purged meanwhile: the removal's own
-    record_removal may have finished the purge) is simply not matched. Returns, per backup
-    still open, the workflow its row now holds: another attempt's when this one lost the race.
+    An attempt that stalled past its claim may have a fenced run (it removed nothing): it
+    must not take the row from the attempt that claimed it since, whose run would then be
+    stopped as a duplicate. A run it started in time is not lost: that attempt finds it
+    among the spec's runs and adopts it. Core UPDATEs by id, so a row that vanished (its spec
+    purged meanwhile: the removal's own record_removal may have finished the purge) is
+    simply not matched. Returns, per backup still open, the workflow its row now holds:
+    another attempt's when this one lost the race, None when another claim holds it.
     """
     if not started:
         return {}
@@ -158,9 +163,22 @@ def _record_started(
             _BACKUP.id == bindparam("b_id"),
             or_(*(_BACKUP.status == status for status in OPEN)),  # no IN in an executemany
             _BACKUP.remove_workflow_id.is_(None),
+            or_(
+                _BACKUP.claimed_until.is_(None),
+                _BACKUP.claimed_until == bindparam("b_claim"),
+                _BACKUP.claimed_until < bindparam("b_now"),
+            ),
         )
         .values(remove_workflow_id=bindparam("b_workflow_id"), claimed_until=None),
-        [{"b_id": job.backup_id, "b_workflow_id": workflow_id} for job, workflow_id in started],
+        [
+            {
+                "b_id": job.backup_id,
+                "b_workflow_id": workflow_id,
+                "b_claim": job.claimed_until,
+                "b_now": now,
+            }
+            for job, workflow_id in started
+        ],
     )
     rows = session.execute(
         select(Backup.id, Backup.remove_workflow_id).where(

@@ -6,6 +6,7 @@ faults are the exceptions the real client raises (tests/contract holds them to i
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -43,6 +44,7 @@ from backtor.scheduling.outcomes import reconcile_fires
 from backtor.scheduling.removals import reconcile_removals, start_pending_removals
 from backtor.scheduling.tick import TickReport, run_tick
 from tests.scheduling.conftest import Core, seconds
+from tests.support.threads import run_together
 
 
 def fires_of(core: Core, name: str) -> list[Any]:
@@ -825,6 +827,59 @@ def test_a_fenced_removal_the_backup_recorded_is_handed_back_not_failed(
     finish_removal(core, again.workflow_id)
     reconcile_removals(core.services)
     assert removal_row(core, backup_id).status == "REMOVED"
+
+
+def test_a_fenced_removal_start_never_displaces_the_run_of_the_attempt_that_took_over(
+    core: Core,
+) -> None:
+    """Found beside removal-start-sent-after-the-claim-lapsed: the stale attempt's start was
+    fenced, but it recorded that run on the backup while another attempt, holding a live
+    claim, had its own start in flight; that attempt then found the backup taken and
+    terminated its own removal, the one that was admitted. A run is now recorded only by the
+    attempt whose claim the row holds, or when no live claim is held."""
+    spec = core.add_spec("displaced", cron="0 0 0 1 1 *")
+    backup_id = removing_backup(core, spec.id)
+    start = core.twin.start_workflow
+    lock = threading.Lock()
+    calls: list[int] = []
+    stale_stalled, taken_over_in_flight, stale_recorded = (threading.Event() for _ in range(3))
+
+    def start_in_turn(*args: Any, **kwargs: Any) -> str:
+        with lock:
+            calls.append(len(calls))
+            stale = len(calls) == 1
+        if stale:  # paused past its claim; lands while the other attempt's start is in flight
+            stale_stalled.set()
+            assert taken_over_in_flight.wait(10)
+            return start(*args, **kwargs)
+        workflow_id = start(*args, **kwargs)
+        taken_over_in_flight.set()
+        assert stale_recorded.wait(10)  # the stale attempt records before this one does
+        return workflow_id
+
+    def stale_attempt() -> int:
+        started = start_pending_removals(core.services)
+        stale_recorded.set()
+        return started
+
+    def taking_over() -> int:
+        assert stale_stalled.wait(10)
+        core.advance(31.0)  # the stale claim (30 s) lapsed: this attempt claims the backup
+        return start_pending_removals(core.services)
+
+    core.twin.start_workflow = start_in_turn  # type: ignore[method-assign]
+    try:
+        assert run_together([stale_attempt, taking_over], timeout=30) == [0, 1]
+    finally:
+        core.twin.start_workflow = start  # type: ignore[method-assign]
+
+    (fenced,) = [run for run in core.twin.workflows(REMOVE_BACKUP) if run.fenced]
+    (admitted,) = [run for run in core.twin.workflows(REMOVE_BACKUP) if not run.fenced]
+    assert admitted.status.value == "RUNNING" and admitted.tasks_of_type(REMOVE)
+    assert removal_row(core, backup_id).remove_workflow_id == admitted.workflow_id
+    finish_removal(core, admitted.workflow_id)
+    assert removal_row(core, backup_id).status == "REMOVED"
+    assert fenced.workflow_id != admitted.workflow_id
 
 
 # --- manual-fire-at-fire-time -----------------------------------------------------------------
