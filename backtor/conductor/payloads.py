@@ -91,7 +91,8 @@ class TaskRun:
     reason: str | None = None
 
 
-# How the reason of a fenced create_backup begins (its TERMINATE task, create_backup.json).
+# How the reason of a fenced run begins (the TERMINATE task `start_late` of create_backup.json
+# and remove_backup.json).
 FENCED = "start fenced: "
 
 
@@ -123,8 +124,9 @@ class WorkflowRun:
 
     @property
     def fenced(self) -> bool:
-        """A create_backup that its start fence ended before any backup: Conductor received
-        the start after its `startBy` (docs/scheduling.md, "The start fence")."""
+        """A create_backup or remove_backup that its start fence ended before its storage task
+        (no backup taken, nothing removed): Conductor received the start after its `startBy`
+        (docs/scheduling.md, "The start fence")."""
         return self.output.get("fenced") is True or (self.reason or "").startswith(FENCED)
 
 

@@ -9,9 +9,10 @@ each call: no threads, no sleeping. Not modelled, because the real server does n
 dependably: a task's response timeout (a task held by a dead worker stays IN_PROGRESS) and
 task-level timeouts. Faults (`twin.faults`) raise exactly what `ConductorClient` raises.
 
-System tasks, minimally: the ones create_backup's start fence is made of (docs/scheduling.md,
-"The start fence"), run synchronously when the sequence reaches them, as the server's
-decider does (in the start call itself for the first ones), each recorded COMPLETED:
+System tasks, minimally: the ones the start fence of create_backup and remove_backup is made
+of (docs/scheduling.md, "The start fence"), run synchronously when the sequence reaches them,
+as the server's decider does (in the start call itself for the first ones), each recorded
+COMPLETED:
 - NOOP; SET_VARIABLE (its input merged into the workflow's variables, which a restart keeps,
   `${workflow.variables.x}` reads them);
 - SWITCH with evaluatorType value-param: the case named by `input[expression]`, else the
@@ -91,7 +92,8 @@ _TERMINATION = {
     "FAILED": WorkflowStatus.FAILED,
     "TERMINATED": WorkflowStatus.TERMINATED,
 }
-# The jq program of create_backup's `start_fence`, verbatim (workflows/create_backup.json).
+# The jq program of the `start_fence` task, verbatim (workflows/create_backup.json and
+# workflows/remove_backup.json carry the same one).
 START_FENCE_QUERY = (
     'if .admittedAt != null then {verdict: "readmitted", admittedAt: .admittedAt} '
     'elif .startBy == null then {verdict: "unfenced", admittedAt: .receivedAt} '

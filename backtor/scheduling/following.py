@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
-from backtor.conductor.payloads import WorkflowStatus
+from backtor.conductor.payloads import WorkflowRun, WorkflowStatus
 from backtor.conductor.port import Conductor
 from backtor.core.errors import ConductorNotFound, ConductorRefused, ConductorUnavailable
 
@@ -26,8 +26,8 @@ def ended_runs(
     workflow_id_of: Callable[[Row], str],
     gone: str,
     unseen: Callable[[Row, Exception], None],
-) -> Iterator[tuple[Row, WorkflowStatus, str | None]]:
-    """Each row whose run has ended, with how it ended.
+) -> Iterator[tuple[Row, WorkflowRun]]:
+    """Each row whose run has ended, with the run as it ended (without its tasks).
 
     A run Conductor no longer knows ended FAILED with the reason `gone`. A run Conductor
     cannot show now is reported to `unseen` and skipped: one must not hold up the others.
@@ -47,11 +47,10 @@ def ended_runs(
             continue
         try:
             run = conductor.get_workflow(workflow_id, include_tasks=False)
-            status, reason = run.status, run.reason
         except ConductorNotFound:
-            status, reason = WorkflowStatus.FAILED, gone
+            run = WorkflowRun(workflow_id, workflow, WorkflowStatus.FAILED, reason=gone)
         except (ConductorUnavailable, ConductorRefused) as exc:
             unseen(row, exc)
             continue
-        if not status.is_open:
-            yield row, status, reason
+        if not run.status.is_open:
+            yield row, run

@@ -465,7 +465,7 @@ def follow_notices(services: Services, limit: int = FOLLOW_BATCH) -> None:
     def unseen(row: Any, exc: Exception) -> None:
         log.warning("notice %s: backtor_notify not followed this pass: %s", row.key, exc)
 
-    for row, status, reason in ended_runs(
+    for row, run in ended_runs(
         services.conductor,
         BACKTOR_NOTIFY,
         rows,
@@ -475,7 +475,7 @@ def follow_notices(services: Services, limit: int = FOLLOW_BATCH) -> None:
         unseen=unseen,
     ):
         with services.db.begin() as session:
-            _finish(session, row, status, reason)
+            _finish(session, row, run.status, run.reason)
 
 
 def _finish(session: Session, row: Any, status: WorkflowStatus, reason: str | None) -> None:

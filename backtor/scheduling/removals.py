@@ -5,6 +5,11 @@ stored. A removal that fails is tried again with a growing delay, never dropped;
 few failures its status says REMOVE_FAILED, so operators see it (it is still retried).
 EXPIRING rows (a removal delay) join the outbox once their expires_at has passed: they
 become REMOVING in the claim's transaction, then follow the same path.
+
+Each start carries `startBy`, a little before its claim lapses: remove_backup's start fence
+(docs/scheduling.md, "The start fence") ends a start Conductor received later before its
+`remove` task, so an attempt that stalled into its start never removes a backup that another
+attempt took over. A fenced run removed nothing: its backup is handed back to the outbox.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from sqlalchemy import Table, and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from backtor.conductor.names import REMOVE_BACKUP
-from backtor.conductor.payloads import WorkflowStatus
+from backtor.conductor.payloads import WorkflowRun, WorkflowStatus, to_epoch_ms
 from backtor.conductor.registration import DEFINITIONS
 from backtor.core.errors import ConductorRefused, ConductorUnavailable
 from backtor.db import counters
@@ -37,6 +42,10 @@ CLAIM = timedelta(seconds=30)
 # A start begins only while this much of its claim is left: more than the client's start
 # timeout, so it has landed (or never will) before another attempt may look for it.
 START_MARGIN = timedelta(seconds=6)
+# The start fence: a start Conductor receives later than this before its claim lapses removes
+# nothing. As for fires (backtor.scheduling.fires.FENCE_MARGIN): half the start margin, 3 s for
+# the request in flight and Conductor's clock ahead, 3 s for its clock behind.
+FENCE_MARGIN = timedelta(seconds=3)
 FAILURES_SHOWN = 3
 OPEN = (BackupStatus.REMOVING.value, BackupStatus.REMOVE_FAILED.value)
 DUPLICATE_REASON = "a duplicate removal of a backup that has its own: terminated by Backtor"
@@ -94,6 +103,7 @@ def start_pending_removals(services: Services, limit: int = 200) -> int:
                     "dataId": job.data_id,
                     "workerConfig": job.worker_config,
                     "backupId": job.backup_id,
+                    **_start_by(job),
                 },
             )
         except (ConductorUnavailable, ConductorRefused) as exc:
@@ -108,7 +118,7 @@ def start_pending_removals(services: Services, limit: int = 200) -> int:
     started = [(job, workflow_id) for job, workflow_id, _ in results if workflow_id is not None]
     failed = [(job, error or "") for job, workflow_id, error in results if workflow_id is None]
     with services.db.begin() as session:
-        recorded = _record_started(session, started)
+        recorded = _record_started(session, started, services.clock())
         _release_each(session, failed)
     for job, workflow_id in started:
         if recorded.get(job.backup_id) == workflow_id:
@@ -124,14 +134,26 @@ def start_pending_removals(services: Services, limit: int = 200) -> int:
     return sum(1 for job, workflow_id in started if recorded.get(job.backup_id) == workflow_id)
 
 
-def _record_started(
-    session: Session, started: Sequence[tuple[RemovalJob, str]]
-) -> dict[int, str | None]:
-    """Store each started (or adopted) workflow id on its backup, if it has none yet.
+def _start_by(job: RemovalJob) -> dict[str, int]:
+    """The fence's input: no start under this claim may remove anything once it lapses."""
+    if job.claimed_until is None:
+        return {}
+    return {"startBy": to_epoch_ms(job.claimed_until - FENCE_MARGIN)}
 
-    Core UPDATEs by id, so a row that vanished (its spec purged meanwhile: the removal's own
-    record_removal may have finished the purge) is simply not matched. Returns, per backup
-    still open, the workflow its row now holds: another attempt's when this one lost the race.
+
+def _record_started(
+    session: Session, started: Sequence[tuple[RemovalJob, str]], now: datetime
+) -> dict[int, str | None]:
+    """Store each started (or adopted) workflow id on its backup, if it has none yet and no
+    other attempt holds a live claim on it.
+
+    An attempt that stalled past its claim may have a fenced run (it removed nothing): it
+    must not take the row from the attempt that claimed it since, whose run would then be
+    stopped as a duplicate. A run it started in time is not lost: that attempt finds it
+    among the spec's runs and adopts it. Core UPDATEs by id, so a row that vanished (its spec
+    purged meanwhile: the removal's own record_removal may have finished the purge) is
+    simply not matched. Returns, per backup still open, the workflow its row now holds:
+    another attempt's when this one lost the race, None when another claim holds it.
     """
     if not started:
         return {}
@@ -141,9 +163,22 @@ def _record_started(
             _BACKUP.id == bindparam("b_id"),
             or_(*(_BACKUP.status == status for status in OPEN)),  # no IN in an executemany
             _BACKUP.remove_workflow_id.is_(None),
+            or_(
+                _BACKUP.claimed_until.is_(None),
+                _BACKUP.claimed_until == bindparam("b_claim"),
+                _BACKUP.claimed_until < bindparam("b_now"),
+            ),
         )
         .values(remove_workflow_id=bindparam("b_workflow_id"), claimed_until=None),
-        [{"b_id": job.backup_id, "b_workflow_id": workflow_id} for job, workflow_id in started],
+        [
+            {
+                "b_id": job.backup_id,
+                "b_workflow_id": workflow_id,
+                "b_claim": job.claimed_until,
+                "b_now": now,
+            }
+            for job, workflow_id in started
+        ],
     )
     rows = session.execute(
         select(Backup.id, Backup.remove_workflow_id).where(
@@ -355,7 +390,7 @@ def reconcile_removals(services: Services, limit: int = 500) -> None:
             extra={"backup": row.name, "workflow_id": row.remove_workflow_id},
         )
 
-    for row, status, reason in ended_runs(
+    for row, run in ended_runs(
         services.conductor,
         REMOVE_BACKUP,
         tracked,
@@ -365,6 +400,10 @@ def reconcile_removals(services: Services, limit: int = 500) -> None:
         unseen=unseen,
     ):
         now = services.clock()
+        status, reason = run.status, run.reason
+        if run.fenced:
+            _hand_back(services, row.id, row.name, run, now)
+            continue
         with services.db.begin() as session:
             if status is WorkflowStatus.COMPLETED:
                 record_removed(session, row.id, now)
@@ -389,6 +428,40 @@ def reconcile_removals(services: Services, limit: int = 500) -> None:
                     reason,
                     now,
                 )
+
+
+def _hand_back(
+    services: Services, backup_id: int, spec_name: str, run: WorkflowRun, now: datetime
+) -> None:
+    """The backup's recorded run was fenced (its start reached Conductor after its startBy):
+    it removed nothing, so the backup is back in the outbox, due at once, neither removed nor
+    failed (no attempt counted, no notice). Only while the row still follows that run. The
+    error it keeps makes the next claim look among closed runs too before it starts one."""
+    with services.db.begin() as session:
+        changed = session.execute(
+            update(Backup)
+            .where(
+                Backup.id == backup_id,
+                Backup.status.in_(OPEN),
+                Backup.remove_workflow_id == run.workflow_id,
+            )
+            .values(
+                remove_workflow_id=None,
+                claimed_until=None,
+                next_attempt_at=now,
+                last_error=(run.reason or "remove_backup fenced at its start")[:2000],
+            )
+            .returning(Backup.id)
+        ).first()
+    if changed is not None:
+        log.warning(
+            "spec %s: remove_backup %s of backup %s was fenced (%s); it is removed again",
+            spec_name,
+            run.workflow_id,
+            backup_id,
+            run.reason,
+            extra={"backup": spec_name, "workflow_id": run.workflow_id},
+        )
 
 
 def _record_failure(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from backtor.api import routes
 from backtor.api.context import services_of
 from backtor.conductor.http import ConductorClient
+from backtor.conductor.payloads import to_epoch_ms
 from backtor.conductor.registration import register_definitions
 from backtor.db.engine import make_session_factory
 from backtor.db.models import Backup, BackupSpec, Fire
@@ -194,7 +195,9 @@ def test_a_purge_is_started_by_the_schedulers_removal_pass(
 
     started: list[str] = []
     try:
+        before = to_epoch_ms(datetime.now(UTC))
         assert start_pending_removals(services) == 3  # what the tick does next
+        after = to_epoch_ms(datetime.now(UTC))
         session.expire_all()
         expected = [
             (first, "REMOVING", "d-1", 0),
@@ -212,7 +215,12 @@ def test_a_purge_is_started_by_the_schedulers_removal_pass(
             )
             assert workflow.name == "remove_backup"
             assert workflow.correlation_id == unique_name
-            assert dict(workflow.input) == {
+            given = dict(workflow.input)
+            # The start fence's input: the claim's end (30 s on) minus 3 s. Running (below):
+            # Conductor admitted the start.
+            start_by = given.pop("startBy")
+            assert before + 27_000 - 1 <= start_by <= after + 27_000 + 1
+            assert given == {
                 "backupName": unique_name,
                 "dataId": data_id,
                 "workerConfig": "cfg",

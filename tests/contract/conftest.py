@@ -172,15 +172,15 @@ def register_flow(
     return Flow(workflow, tasks, unique("corr"))
 
 
-def create_backup_shape() -> tuple[JsonObject, list[JsonObject]]:
-    """Backtor's shipped create_backup and its SIMPLE tasks' definitions, verbatim but for
+def shipped_shape(workflow: str) -> tuple[JsonObject, list[JsonObject]]:
+    """Backtor's shipped `workflow` and its SIMPLE tasks' definitions, verbatim but for
     unique workflow and task names (not registered).
 
-    The shipped `backup` task type may be polled by other tests' workers on the shared
-    server; the renamed copy keeps every input and output expression as shipped, and its
-    system tasks (the start fence) as they are: they have no queue.
+    The shipped task types (`backup`, `remove`, ...) may be polled by other tests' workers on
+    the shared server; the renamed copy keeps every input and output expression as shipped,
+    and its system tasks (the start fence) as they are: they have no queue.
     """
-    shipped = copy.deepcopy(DEFINITIONS.workflow_defs["create_backup"])
+    shipped = copy.deepcopy(DEFINITIONS.workflow_defs[workflow])
     suffix = uuid.uuid4().hex[:10]
     renamed: dict[str, str] = {}
     for task in shipped["tasks"]:
@@ -188,13 +188,13 @@ def create_backup_shape() -> tuple[JsonObject, list[JsonObject]]:
             continue
         renamed[task["name"]] = f"{task['name']}_{suffix}"
         task["name"] = renamed[task["name"]]
-    shipped["name"] = f"create_backup_{suffix}"
+    shipped["name"] = f"{workflow}_{suffix}"
     return shipped, [{**DEFINITIONS.task_defs[old], "name": new} for old, new in renamed.items()]
 
 
-def register_create_backup_shape(backend: Backend) -> Flow:
-    """`create_backup_shape()`, registered."""
-    shipped, task_defs = create_backup_shape()
+def register_shipped_shape(backend: Backend, workflow: str) -> Flow:
+    """`shipped_shape(workflow)`, registered."""
+    shipped, task_defs = shipped_shape(workflow)
     backend.conductor.create_task_defs(task_defs)
     backend.conductor.put_workflow_defs([shipped])
     return Flow(
@@ -203,3 +203,13 @@ def register_create_backup_shape(backend: Backend) -> Flow:
         unique("spec"),
         version=int(shipped["version"]),
     )
+
+
+def create_backup_shape() -> tuple[JsonObject, list[JsonObject]]:
+    """`shipped_shape("create_backup")`."""
+    return shipped_shape("create_backup")
+
+
+def register_create_backup_shape(backend: Backend) -> Flow:
+    """`create_backup_shape()`, registered."""
+    return register_shipped_shape(backend, "create_backup")

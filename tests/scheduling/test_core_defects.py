@@ -6,6 +6,7 @@ faults are the exceptions the real client raises (tests/contract holds them to i
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -20,7 +21,15 @@ from backtor.conductor.twin import FaultKind, Operation
 from backtor.core.cron import CronSchedule
 from backtor.core.schedule import MAX_LISTED_MISSES, Timing, decide
 from backtor.db import repository
-from backtor.db.models import Backup, BackupSpec, BackupStatus, Fire, FireStatus, SkipReason
+from backtor.db.models import (
+    Backup,
+    BackupSpec,
+    BackupStatus,
+    Fire,
+    FireStatus,
+    MetricCounter,
+    SkipReason,
+)
 from backtor.scheduling.fires import (
     FireJob,
     add_manual_fire,
@@ -32,9 +41,10 @@ from backtor.scheduling.fires import (
 )
 from backtor.scheduling.handlers import record_backup, record_removed_backup
 from backtor.scheduling.outcomes import reconcile_fires
-from backtor.scheduling.removals import start_pending_removals
+from backtor.scheduling.removals import reconcile_removals, start_pending_removals
 from backtor.scheduling.tick import TickReport, run_tick
 from tests.scheduling.conftest import Core, seconds
+from tests.support.threads import run_together
 
 
 def fires_of(core: Core, name: str) -> list[Any]:
@@ -658,17 +668,20 @@ def test_an_attempt_whose_spec_was_deleted_meanwhile_stops_its_run(core: Core) -
 # --- removal-bookkeeping-after-purge ----------------------------------------------------------
 
 
-def removing_backup(core: Core, spec_id: int, data_id: str = "data-1") -> int:
+def removing_backup(core: Core, spec_id: int, data_id: str = "data-1", **fields: Any) -> int:
     with core.services.db.begin() as session:
         return int(
             session.execute(
                 insert(Backup)
                 .values(
-                    spec_id=spec_id,
-                    status=BackupStatus.REMOVING.value,
-                    data_id=data_id,
-                    scheduled_at=core.now(),
-                    next_attempt_at=core.now(),
+                    **{
+                        "spec_id": spec_id,
+                        "status": BackupStatus.REMOVING.value,
+                        "data_id": data_id,
+                        "scheduled_at": core.now(),
+                        "next_attempt_at": core.now(),
+                        **fields,
+                    }
                 )
                 .returning(Backup.id)
             ).scalar_one()
@@ -738,6 +751,135 @@ def test_a_removal_with_no_clear_answer_that_completed_is_not_started_again(
     assert [run.workflow_id for run in core.twin.workflows(REMOVE_BACKUP)] == [lost.workflow_id]
     with core.services.db() as session:
         assert session.scalar(select(Backup.status).where(Backup.id == backup_id)) == "REMOVED"
+
+
+# --- removal-start-sent-after-the-claim-lapsed -----------------------------------------------
+
+
+def removal_row(core: Core, backup_id: int) -> Any:
+    with core.services.db() as session:
+        return session.execute(
+            select(
+                Backup.status, Backup.remove_workflow_id, Backup.remove_attempts, Backup.last_error
+            ).where(Backup.id == backup_id)
+        ).one()
+
+
+def test_a_removal_start_that_reaches_conductor_after_its_claim_lapsed_removes_nothing(
+    core: Core,
+) -> None:
+    """removal-start-sent-after-the-claim-lapsed (soak seed 20194): an attempt stalled between
+    its claim check and its start for longer than the claim; another attempt took the backup
+    over and removed it. The stale start still reached Conductor and removed the data a
+    second time. Now its startBy fences it inside Conductor: no `remove` task."""
+    spec = core.add_spec("stall", cron="0 0 0 1 1 *")
+    backup_id = removing_backup(core, spec.id)
+    takeovers: list[int] = []
+
+    def take_over_and_remove() -> None:
+        takeovers.append(start_pending_removals(core.services))
+        (run,) = core.twin.workflows(REMOVE_BACKUP)
+        finish_removal(core, run.workflow_id)
+
+    # Paused between the check and the request for longer than the claim (30 s).
+    start_arrives_late(core, 31.0, take_over_and_remove)
+    assert start_pending_removals(core.services) == 0
+
+    assert takeovers == [1]
+    first, late = core.twin.workflows(REMOVE_BACKUP)
+    assert late.fenced and late.reason is not None and late.reason.startswith("start fenced: ")
+    assert late.status.value == "TERMINATED" and dict(late.output)["fenced"] is True
+    assert [bool(run.tasks_of_type(REMOVE)) for run in (first, late)] == [True, False]
+    assert core.twin.pending_tasks([REMOVE]) == []  # removed once, not twice
+    row = removal_row(core, backup_id)
+    assert (row.status, row.remove_workflow_id) == ("REMOVED", first.workflow_id)
+
+
+@pytest.mark.parametrize(
+    ("status", "attempts"), [("REMOVING", 0), ("REMOVE_FAILED", 3)], ids=["removing", "failed"]
+)
+def test_a_fenced_removal_the_backup_recorded_is_handed_back_not_failed(
+    core: Core, status: str, attempts: int
+) -> None:
+    """A removal start that arrived past its startBy while nobody took the backup over: the
+    backup's recorded run removed nothing. Following it, the pass neither records the backup
+    REMOVED nor counts a failed removal: the backup is back in the outbox, and the next pass
+    removes it."""
+    spec = core.add_spec("late", cron="0 0 0 1 1 *")
+    backup_id = removing_backup(core, spec.id, status=status, remove_attempts=attempts)
+    start_arrives_late(core, 28.0)  # in flight past startBy (claim end - 3 s), not its end
+    assert start_pending_removals(core.services) == 1
+    (fenced,) = core.twin.workflows(REMOVE_BACKUP)
+    assert fenced.fenced and not fenced.tasks_of_type(REMOVE)
+    assert removal_row(core, backup_id).remove_workflow_id == fenced.workflow_id
+
+    core.advance(1.0)
+    reconcile_removals(core.services)
+    row = removal_row(core, backup_id)
+    assert (row.status, row.remove_workflow_id, row.remove_attempts) == (status, None, attempts)
+    assert row.last_error is not None and row.last_error.startswith("start fenced: ")
+    with core.services.db() as session:  # no failed removal counted
+        assert session.scalars(select(MetricCounter.name)).all() == []
+
+    assert start_pending_removals(core.services) == 1  # due at once
+    first, again = core.twin.workflows(REMOVE_BACKUP)
+    assert first.workflow_id == fenced.workflow_id and not again.fenced
+    finish_removal(core, again.workflow_id)
+    reconcile_removals(core.services)
+    assert removal_row(core, backup_id).status == "REMOVED"
+
+
+def test_a_fenced_removal_start_never_displaces_the_run_of_the_attempt_that_took_over(
+    core: Core,
+) -> None:
+    """Found beside removal-start-sent-after-the-claim-lapsed: the stale attempt's start was
+    fenced, but it recorded that run on the backup while another attempt, holding a live
+    claim, had its own start in flight; that attempt then found the backup taken and
+    terminated its own removal, the one that was admitted. A run is now recorded only by the
+    attempt whose claim the row holds, or when no live claim is held."""
+    spec = core.add_spec("displaced", cron="0 0 0 1 1 *")
+    backup_id = removing_backup(core, spec.id)
+    start = core.twin.start_workflow
+    lock = threading.Lock()
+    calls: list[int] = []
+    stale_stalled, taken_over_in_flight, stale_recorded = (threading.Event() for _ in range(3))
+
+    def start_in_turn(*args: Any, **kwargs: Any) -> str:
+        with lock:
+            calls.append(len(calls))
+            stale = len(calls) == 1
+        if stale:  # paused past its claim; lands while the other attempt's start is in flight
+            stale_stalled.set()
+            assert taken_over_in_flight.wait(10)
+            return start(*args, **kwargs)
+        workflow_id = start(*args, **kwargs)
+        taken_over_in_flight.set()
+        assert stale_recorded.wait(10)  # the stale attempt records before this one does
+        return workflow_id
+
+    def stale_attempt() -> int:
+        started = start_pending_removals(core.services)
+        stale_recorded.set()
+        return started
+
+    def taking_over() -> int:
+        assert stale_stalled.wait(10)
+        core.advance(31.0)  # the stale claim (30 s) lapsed: this attempt claims the backup
+        return start_pending_removals(core.services)
+
+    core.twin.start_workflow = start_in_turn  # type: ignore[method-assign]
+    try:
+        assert run_together([stale_attempt, taking_over], timeout=30) == [0, 1]
+    finally:
+        core.twin.start_workflow = start  # type: ignore[method-assign]
+
+    (fenced,) = [run for run in core.twin.workflows(REMOVE_BACKUP) if run.fenced]
+    (admitted,) = [run for run in core.twin.workflows(REMOVE_BACKUP) if not run.fenced]
+    assert admitted.status.value == "RUNNING" and admitted.tasks_of_type(REMOVE)
+    assert removal_row(core, backup_id).remove_workflow_id == admitted.workflow_id
+    finish_removal(core, admitted.workflow_id)
+    assert removal_row(core, backup_id).status == "REMOVED"
+    assert fenced.workflow_id != admitted.workflow_id
 
 
 # --- manual-fire-at-fire-time -----------------------------------------------------------------

@@ -257,7 +257,10 @@ def test_a_failed_removal_notifies_its_first_and_third_failure(notifying: Core) 
     runs = []
     for _ in range(FAILURES_SHOWN):
         run = core.twin.start_workflow(
-            REMOVE_BACKUP, version=1, correlation_id="rm", input={"backupId": backup_id}
+            REMOVE_BACKUP,
+            version=DEFINITIONS.workflow_version(REMOVE_BACKUP),
+            correlation_id="rm",
+            input={"backupId": backup_id},
         )
         core.twin.terminate_workflow(run, "test: the storage worker gave up")
         runs.append(run)

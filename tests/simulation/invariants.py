@@ -20,6 +20,7 @@ from sqlalchemy import select
 from backtor.conductor.names import (
     BACKUP,
     CREATE_BACKUP,
+    REMOVE,
     REMOVE_BACKUP,
     RESTORE_BACKUP,
     TICK,
@@ -353,11 +354,22 @@ def nothing_orphaned(snap: Snapshot) -> list[str]:
     return _limit(found)
 
 
+def removals(snap: Snapshot) -> list[WorkflowRun]:
+    """The remove_backups that were removals: a run the start fence ended (its start reached
+    Conductor after its claim's startBy) removed nothing and is none (docs/scheduling.md,
+    "The start fence")."""
+    return [run for run in snap.runs(REMOVE_BACKUP) if not run.fenced]
+
+
 def removals_once(snap: Snapshot) -> list[str]:
-    """4. No backup was removed by two completed remove_backups, or by two at once."""
+    """4. No backup was removed by two completed remove_backups, or by two at once; a fenced
+    one took no `remove` task."""
     found: list[str] = []
-    by_backup: defaultdict[tuple[str, object], list[WorkflowRun]] = defaultdict(list)
     for run in snap.runs(REMOVE_BACKUP):
+        if run.fenced and run.tasks_of_type(REMOVE):
+            found.append(f"[4 removals once] {run.workflow_id} is fenced yet took a remove task")
+    by_backup: defaultdict[tuple[str, object], list[WorkflowRun]] = defaultdict(list)
+    for run in removals(snap):
         key = (str(run.input.get("backupName")), run.input.get("backupId"))
         by_backup[key].append(run)
     for (name, backup_id), runs in sorted(by_backup.items(), key=lambda item: str(item[0])):
@@ -557,7 +569,7 @@ def removal_delay(snap: Snapshot) -> list[str]:
                 f"[10 removal delay] {name}: backup {b.id} is {b.status} without having been "
                 f"EXPIRING (removalDelaySeconds {delay})"
             )
-    for run in snap.runs(REMOVE_BACKUP):
+    for run in removals(snap):
         row = by_key.get((str(run.input.get("backupName")), run.input.get("backupId")))
         if row is None or row.data_id != run.input.get("dataId") or row.expires_at is None:
             continue
@@ -575,13 +587,13 @@ def restores_never_meet_removals(snap: Snapshot) -> list[str]:
     starts once a remove_backup of it started, and no remove_backup starts while one runs.
     (The storage side checks the same on the data: world.storage_do.)"""
     found: list[str] = []
-    removals: defaultdict[object, list[datetime]] = defaultdict(list)
-    for run in snap.runs(REMOVE_BACKUP):
+    started: defaultdict[object, list[datetime]] = defaultdict(list)
+    for run in removals(snap):
         if run.start_time is not None:
-            removals[run.input.get("dataId")].append(run.start_time)
+            started[run.input.get("dataId")].append(run.start_time)
     for run in snap.runs(RESTORE_BACKUP) + snap.runs(VERIFY_BACKUP):
         data_id = run.input.get("dataId")
-        for removal in removals.get(data_id, []):
+        for removal in started.get(data_id, []):
             if run.start_time is None:
                 continue
             if run.start_time >= removal:

@@ -24,17 +24,10 @@ from tests.simulation.runner import Result, forget_process_state, replay_command
 # or of a longer soak). Those seeds are left out of test_scenarios and replayed by
 # test_known_defect, which is a strict xfail: once the defect is fixed it passes, fails as
 # XPASS, and the entry goes. Fixed: start-sent-after-the-claim-lapsed (seeds 307, 517, 799,
-# 1147), by the start fence (docs/scheduling.md, "The start fence"); its regression tests are
-# in tests/scheduling/test_core_defects.py.
-KNOWN_DEFECTS: dict[str, tuple[str, tuple[int, ...]]] = {
-    "removal-start-sent-after-the-claim-lapsed": (
-        "a replica that stalls between its removal claim's check and the remove_backup start "
-        "sends the start after the claim lapsed, when another replica has removed the backup "
-        "already: its data is removed twice (invariant 4). remove_backup needs the start "
-        "fence create_backup has. Found by the soak (seeds from 20000).",
-        (20194,),
-    ),
-}
+# 1147) and removal-start-sent-after-the-claim-lapsed (soak seed 20194), by the start fences
+# of create_backup and remove_backup (docs/scheduling.md, "The start fence"); their
+# regression tests are in tests/scheduling/test_core_defects.py.
+KNOWN_DEFECTS: dict[str, tuple[str, tuple[int, ...]]] = {}
 
 
 def known_seeds() -> set[int]:
