@@ -1,9 +1,10 @@
 """Thread isolation: Backtor's own tasks polled and run inside the worker's one process.
 
-One poller thread per task type long-polls Conductor (`poll_tasks`: the server holds an
-empty poll up to POLL_WAIT_MS and answers as soon as a task is queued), so an idle worker
-asks four times per wait instead of spinning runner processes; each polled task runs in a
-thread of its own, at most `threads` at once per type.
+One poller thread per task type long-polls Conductor (`poll_tasks` for one task: the
+server holds an empty poll up to POLL_WAIT_MS and answers as soon as a task is queued), so
+an idle worker asks four times per wait instead of spinning runner processes; after a hit
+it takes what else is queued, up to its free slots, without waiting. Each polled task runs
+in a thread of its own, at most `threads` at once per type.
 
 A thread cannot be killed. A task that runs past its definition's responseTimeoutSeconds
 plus SLOT_MARGIN_SECONDS no longer holds its slot: by then Conductor has handed it out
@@ -137,16 +138,22 @@ class TaskTypePoller:
 
     def _loop(self) -> None:
         failures = 0
+        idle = True  # the last poll found nothing
         while not self._stop.is_set():
             self._slot_freed.clear()  # before counting: a task ending after it wakes the wait
             free = self.free_slots()
             if free == 0:
                 self._slot_freed.wait(SLOT_CHECK_SECONDS)
                 continue
+            # Conductor holds a batch poll until it has `count` tasks or the wait is over: a
+            # waiting poll asks for one task (answered as soon as one is queued); after a
+            # hit, a poll that does not wait takes up to `free` of those already queued.
+            count, wait_ms = (1, self.wait_ms) if idle else (free, 0)
             began = self._clock()
             try:
-                tasks = self.queue.poll_tasks(self.type.name, self.worker_id, free, self.wait_ms)
+                tasks = self.queue.poll_tasks(self.type.name, self.worker_id, count, wait_ms)
             except Exception as exc:  # Conductor away, refusing, or answering nonsense
+                idle = True
                 failures += 1
                 pause = min(POLL_BACKOFF_MAX_SECONDS, POLL_BACKOFF_SECONDS * 2 ** (failures - 1))
                 log.warning("polling %s failed (%s); again in %.1f s", self.type.name, exc, pause)
@@ -159,10 +166,11 @@ class TaskTypePoller:
             # (the scheduler's task hands itself back at once when stopping).
             for task in tasks:
                 self._run_in_thread(task)
-            if not tasks:
+            idle = not tasks
+            if idle and wait_ms:
                 # A server that answers an empty poll early (no long poll) is not asked
                 # again before the wait is over.
-                self._stop.wait(max(0.0, self.wait_ms / 1000 - (self._clock() - began)))
+                self._stop.wait(max(0.0, wait_ms / 1000 - (self._clock() - began)))
 
     def _run_in_thread(self, task: TaskRun) -> None:
         thread = threading.Thread(

@@ -248,3 +248,32 @@ def test_stop_waits_for_running_tasks_to_report(twin: ConductorTwin, stop: threa
     assert threads.stop(timeout=10)
     assert twin.get_workflow(workflow_id).status == WorkflowStatus.COMPLETED
     assert not any(p.alive() for p in threads.pollers)
+
+
+def test_a_waiting_poll_asks_for_one_task_and_a_poll_after_a_hit_does_not_wait(
+    twin: ConductorTwin, stop: threading.Event
+) -> None:
+    """Conductor holds a batch poll until it has `count` tasks or its wait is over
+    (measured on Conductor OSS 3.32: count 2 and one task queued answers after the whole
+    wait): only a poll for one task may wait, or a queued task would wait with it."""
+    polls: list[tuple[int, int]] = []
+
+    class Recording:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(twin, name)
+
+        def poll_tasks(self, task_type: str, worker_id: str, count: int, wait_ms: int) -> Any:
+            polls.append((count, wait_ms))
+            return twin.poll_tasks(task_type, worker_id, count, wait_ms)
+
+    threads = runner(Recording(), echo, stop, threads=4)
+    threads.start()
+    wait_until(lambda: len(polls) >= 2, timeout=10, what="two idle polls")
+    ids = [start(twin, n) for n in range(3)]
+    wait_until(
+        lambda: all(twin.get_workflow(i).status == WorkflowStatus.COMPLETED for i in ids),
+        timeout=10,
+        what="three tasks",
+    )
+    assert all(count == 1 for count, wait in polls if wait > 0), polls
+    assert any(count > 1 and wait == 0 for count, wait in polls), polls
