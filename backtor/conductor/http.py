@@ -237,6 +237,24 @@ class ConductorClient:
         )
         return None if not answer else parse_task(answer, "poll_task")
 
+    def poll_tasks(
+        self, task_type: str, worker_id: str, count: int, wait_ms: int = 0
+    ) -> list[TaskRun]:
+        """Up to `count` tasks; Conductor holds the request up to `wait_ms` while none is
+        queued (a long poll: an idle worker asks once a wait, not once a poll interval)."""
+        answer = self._call(
+            "GET",
+            f"/tasks/poll/batch/{_seg(task_type)}",
+            "poll_tasks",
+            params={"workerid": worker_id, "count": count, "timeout": wait_ms},
+            timeout=self.timeout + wait_ms / 1000,
+        )
+        if answer is None:
+            return []
+        if not isinstance(answer, list):
+            raise ConductorBadAnswer("poll_tasks", f"not a list: {type(answer).__name__}")
+        return [parse_task(task, "poll_tasks") for task in answer]
+
     def get_task(self, task_id: str) -> TaskRun:
         answer = self._call("GET", f"/tasks/{_seg(task_id)}", "get_task")
         return parse_task(answer, "get_task")
@@ -274,13 +292,18 @@ class ConductorClient:
         params: Mapping[str, Any] | None = None,
         json: Any = None,
         expect_json: bool = True,
+        timeout: float | None = None,
     ) -> Any:
         with _observed(operation) as outcome:
-            answer = self._send(method, path, operation, outcome, params=params, json=json)
+            answer = self._send(
+                method, path, operation, outcome, params=params, json=json, timeout=timeout
+            )
             if answer.status_code == 401 and self._tokens is not None:
                 # Revoked or expired early: one fresh token, one retry (a 401 did nothing).
                 self._tokens.refused(str(answer.request.headers.get(TOKEN_HEADER, "")))
-                answer = self._send(method, path, operation, outcome, params=params, json=json)
+                answer = self._send(
+                    method, path, operation, outcome, params=params, json=json, timeout=timeout
+                )
             if answer.status_code == 401:
                 where = f"{method} {self.base_url}{path}"
                 said = scrub(_message(answer), self._auth)[:200]
@@ -309,8 +332,15 @@ class ConductorClient:
         *,
         params: Mapping[str, Any] | None,
         json: Any,
+        timeout: float | None = None,
     ) -> requests.Response:
         """One request, with a current token when Conductor takes a key and secret."""
+        if timeout is None:
+            timeout = (
+                min(self.timeout, START_TIMEOUT_SECONDS)
+                if operation == "start_workflow"
+                else self.timeout
+            )
         headers = self._tokens.headers() if self._tokens is not None else None
         try:
             answer = self._session.request(
@@ -318,11 +348,7 @@ class ConductorClient:
                 self.base_url + path,
                 params=params,
                 json=json,
-                timeout=(
-                    min(self.timeout, START_TIMEOUT_SECONDS)
-                    if operation == "start_workflow"
-                    else self.timeout
-                ),
+                timeout=timeout,
                 headers=headers,
             )
         except requests.RequestException as exc:

@@ -19,11 +19,18 @@ JsonObject = dict[str, Any]
 class TaskQueue(Protocol):
     """What a worker does: poll a task of a type, report its result.
 
-    Backtor's real workers poll through conductor-python's TaskHandler; the simulation and
-    the contract suite poll through this, so the twin's queue is held to the server's.
+    The storage workers poll through conductor-python's TaskHandler; `backtor worker`
+    (thread isolation), the simulation and the contract suite poll through this, so the
+    twin's queue is held to the server's.
     """
 
     def poll_task(self, task_type: str, worker_id: str) -> TaskRun | None: ...
+
+    def poll_tasks(
+        self, task_type: str, worker_id: str, count: int, wait_ms: int = 0
+    ) -> list[TaskRun]:
+        """Up to `count` tasks at once, waiting up to `wait_ms` while none is queued."""
+        ...
 
     def get_task(self, task_id: str) -> TaskRun:
         """One task execution (a storage worker asks whether its run is still wanted)."""

@@ -120,6 +120,7 @@ class Operation(StrEnum):
     PAUSE_WORKFLOW = "pause_workflow"
     RESUME_WORKFLOW = "resume_workflow"
     POLL_TASK = "poll_task"
+    POLL_TASKS = "poll_tasks"
     UPDATE_TASK = "update_task"
     GET_TASK = "get_task"
 
@@ -147,6 +148,7 @@ ANSWERED = frozenset(
         Operation.GET_CORRELATED,
         Operation.GET_WORKFLOW,
         Operation.POLL_TASK,
+        Operation.POLL_TASKS,
         Operation.GET_TASK,
     }
 )
@@ -586,6 +588,9 @@ class ConductorTwin:
 
     @_operation(Operation.POLL_TASK)
     def poll_task(self, task_type: str, worker_id: str) -> TaskRun | None:
+        return self._take(task_type, worker_id)
+
+    def _take(self, task_type: str, worker_id: str) -> TaskRun | None:
         now = self._now()
         queue = self._queues.get(task_type, [])
         ready = [t for t in queue if t.visible_at <= now]
@@ -598,6 +603,19 @@ class ConductorTwin:
         task.callback_after_seconds = 0
         task.start_time = task.start_time or now
         return task.run()
+
+    @_operation(Operation.POLL_TASKS)
+    def poll_tasks(
+        self, task_type: str, worker_id: str, count: int, wait_ms: int = 0
+    ) -> list[TaskRun]:
+        """As many polls as `count` allows; the twin never waits (its clock is simulated)."""
+        polled = []
+        for _ in range(count):
+            task = self._take(task_type, worker_id)
+            if task is None:
+                break
+            polled.append(task)
+        return polled
 
     @_operation(Operation.GET_TASK)
     def get_task(self, task_id: str) -> TaskRun:

@@ -24,6 +24,10 @@ LOG_FORMATS = ("text", "json")
 # /metrics: one series set per spec (the default: dashboards and alert rules rest on its
 # `backup` label), or fleet-level figures only (docs/operations.md says when to switch).
 METRICS_MODES = ("per-spec", "aggregated")
+# `backtor worker`: Backtor's own tasks in threads of its one process (the default: a
+# fifth of the memory, docs/performance.md#worker-footprint), or in conductor-python's
+# runner processes, one per task type (docs/operations.md#worker-isolation says when).
+WORKER_ISOLATIONS = ("thread", "process")
 _TRUE = ("1", "true")
 _FALSE = ("0", "false")
 
@@ -67,6 +71,11 @@ class Settings:
     verify_sample_rate: float = 0.0
     # What the API's /metrics renders: METRICS_MODES.
     metrics_mode: str = "per-spec"
+    # How `backtor worker` runs Backtor's own tasks: WORKER_ISOLATIONS.
+    worker_isolation: str = "thread"
+    # The worker id Backtor's tasks are polled under (conductor-python's variable, which
+    # the storage workers' SDK reads itself); None: the host name.
+    worker_id: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -354,5 +363,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("BACKTOR_JITTER_SECONDS", "jitter_seconds", "0", _jitter),
     Variable("BACKTOR_VERIFY_SAMPLE_RATE", "verify_sample_rate", "0", _sample_rate),
     Variable("BACKTOR_METRICS_MODE", "metrics_mode", "per-spec", _choice(METRICS_MODES)),
+    Variable("BACKTOR_WORKER_ISOLATION", "worker_isolation", "thread", _choice(WORKER_ISOLATIONS)),
+    Variable("CONDUCTOR_WORKER_ALL_WORKER_ID", "worker_id", None, _text),
 )
 AUTH_VARIABLES = tuple(v for v in VARIABLES if v.name.startswith("CONDUCTOR_AUTH_"))

@@ -3,7 +3,8 @@
 Host and port come from Settings (`worker_health_host`, `worker_health_port`); 0 is no server.
 
 `GET /health`: the process lives (200). `GET /ready`: 200 when the worker does its job:
-definitions registered, every task-runner process alive, Conductor's health endpoint
+definitions registered, every task type's runner alive (its poller thread, or its runner
+process under process isolation), Conductor's health endpoint
 answering, and the scheduler watchdog having completed a pass recently; 503 otherwise,
 with the failing checks in the JSON body. The answers come from state the worker's main
 loop and a background checker keep up to date, so a probe never waits on the network.
@@ -25,7 +26,7 @@ CONDUCTOR_CHECK_SECONDS = 5.0
 
 
 class TaskRunners(Protocol):
-    """What readiness needs from conductor-python's TaskHandler."""
+    """What readiness needs from the runners: conductor-python's TaskHandler, or ThreadTasks."""
 
     def is_healthy(self) -> bool: ...
 
@@ -75,7 +76,7 @@ class WorkerHealth:
         self._stop.set()
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """(ready, details): each check true or false, and the task-runner processes."""
+        """(ready, details): each check true or false, and each task type's runner."""
         now = self._clock()
         runners = self.runners
         conductor_fresh = (

@@ -1,9 +1,14 @@
-"""Per-process state of a task-runner process: built lazily, because runners are spawned.
+"""Per-process state of the processes that run Backtor's tasks.
 
+Process isolation: built lazily in each task-runner process, because runners are spawned.
 Graceful stop: on SIGTERM a runner stops polling (backtor.conductor.sdk.StoppableWorker
 reads `stopping()`), lets the task it runs finish and report, then exits. A task that was being
 polled at that moment still reaches it and runs before the exit, so nothing is left
 claimed by a dead process.
+
+Thread isolation (backtor.workers.threads): the worker's main process hands its own
+Services over (`use_services`) and says when to stop (`request_stop`); it waits for the
+running tasks itself, so nothing here exits the process.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ _services: Services | None = None
 _lock = threading.Lock()
 _busy = 0
 _stop = threading.Event()
+# True in a spawned task-runner process only: there, a stop ends the process when idle.
+_exit_when_stopped = False
 
 
 def process_services() -> Services:
@@ -37,6 +44,23 @@ def process_services() -> Services:
             configure_logging(settings.log_level, settings.log_format)
             _services = Services.from_settings(settings)
         return _services
+
+
+def use_services(services: Services) -> None:
+    """Thread isolation: the tasks share the main process's Services (one engine, one pool)."""
+    global _services
+    with _lock:
+        _services = services
+
+
+def request_stop() -> None:
+    """Thread isolation: the scheduler's task hands the tick back, waits end at once."""
+    _stop.set()
+
+
+def stop_event() -> threading.Event:
+    """What `stopping()` reads, for the pollers of thread isolation."""
+    return _stop
 
 
 def on_runner_spawn() -> None:
@@ -66,13 +90,15 @@ def in_flight() -> Iterator[None]:
     finally:
         with _lock:
             _busy -= 1
-        if _stop.is_set():
+        if _stop.is_set() and _exit_when_stopped:
             threading.Timer(REPORT_GRACE_SECONDS, _exit_when_idle).start()
 
 
 def install_graceful_stop() -> None:
     """In a spawned task-runner process (its main thread): handle SIGTERM gracefully."""
+    global _exit_when_stopped
     if threading.current_thread() is threading.main_thread():
+        _exit_when_stopped = True
         signal.signal(signal.SIGTERM, _on_sigterm)
 
 

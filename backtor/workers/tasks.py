@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -34,7 +35,20 @@ def evaluate_schedule(task: TaskRun) -> TaskOutcome:
     with in_flight():
         if stopping():
             return handed_back()
-        return schedule_passes(process_services(), wait=wait, stopping=stopping)
+        return schedule_passes(
+            process_services(), wait=wait, stopping=stopping, holder=execution_holder()
+        )
+
+
+def execution_holder() -> str:
+    """The pass lease's holder for one execution: `host:pid:nonce`, a fresh nonce each time.
+
+    Under thread isolation a pass stuck past its slot (backtor.workers.threads) may still be
+    running when the next execution starts in the same process: a holder of its own keeps
+    the stuck one fenced out by the lease, as another process's would be.
+    """
+    host_and_pid = PROCESS_HOLDER.rsplit(":", 1)[0]
+    return f"{host_and_pid}:{uuid.uuid4().hex[:6]}"
 
 
 def schedule_passes(

@@ -40,6 +40,7 @@ CALLS: dict[Operation, Callable[[Any], object]] = {
     Operation.PAUSE_WORKFLOW: lambda c: c.pause_workflow(c.workflow_id),
     Operation.RESUME_WORKFLOW: lambda c: c.resume_workflow(c.workflow_id),
     Operation.POLL_TASK: lambda c: c.poll_task("ct", "w"),
+    Operation.POLL_TASKS: lambda c: c.poll_tasks("ct", "w", 2),
     Operation.UPDATE_TASK: lambda c: c.update_task(c.task, "COMPLETED", {}),
     Operation.GET_TASK: lambda c: c.get_task(c.task.task_id),
 }
@@ -123,6 +124,8 @@ def test_nobody_listening_is_unavailable() -> None:
         ("[1]", lambda c: c.get_workflow_def("cwf", 1)),
         ('{"c": {}}', lambda c: c.workflows_by_correlation("cwf", ["c"], include_closed=True)),
         ('{"taskId": ""}', lambda c: c.poll_task("ct", "w")),
+        ('{"taskId": "t"}', lambda c: c.poll_tasks("ct", "w", 2)),
+        ('[{"taskId": ""}]', lambda c: c.poll_tasks("ct", "w", 2)),
         ("<html>oops</html>", lambda c: c.start_workflow("cwf", input={}, correlation_id="c")),
         ("", lambda c: c.start_workflow("cwf", input={}, correlation_id="c")),
     ],

@@ -350,3 +350,23 @@ def test_get_task_shows_a_task_canceled_with_its_workflow(backend: Backend) -> N
     assert backend.queue.get_task(held.task_id).status is TaskStatus.CANCELED
     with pytest.raises(ConductorNotFound):
         backend.queue.get_task("no-such-task-id")
+
+
+def test_poll_tasks_hands_out_up_to_count_once_each(backend: Backend) -> None:
+    """The batch poll `backtor worker` uses (thread isolation): up to `count`, each once."""
+    flow = register_flow(backend)
+    started = {flow.start(backend, n=n) for n in range(3)}
+    task_type = flow.tasks[0]
+    first = backend.wait_until(
+        lambda: backend.queue.poll_tasks(task_type, "batch", 2, 100), 10, "a batch"
+    )
+    polled = list(first)
+    while len(polled) < 3:
+        polled += backend.wait_until(
+            lambda: backend.queue.poll_tasks(task_type, "batch", 2, 100), 10, "the rest"
+        )
+    assert 1 <= len(first) <= 2
+    assert len(polled) == 3 and {t.workflow_id for t in polled} == started
+    assert all(t.status == IN_PROGRESS and t.worker_id == "batch" for t in polled)
+    assert backend.queue.poll_tasks(task_type, "batch", 2) == []  # each handed out once
+    assert backend.queue.poll_tasks(unique("nobody"), "batch", 1) == []

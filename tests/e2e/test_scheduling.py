@@ -41,8 +41,11 @@ def quiesce(stack: Stack, name: str, timeout: float = 60) -> None:
     wait_until(settled, timeout=timeout, what=f"{name} to settle")
 
 
-def test_two_second_cron_with_minutely_retention(stack: Stack) -> None:
-    with processes.workers(stack.env, stack.logs):
+@pytest.mark.parametrize("isolation", ["thread", "process"])
+def test_two_second_cron_with_minutely_retention(stack: Stack, isolation: str) -> None:
+    """Both BACKTOR_WORKER_ISOLATION modes schedule, record and remove end to end."""
+    env = {**stack.env, "BACKTOR_WORKER_ISOLATION": isolation}
+    with processes.workers(env, stack.logs):
         name = stack.create("every2s", backupCronString="*/2 * * * * *", retentionMinutely="3")
         wait_until(
             lambda: len([w for w in stack.creates(name) if w["status"] == "COMPLETED"]) >= 10,

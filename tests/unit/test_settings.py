@@ -37,6 +37,7 @@ FREE_TEXT = {
     "CONDUCTOR_AUTH_KEY",
     "CONDUCTOR_AUTH_SECRET",
     "BACKTOR_NOTIFY_SECRET",
+    "CONDUCTOR_WORKER_ALL_WORKER_ID",
 }
 
 BAD_VALUES = [
@@ -83,6 +84,9 @@ BAD_VALUES = [
     ("BACKTOR_METRICS_MODE", "fleet"),
     ("BACKTOR_METRICS_MODE", "per_spec"),
     ("BACKTOR_METRICS_MODE", "aggregate"),
+    ("BACKTOR_WORKER_ISOLATION", "threads"),
+    ("BACKTOR_WORKER_ISOLATION", "fork"),
+    ("BACKTOR_WORKER_ISOLATION", "none"),
 ]
 
 
@@ -202,6 +206,8 @@ def test_good_values_are_read() -> None:
             "BACKTOR_JITTER_SECONDS": "86400",
             "BACKTOR_VERIFY_SAMPLE_RATE": "0.25",
             "BACKTOR_METRICS_MODE": " Aggregated ",
+            "BACKTOR_WORKER_ISOLATION": "Process",
+            "CONDUCTOR_WORKER_ALL_WORKER_ID": "replica-1",
         }
     )
     assert settings.conductor_api_url == "https://conductor.example/api"
@@ -217,6 +223,7 @@ def test_good_values_are_read() -> None:
     assert settings.jitter_seconds == 86_400
     assert settings.verify_sample_rate == 0.25
     assert settings.metrics_mode == "aggregated"
+    assert (settings.worker_isolation, settings.worker_id) == ("process", "replica-1")
 
 
 @pytest.mark.parametrize(
@@ -283,6 +290,8 @@ def nothing_starts(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     [
         (["api"], "PORT", "http", "must be a port number, 1 to 65535"),
         (["api"], "BACKTOR_METRICS_MODE", "fleet", "must be one of per-spec, aggregated"),
+        (["worker"], "BACKTOR_WORKER_ISOLATION", "fork", "must be one of thread, process"),
+        (["run"], "BACKTOR_WORKER_ISOLATION", "threads", "must be one of thread, process"),
         (["api", "--port", "6000"], "BACKTOR_MIGRATE_ON_START", "yes", "must be 1 or 0"),
         (["worker"], "BACKTOR_MAX_REMOVALS_PER_RUN", "abc", "must be a whole number"),
         (
