@@ -36,18 +36,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import psycopg
 import requests
-from psycopg import sql
 from sqlalchemy import insert
 
-from backtor.core.policy import DEFAULT_POLICY
 from backtor.db.engine import make_engine
 from backtor.db.migrate import upgrade_to_head
 from backtor.db.models import BackupSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from tests.support.databases import default_retention_columns, throwaway_postgres  # noqa: E402
 from tests.support.net import free_port  # noqa: E402
 from tests.support.processes import backtor_env, start, stop  # noqa: E402
 
@@ -77,21 +75,8 @@ def database(given: str | None) -> Iterator[str]:
     if given:
         yield given
         return
-    script = str(ROOT / "scripts" / "postgres")
-    subprocess.run([script, "ensure"], check=True, capture_output=True)
-    admin = subprocess.run(
-        [script, "url", "backtor"], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    name = f"backtor_footprint_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield admin.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+    with throwaway_postgres() as url:
+        yield url
 
 
 def fill(database_url: str, specs: int) -> None:
@@ -100,12 +85,7 @@ def fill(database_url: str, specs: int) -> None:
     if not specs:
         return
     now = datetime.now(UTC).replace(microsecond=0)
-    retention = {
-        f"retention_{tier.value}": value
-        for tier, value in zip(
-            DEFAULT_POLICY.rules, DEFAULT_POLICY.to_fields().values(), strict=True
-        )
-    }
+    retention = default_retention_columns()
     engine = make_engine(database_url)
     prefix = f"fp{uuid.uuid4().hex[:6]}"
     try:
