@@ -12,7 +12,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, bindparam, select, update
+from sqlalchemy import Select, String, bindparam, select, update
 
 from backtor.conductor.names import BACKUP, CREATE_BACKUP
 from backtor.conductor.payloads import TaskRun, TaskStatus, WorkflowRun, WorkflowStatus
@@ -262,7 +262,7 @@ def record_outcome(
     status = workflow.status.value
     now = services.clock()
     with services.db.begin() as session:
-        spec = session.scalar(select(BackupSpec).where(BackupSpec.name == spec_name))
+        spec = session.scalar(_SPEC_NAMED, {"name": spec_name})
         if spec is None:
             return
         recorded_data = False
@@ -293,9 +293,7 @@ def record_outcome(
             )
         if recorded_data and status != "COMPLETED":
             apply_plan(session, spec, now, services.settings.max_removals_per_run)
-        session.execute(
-            update(Fire).where(Fire.id == fire_id).values(outcome=status, finished_at=now)
-        )
+        session.execute(_FIRE_ENDED, {"fire_id": fire_id, "outcome": status, "at": now})
         succeeded = status == "COMPLETED"
         counters.increment(session, counters.WORKFLOW, spec_name, status)
         counters.increment(session, counters.WORKFLOW, spec_name, _SUCCESS_LABEL[succeeded])
@@ -345,16 +343,26 @@ def record_stray_data(
 
 
 def _has_data(session: Any, spec_id: int, workflow_id: str) -> bool:
-    return (
-        session.scalar(
-            select(Backup.id).where(
-                Backup.spec_id == spec_id,
-                Backup.create_workflow_id == workflow_id,
-                Backup.backup_task_id.is_not(None),
-            )
-        )
-        is not None
+    return session.scalar(_WITH_DATA, {"spec_id": spec_id, "run": workflow_id}) is not None
+
+
+# record_outcome's statements, built once: they run for every run that ends. No Fire
+# object is loaded in its transaction, so the UPDATE leaves the session alone.
+_SPEC_NAMED = select(BackupSpec).where(BackupSpec.name == bindparam("name"))
+_FIRE_ENDED = (
+    update(Fire)
+    .where(Fire.id == bindparam("fire_id"))
+    .values(
+        outcome=bindparam("outcome", type_=String()),
+        finished_at=bindparam("at", type_=UTCDateTime()),
     )
+    .execution_options(synchronize_session=False)
+)
+_WITH_DATA = select(Backup.id).where(
+    Backup.spec_id == bindparam("spec_id"),
+    Backup.create_workflow_id == bindparam("run"),
+    Backup.backup_task_id.is_not(None),
+)
 
 
 def _taken_from_task(

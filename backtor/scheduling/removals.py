@@ -26,6 +26,7 @@ from backtor.core.errors import ConductorRefused, ConductorUnavailable
 from backtor.db import counters
 from backtor.db.models import Backup, BackupSpec, BackupStatus
 from backtor.db.repository import finish_purge_if_done, mark_purge_removals
+from backtor.db.types import UTCDateTime
 from backtor.runtime.services import Services
 from backtor.scheduling import notices
 from backtor.scheduling.following import ended_runs
@@ -250,11 +251,7 @@ def promote_expired(session: Session, now: datetime, limit: int) -> int:
         Backup.expires_at <= now,
         Backup.pinned.is_(False),
     )
-    ids = list(
-        session.scalars(
-            select(Backup.id).where(expired).order_by(Backup.expires_at, Backup.id).limit(limit)
-        )
-    )
+    ids = list(session.scalars(_EXPIRED, {"now": now, "limit": limit}))
     if not ids:
         return 0
     promoted = list(
@@ -268,6 +265,18 @@ def promote_expired(session: Session, now: datetime, limit: int) -> int:
     if promoted:
         log.info("%d EXPIRING backup(s) reached their expiresAt: removing", len(promoted))
     return len(promoted)
+
+
+_EXPIRED = (
+    select(Backup.id)
+    .where(
+        Backup.status == BackupStatus.EXPIRING.value,
+        Backup.expires_at <= bindparam("now", type_=UTCDateTime()),
+        Backup.pinned.is_(False),
+    )
+    .order_by(Backup.expires_at, Backup.id)
+    .limit(bindparam("limit"))
+)
 
 
 def _claim(session: Session, now: datetime, limit: int) -> list[RemovalJob]:
@@ -333,16 +342,22 @@ def record_removed(session: Session, backup_id: int, now: datetime) -> bool:
     return bool(changed)
 
 
+# The reads of promote_expired, reconcile_removals and advance_purges, built once: they
+# run every pass.
+_TRACKED = (
+    select(Backup.id, Backup.remove_workflow_id, BackupSpec.name, Backup.remove_attempts)
+    .join(BackupSpec, BackupSpec.id == Backup.spec_id)
+    .where(Backup.status.in_(OPEN), Backup.remove_workflow_id.is_not(None))
+    .order_by(Backup.id)
+    .limit(bindparam("limit"))
+)
+_PURGING = select(BackupSpec.id).where(BackupSpec.deleting.is_(True))
+
+
 def reconcile_removals(services: Services, limit: int = 500) -> None:
     """Find how started removals ended, however they ended, and record it."""
     with services.db.begin() as session:
-        tracked = session.execute(
-            select(Backup.id, Backup.remove_workflow_id, BackupSpec.name, Backup.remove_attempts)
-            .join(BackupSpec, BackupSpec.id == Backup.spec_id)
-            .where(Backup.status.in_(OPEN), Backup.remove_workflow_id.is_not(None))
-            .order_by(Backup.id)
-            .limit(limit)
-        ).all()
+        tracked = session.execute(_TRACKED, {"limit": limit}).all()
     if not tracked:
         return
 
@@ -441,7 +456,7 @@ def _record_failure(
 
 def advance_purges(session: Session, now: datetime, max_removals: int) -> None:
     """For specs being deleted (DELETE ?purge=true): mark their backups for removal."""
-    spec_ids = list(session.scalars(select(BackupSpec.id).where(BackupSpec.deleting.is_(True))))
+    spec_ids = list(session.scalars(_PURGING))
     for spec_id in spec_ids:
         mark_purge_removals(session, spec_id, now, max_removals)
         finish_purge_if_done(session, spec_id)
