@@ -36,7 +36,7 @@ from types import SimpleNamespace
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import bindparam, create_engine, event, exists, func, insert, or_, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
@@ -173,6 +173,12 @@ class Database:
             for table in self._tables:
                 connection.execute(table.delete())
             connection.execute(insert(SchedulerState).values(id=1))
+
+    def read(self) -> Connection:
+        """A connection for the harness's own reads (Core statements only): an ORM session
+        costs several times more to set up and tear down, and the harness reads after
+        every API request and at every settle step."""
+        return self.engine.connect()
 
     def in_write(self) -> bool:
         """True while some session holds uncommitted writes on the shared connection."""
@@ -687,8 +693,8 @@ class World:
 
     def observe_specs(self) -> None:
         """Note each spec's schedule as stored: a new stretch starts at each write of it."""
-        with self.db.maker() as session:
-            rows = session.execute(_SPEC_SCHEDULES).all()
+        with self.db.read() as connection:
+            rows = connection.execute(_SPEC_SCHEDULES).all()
         present = set()
         for spec in rows:
             present.add(spec.name)
@@ -791,9 +797,9 @@ class World:
         rng = self.rng("restores")
         if not self.scenario.restore_rate or rng.random() >= self.scenario.restore_rate:
             return
-        with self.db.maker() as session:
+        with self.db.read() as connection:
             ids = list(
-                session.scalars(
+                connection.scalars(
                     select(Backup.id)
                     .join(BackupSpec)
                     .where(BackupSpec.name == name)
@@ -840,7 +846,7 @@ class World:
         return dataclasses.replace(draft, enabled=not currently, paused_reason=reason)
 
     def some_backup(self, rng: random.Random, name: str, completed_only: bool) -> int | None:
-        with self.db.maker() as session:
+        with self.db.read() as connection:
             query = select(Backup.id).join(BackupSpec).where(BackupSpec.name == name)
             if completed_only:  # what can be pinned: an EXPIRING one is rescued by it
                 query = query.where(
@@ -848,7 +854,7 @@ class World:
                 )
             else:
                 query = query.where(Backup.pinned.is_(True))
-            ids = list(session.scalars(query.order_by(Backup.id)))
+            ids = list(connection.scalars(query.order_by(Backup.id)))
         return rng.choice(ids) if ids else None
 
     def operator_retry(self, rng: random.Random, name: str) -> None:
@@ -1417,9 +1423,10 @@ class World:
         self.end = self.clock()
         drafts = {s.draft.name: s.draft for s in self.scenario.specs}
         for name in self.live_names():
-            with self.db.maker() as session:
-                spec = session.scalar(select(BackupSpec).where(BackupSpec.name == name))
-                enabled = spec is not None and spec.enabled
+            with self.db.read() as connection:
+                enabled = bool(
+                    connection.scalar(select(BackupSpec.enabled).where(BackupSpec.name == name))
+                )
             if enabled:
                 draft = self._current_draft(name, drafts[name])
                 api.replace(services, dataclasses.replace(draft, enabled=False))
@@ -1495,8 +1502,9 @@ class World:
         self.round_before = before
 
     def _statuses(self) -> dict[int, str]:
-        with self.db.maker() as session:
-            return {row.id: row.status for row in session.execute(select(Backup.id, Backup.status))}
+        with self.db.read() as connection:
+            rows = connection.execute(select(Backup.id, Backup.status))
+            return {row.id: row.status for row in rows}
 
     def retention_lagging(self) -> bool:
         """Some live spec still has COMPLETED backups its plan removes (the cap held them)."""
@@ -1522,8 +1530,8 @@ class World:
     def quiet(self) -> bool:
         if self.twin.pending_tasks():
             return False
-        with self.db.maker() as session:
-            return not any(session.execute(_OPEN_WORK).one())
+        with self.db.read() as connection:
+            return not any(connection.execute(_OPEN_WORK).one())
 
     def next_moment(self, report: TickReport, idle: timedelta) -> datetime:
         """The next moment anything can happen: a fire, a task, a retry, a claim lapsing.
@@ -1534,16 +1542,18 @@ class World:
         passes). A pass that comes late is one a slow tick could have run.
         """
         now = self.clock()
-        with self.db.maker() as session:
-            moments: list[datetime | None] = list(session.execute(_WAKE_TIMES, {"now": now}).one())
+        with self.db.read() as connection:
+            moments: list[datetime | None] = list(
+                connection.execute(_WAKE_TIMES, {"now": now}).one()
+            )
             moments += [
                 since + restores.START_LAPSE + timedelta(seconds=1)
-                for since in session.execute(_STARTING_SINCE).one()
+                for since in connection.execute(_STARTING_SINCE).one()
                 if since is not None
             ]
             moments += [  # Backtor's own clocks: timeoutSeconds of a run, a dead worker's task
                 started + timedelta(seconds=timeout)
-                for started, timeout in session.execute(_RUN_TIMEOUTS)
+                for started, timeout in connection.execute(_RUN_TIMEOUTS)
                 if started is not None and timeout is not None
             ]
         moments += [
@@ -1558,9 +1568,9 @@ class World:
     def fingerprint(self) -> tuple[object, ...]:
         """What changes when anything happens (for the settle loop's idle steps)."""
         tasks = tuple((t.task_id, t.status) for t in self.twin.pending_tasks())
-        with self.db.maker() as session:
-            fires = session.execute(_FIRE_COUNTS).all()
-            backups = session.execute(_BACKUP_COUNTS).all()
+        with self.db.read() as connection:
+            fires = connection.execute(_FIRE_COUNTS).all()
+            backups = connection.execute(_BACKUP_COUNTS).all()
         return tasks, tuple(map(tuple, fires)), tuple(map(tuple, backups))
 
     def unsettled(self) -> str:
