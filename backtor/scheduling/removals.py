@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, or_, select, update
+from sqlalchemy import ColumnElement, Table, and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from backtor.conductor.names import REMOVE_BACKUP
@@ -267,11 +267,12 @@ def promote_expired(session: Session, now: datetime, limit: int) -> int:
     return len(promoted)
 
 
+_NOW = bindparam("now", type_=UTCDateTime())
 _EXPIRED = (
     select(Backup.id)
     .where(
         Backup.status == BackupStatus.EXPIRING.value,
-        Backup.expires_at <= bindparam("now", type_=UTCDateTime()),
+        Backup.expires_at <= _NOW,
         Backup.pinned.is_(False),
     )
     .order_by(Backup.expires_at, Backup.id)
@@ -281,20 +282,7 @@ _EXPIRED = (
 
 def _claim(session: Session, now: datetime, limit: int) -> list[RemovalJob]:
     promote_expired(session, now, limit)
-    claimable = and_(
-        Backup.status.in_(OPEN),
-        Backup.remove_workflow_id.is_(None),
-        or_(Backup.next_attempt_at.is_(None), Backup.next_attempt_at <= now),
-        or_(Backup.claimed_until.is_(None), Backup.claimed_until < now),
-        # A restore or verification under way holds the removal off until it ends.
-        no_open_run(),
-    )
-    candidates = session.execute(
-        select(Backup.id, Backup.claimed_until, Backup.last_error)
-        .where(claimable)
-        .order_by(Backup.scheduled_at, Backup.id)
-        .limit(limit)
-    ).all()
+    candidates = session.execute(_CANDIDATES, {"now": now, "limit": limit}).all()
     if not candidates:
         return []
     # A claim left behind (its attempt died or stalled) or an error (a start with no clear
@@ -306,7 +294,7 @@ def _claim(session: Session, now: datetime, limit: int) -> list[RemovalJob]:
     claimed = list(
         session.scalars(
             update(Backup)
-            .where(Backup.id.in_([row.id for row in candidates]), claimable)
+            .where(Backup.id.in_([row.id for row in candidates]), _claimable(now))
             .values(claimed_until=claim_until)
             .returning(Backup.id)
         )
@@ -317,6 +305,26 @@ def _claim(session: Session, now: datetime, limit: int) -> list[RemovalJob]:
         .where(Backup.id.in_(claimed))
     ).all()
     return [RemovalJob(*row, claimed_until=claim_until, retried=row.id in retried) for row in rows]
+
+
+def _claimable(now: Any) -> ColumnElement[bool]:
+    return and_(
+        Backup.status.in_(OPEN),
+        Backup.remove_workflow_id.is_(None),
+        or_(Backup.next_attempt_at.is_(None), Backup.next_attempt_at <= now),
+        or_(Backup.claimed_until.is_(None), Backup.claimed_until < now),
+        # A restore or verification under way holds the removal off until it ends.
+        no_open_run(),
+    )
+
+
+# _claim's read, built once: it runs every pass.
+_CANDIDATES = (
+    select(Backup.id, Backup.claimed_until, Backup.last_error)
+    .where(_claimable(_NOW))
+    .order_by(Backup.scheduled_at, Backup.id)
+    .limit(bindparam("limit"))
+)
 
 
 def record_removed(session: Session, backup_id: int, now: datetime) -> bool:

@@ -148,7 +148,6 @@ class Database:
             hide_parameters=True,
         )
         event.listen(self.engine, "connect", _sqlite_pragmas)
-        event.listen(self.engine, "before_cursor_execute", self._note_write)
         Base.metadata.create_all(self.engine)
         # Set by any statement that writes a spec or a backup row (rolled back or not): what
         # World.committed observes, which a commit that wrote neither cannot have changed.
@@ -161,10 +160,13 @@ class Database:
         )
         with self.engine.connect() as connection:
             self._raw: Any = connection.connection.driver_connection
+        # SQLite's own trace hook, not an engine event: with no engine event listened to,
+        # SQLAlchemy skips its event dispatch around every statement.
+        self._raw.set_trace_callback(self._note_write)
         self._tables = list(reversed(Base.metadata.sorted_tables))
 
-    def _note_write(self, *args: Any) -> None:
-        if args[2].startswith(_SPEC_OR_BACKUP_WRITES):
+    def _note_write(self, statement: str) -> None:
+        if statement.startswith(_SPEC_OR_BACKUP_WRITES):
             self.specs_written = True
 
     def reset(self) -> None:
