@@ -243,6 +243,18 @@ class ManualClock:
             self._now += timedelta(seconds=seconds)
 
 
+def _json_copy(value: Any) -> Any:
+    """A copy of JSON-shaped data (dicts, lists, scalars), as copy.deepcopy makes it but at a
+    fraction of its cost: every task and run the twin hands out is copied."""
+    if isinstance(value, dict):
+        return {key: _json_copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_copy(item) for item in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return copy.deepcopy(value)
+
+
 @dataclass
 class _Task:
     task_id: str
@@ -268,7 +280,7 @@ class _Task:
 
     def run(self) -> TaskRun:
         shared = {f.name: getattr(self, f.name) for f in fields(TaskRun)}
-        mutable = {"input": copy.deepcopy(self.input), "output": copy.deepcopy(self.output)}
+        mutable = {"input": _json_copy(self.input), "output": _json_copy(self.output)}
         return TaskRun(**{**shared, **mutable})
 
 
@@ -300,8 +312,8 @@ class _Workflow:
             status=self.status,
             version=int(self.definition.get("version", 1)),
             correlation_id=self.correlation_id,
-            input=copy.deepcopy(self.input),
-            output=copy.deepcopy(self.output),
+            input=_json_copy(self.input),
+            output=_json_copy(self.output),
             start_time=self.start_time,
             end_time=self.end_time,
             update_time=self.update_time,

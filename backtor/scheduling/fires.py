@@ -19,12 +19,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from dataclasses import replace as dataclass_replace
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
     BindParameter,
     ColumnElement,
+    String,
+    Update,
     and_,
     bindparam,
     exists,
@@ -52,7 +55,7 @@ from backtor.core.schedule import (
     on_overlap,
 )
 from backtor.db import counters
-from backtor.db.inserts import dialect_insert
+from backtor.db.inserts import DialectInsert, insert_for
 from backtor.db.models import SCHEDULED_ONLY, BackupSpec, Fire, FireStatus, SkipReason
 from backtor.db.types import UTCDateTime
 from backtor.runtime.services import Services
@@ -154,23 +157,27 @@ class DueReport:
 
 def schedule_due_fires(session: Session, now: datetime, limit: int = 10_000) -> DueReport:
     """Write a fire for every spec whose next fire time has come; move each spec on."""
-    specs = session.scalars(
-        select(BackupSpec)
-        .where(
-            BackupSpec.enabled.is_(True),
-            BackupSpec.deleting.is_(False),
-            BackupSpec.next_fire_at <= now,
-        )
-        .order_by(BackupSpec.next_fire_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    ).all()
+    specs = session.scalars(_DUE_SPECS, {"now": now, "limit": limit}).all()
     # Specs that share a schedule and a due time share a decision: compute it once a pass.
     decisions: dict[tuple[Timing, datetime], Decision] = {}
     rows = [row for spec in specs for row in _due_fire_rows(session, spec, now, decisions)]
     _insert_fires(session, rows)
     pending = sum(1 for row in rows if row["status"] == FireStatus.PENDING.value)
     return DueReport(pending=pending, skipped=len(rows) - pending)
+
+
+# schedule_due_fires' read, built once (it runs every pass).
+_DUE_SPECS = (
+    select(BackupSpec)
+    .where(
+        BackupSpec.enabled.is_(True),
+        BackupSpec.deleting.is_(False),
+        BackupSpec.next_fire_at <= bindparam("now", type_=UTCDateTime()),
+    )
+    .order_by(BackupSpec.next_fire_at)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True)
+)
 
 
 def settle_due_fire(session: Session, spec: BackupSpec, now: datetime) -> None:
@@ -268,10 +275,15 @@ def _insert_fires(session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
     """
     if not rows:
         return
-    statement = dialect_insert(session, Fire).on_conflict_do_nothing(
+    session.execute(_insert_fires_statement(session.get_bind().dialect.name), list(rows))
+
+
+@cache
+def _insert_fires_statement(dialect: str) -> DialectInsert:
+    """_insert_fires' INSERT, built once per dialect."""
+    return insert_for(dialect, Fire).on_conflict_do_nothing(
         index_elements=["spec_id", "scheduled_at"], index_where=text(SCHEDULED_ONLY)
     )
-    session.execute(statement, list(rows))
 
 
 def add_manual_fire(session: Session, spec: BackupSpec, now: datetime) -> int:
@@ -365,32 +377,9 @@ def claim_pending(
     ids = [row.id for row in candidates if row.spec_id not in busy]
     if not ids:
         return []
-    claimed = set(
-        session.scalars(
-            update(Fire)
-            .where(Fire.id.in_(ids), _unclaimed(now))
-            .values(attempts=Fire.attempts + 1, claimed_until=now + CLAIM)
-            .returning(Fire.id)
-        )
-    )
-    rows = session.execute(
-        select(
-            Fire.id,
-            Fire.spec_id,
-            BackupSpec.name,
-            Fire.scheduled_at,
-            Fire.manual,
-            Fire.attempts,
-            BackupSpec.worker_config,
-            BackupSpec.timeout_seconds,
-            BackupSpec.misfire_grace_seconds,
-            BackupSpec.overlap_policy,
-            Fire.skip_reason,
-        )
-        .join(BackupSpec, BackupSpec.id == Fire.spec_id)
-        .where(Fire.id.in_(claimed))
-        .order_by(Fire.scheduled_at, Fire.id)
-    ).all()
+    claim = {"fire_ids": ids, "now": now, "until": now + CLAIM}
+    claimed = sorted(session.scalars(_CLAIM, claim))
+    rows = session.execute(_CLAIMED, {"fire_ids": claimed}).all()
     return [
         FireJob(
             *row[:9],
@@ -439,6 +428,37 @@ _BUSY_SPECS = select(Fire.spec_id).where(
     Fire.spec_id.in_(_SPEC_IDS),
     Fire.status == FireStatus.PENDING.value,
     Fire.claimed_until >= _NOW,
+)
+
+
+# claim_pending's claim and read of what it claimed, built once. The UPDATE leaves loaded
+# objects as they are: a pass loads no Fire, and the trigger's manual fire is not read
+# again after its claim.
+_FIRE_IDS: BindParameter[list[int]] = bindparam("fire_ids", expanding=True)
+_CLAIM = (
+    update(Fire)
+    .where(Fire.id.in_(_FIRE_IDS), _unclaimed(_NOW))
+    .values(attempts=Fire.attempts + 1, claimed_until=bindparam("until", type_=UTCDateTime()))
+    .returning(Fire.id)
+    .execution_options(synchronize_session=False)
+)
+_CLAIMED = (
+    select(
+        Fire.id,
+        Fire.spec_id,
+        BackupSpec.name,
+        Fire.scheduled_at,
+        Fire.manual,
+        Fire.attempts,
+        BackupSpec.worker_config,
+        BackupSpec.timeout_seconds,
+        BackupSpec.misfire_grace_seconds,
+        BackupSpec.overlap_policy,
+        Fire.skip_reason,
+    )
+    .join(BackupSpec, BackupSpec.id == Fire.spec_id)
+    .where(Fire.id.in_(_FIRE_IDS))
+    .order_by(Fire.scheduled_at, Fire.id)
 )
 
 
@@ -640,17 +660,19 @@ class _Buffers:
         if self._outside is None:
             batch = [job.fire_id for job in self._jobs]
             with self._services.db() as session:
+                spec_ids = sorted({job.spec_id for job in self._jobs})
                 self._outside = set(
-                    session.scalars(
-                        select(Fire.spec_id).where(
-                            Fire.spec_id.in_(sorted({job.spec_id for job in self._jobs})),
-                            Fire.status == FireStatus.PENDING.value,
-                            Fire.skip_reason == BUFFERED,
-                            Fire.id.not_in(batch),
-                        )
-                    )
+                    session.scalars(_BUFFERED_OUTSIDE, {"spec_ids": spec_ids, "batch": batch})
                 )
         return self._outside
+
+
+_BUFFERED_OUTSIDE = select(Fire.spec_id).where(
+    Fire.spec_id.in_(_SPEC_IDS),
+    Fire.status == FireStatus.PENDING.value,
+    Fire.skip_reason == BUFFERED,
+    Fire.id.not_in(bindparam("batch", expanding=True)),
+)
 
 
 def _unlisted_open_runs(
@@ -663,16 +685,7 @@ def _unlisted_open_runs(
     """
     known = {run.workflow_id for runs in listed.values() for run in runs}
     with services.db() as session:
-        unfinished = session.execute(
-            select(Fire.workflow_id, BackupSpec.name)
-            .join(BackupSpec, BackupSpec.id == Fire.spec_id)
-            .where(
-                BackupSpec.name.in_(list(names)),
-                Fire.status == FireStatus.STARTED.value,
-                Fire.outcome.is_(None),
-                Fire.workflow_id.is_not(None),
-            )
-        ).all()
+        unfinished = session.execute(_UNFINISHED, {"names": list(names)}).all()
     found = []
     for workflow_id, _name in unfinished:
         if workflow_id is None or workflow_id in known:
@@ -684,6 +697,18 @@ def _unlisted_open_runs(
         if run.status.is_open:
             found.append(run)
     return found
+
+
+_UNFINISHED = (
+    select(Fire.workflow_id, BackupSpec.name)
+    .join(BackupSpec, BackupSpec.id == Fire.spec_id)
+    .where(
+        BackupSpec.name.in_(bindparam("names", expanding=True)),
+        Fire.status == FireStatus.STARTED.value,
+        Fire.outcome.is_(None),
+        Fire.workflow_id.is_not(None),
+    )
+)
 
 
 def _passed_over(jobs: Sequence[FireJob], now: datetime) -> list[FireOutcome]:
@@ -984,16 +1009,27 @@ def _write_outcome(session: Session, outcome: FireOutcome, now: datetime) -> int
         values["skip_reason"] = outcome.skip_reason.value
         if outcome.given_up:
             values["finished_at"] = now
-    return session.execute(
+    params = {f"new_{key}": value for key, value in values.items()}
+    params |= {"fire_id": outcome.fire_id, "attempt": outcome.attempt}
+    return session.execute(_outcome_update(tuple(values)), params).scalar()
+
+
+@cache
+def _outcome_update(keys: tuple[str, ...]) -> Update:
+    """_write_outcome's fenced UPDATE for one set of columns, built once per set. No Fire
+    object is loaded in _record_outcomes' transaction: the session is left alone."""
+    columns = Fire.__table__.c
+    return (
         update(Fire)
         .where(
-            Fire.id == outcome.fire_id,
+            Fire.id == bindparam("fire_id"),
             Fire.status == FireStatus.PENDING.value,
-            Fire.attempts == outcome.attempt,
+            Fire.attempts == bindparam("attempt"),
         )
-        .values(**values)
+        .values({key: bindparam(f"new_{key}", type_=columns[key].type) for key in keys})
         .returning(Fire.spec_id)
-    ).scalar()
+        .execution_options(synchronize_session=False)
+    )
 
 
 def _note_terminated(session: Session, outcome: FireOutcome) -> None:
@@ -1058,11 +1094,7 @@ def _place_run(
 
 def _ledger_state(session: Session, outcome: FireOutcome) -> FireOutcome:
     """What the ledger holds for a fire another attempt decided (or that is gone)."""
-    row = session.execute(
-        select(Fire.status, Fire.workflow_id, Fire.skip_reason, Fire.attempts).where(
-            Fire.id == outcome.fire_id
-        )
-    ).first()
+    row = session.execute(_LEDGER, {"fire_id": outcome.fire_id}).first()
     if row is None:
         return dataclass_replace(
             outcome,
@@ -1085,27 +1117,24 @@ def _ledger_state(session: Session, outcome: FireOutcome) -> FireOutcome:
     )
 
 
+_LEDGER = select(Fire.status, Fire.workflow_id, Fire.skip_reason, Fire.attempts).where(
+    Fire.id == bindparam("fire_id")
+)
+
+
 def _account(session: Session, spec_id: int, outcome: FireOutcome, now: datetime) -> None:
     """The spec's running/skip fields and the counters, for an outcome just recorded."""
     name = outcome.spec_name
     if outcome.status is FireStatus.STARTED:
         assert outcome.started_at is not None
-        session.execute(
-            update(BackupSpec)
-            .where(BackupSpec.id == spec_id)
-            .values(running_create_workflow_id=outcome.workflow_id)
-        )
+        session.execute(_SPEC_RUNNING, {"spec_id": spec_id, "run": outcome.workflow_id})
         counters.increment(session, counters.TRIGGER, name, "success")
         lag = outcome.started_at - outcome.scheduled_at
         counters.observe_schedule_lag(session, lag.total_seconds())
     elif outcome.status is FireStatus.SKIPPED and not outcome.given_up:
         assert outcome.skip_reason is not None
         reason = outcome.skip_reason.value
-        session.execute(
-            update(BackupSpec)
-            .where(BackupSpec.id == spec_id)
-            .values(last_skip_at=now, last_skip_reason=reason)
-        )
+        session.execute(_SPEC_SKIPPED, {"spec_id": spec_id, "at": now, "reason": reason})
         log.info(
             "spec %s: fire %s skipped (%s)",
             name,
@@ -1130,6 +1159,24 @@ def _account(session: Session, spec_id: int, outcome: FireOutcome, now: datetime
         if outcome.given_up:
             reason = SkipReason.CONDUCTOR_UNAVAILABLE.value
             counters.increment(session, counters.SKIPPED, name, reason)
+
+
+# _account's writes to the spec, built once; no spec object is loaded in that transaction.
+_SPEC_RUNNING = (
+    update(BackupSpec)
+    .where(BackupSpec.id == bindparam("spec_id"))
+    .values(running_create_workflow_id=bindparam("run", type_=String()))
+    .execution_options(synchronize_session=False)
+)
+_SPEC_SKIPPED = (
+    update(BackupSpec)
+    .where(BackupSpec.id == bindparam("spec_id"))
+    .values(
+        last_skip_at=bindparam("at", type_=UTCDateTime()),
+        last_skip_reason=bindparam("reason", type_=String()),
+    )
+    .execution_options(synchronize_session=False)
+)
 
 
 def _stop_duplicate(services: Services, outcome: FireOutcome) -> None:

@@ -25,9 +25,10 @@ import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
-from sqlalchemy import case, func, or_, select, update
+from sqlalchemy import bindparam, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from backtor.conductor import webhooks
@@ -45,6 +46,7 @@ from backtor.core.notices import NoticeKind, body_of, headers_for
 from backtor.db import counters
 from backtor.db.inserts import dialect_insert
 from backtor.db.models import Backup, BackupSpec, Notice, NoticeStatus
+from backtor.db.types import UTCDateTime
 from backtor.observability.freshness import (
     MIN_PERIOD_SECONDS,
     OVERDUE_FACTOR,
@@ -284,7 +286,17 @@ def check_overdue(services: Services, limit: int = OVERDUE_BATCH) -> int:
         return 0
     memory.overdue_at = now + OVERDUE_EVERY
     with services.db.begin() as session:
-        specs = list(session.scalars(_overdue_candidates(services, now, memory.after_id, limit)))
+        specs = list(
+            session.scalars(
+                _overdue_candidates(services.settings.notify_url is None),
+                {
+                    "after_id": memory.after_id,
+                    "now": now,
+                    "settled": now - _SHORTEST_LIMIT,
+                    "limit": limit,
+                },
+            )
+        )
         last = newest_successes(session, [spec.id for spec in specs])
     memory.after_id = specs[-1].id if len(specs) >= limit else 0
     until = deadline(OVERDUE_PERIOD_BUDGET_SECONDS)
@@ -302,20 +314,24 @@ def check_overdue(services: Services, limit: int = OVERDUE_BATCH) -> int:
     return written
 
 
-def _overdue_candidates(services: Services, now: datetime, after_id: int, limit: int) -> Any:
-    """Active specs whose schedule applies for longer than the shortest overdue limit."""
+@cache
+def _overdue_candidates(own_url_only: bool) -> Any:
+    """Active specs whose schedule applies for longer than the shortest overdue limit; with
+    no BACKTOR_NOTIFY_URL, those with a notifyUrl of their own. Built once per case."""
+    now = bindparam("now", type_=UTCDateTime())
+    settled = bindparam("settled", type_=UTCDateTime())  # now - the shortest limit
     conditions = [
-        BackupSpec.id > after_id,
+        BackupSpec.id > bindparam("after_id"),
         BackupSpec.enabled.is_(True),
         BackupSpec.deleting.is_(False),
         or_(BackupSpec.from_date.is_(None), BackupSpec.from_date <= now),
         or_(BackupSpec.to_date.is_(None), BackupSpec.to_date > now),
-        BackupSpec.created_at <= now - _SHORTEST_LIMIT,
-        BackupSpec.last_update <= now - _SHORTEST_LIMIT,
+        BackupSpec.created_at <= settled,
+        BackupSpec.last_update <= settled,
     ]
-    if services.settings.notify_url is None:
+    if own_url_only:
         conditions.append(BackupSpec.notify_url.is_not(None))
-    return select(BackupSpec).where(*conditions).order_by(BackupSpec.id).limit(limit)
+    return select(BackupSpec).where(*conditions).order_by(BackupSpec.id).limit(bindparam("limit"))
 
 
 def _notify_overdue(
@@ -360,6 +376,21 @@ def _notify_overdue(
     return int(written)
 
 
+# The outbox's reads, built once: they run every pass.
+_PENDING = (
+    select(Notice.id, Notice.key, Notice.spec_name, Notice.kind)
+    .where(Notice.status == NoticeStatus.PENDING.value)
+    .order_by(Notice.id)
+    .limit(bindparam("limit"))
+)
+_STARTED = (
+    select(Notice.id, Notice.key, Notice.spec_name, Notice.kind, Notice.notify_workflow_id)
+    .where(Notice.status == NoticeStatus.STARTED.value)
+    .order_by(Notice.id)
+    .limit(bindparam("limit"))
+)
+
+
 def start_pending_notices(
     services: Services, limit: int = START_BATCH, until: datetime | None = None
 ) -> int:
@@ -371,12 +402,7 @@ def start_pending_notices(
     batch (the rest waits for the next pass).
     """
     with services.db.begin() as session:
-        rows = session.execute(
-            select(Notice.id, Notice.key, Notice.spec_name, Notice.kind)
-            .where(Notice.status == NoticeStatus.PENDING.value)
-            .order_by(Notice.id)
-            .limit(limit)
-        ).all()
+        rows = session.execute(_PENDING, {"limit": limit}).all()
     if not rows:
         return 0
     found = services.conductor.workflows_by_correlation(
@@ -453,12 +479,7 @@ def _stop_duplicate(services: Services, key: str, workflow_id: str) -> None:
 def follow_notices(services: Services, limit: int = FOLLOW_BATCH) -> None:
     """Record how started notices' workflows ended: DELIVERED, or FAILED and counted."""
     with services.db.begin() as session:
-        rows = session.execute(
-            select(Notice.id, Notice.key, Notice.spec_name, Notice.kind, Notice.notify_workflow_id)
-            .where(Notice.status == NoticeStatus.STARTED.value)
-            .order_by(Notice.id)
-            .limit(limit)
-        ).all()
+        rows = session.execute(_STARTED, {"limit": limit}).all()
     if not rows:
         return
 

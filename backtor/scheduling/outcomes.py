@@ -9,12 +9,10 @@ A run retried or rerun from Conductor's UI is followed again.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, String, bindparam, select, update
 
 from backtor.conductor.names import BACKUP, CREATE_BACKUP
 from backtor.conductor.payloads import TaskRun, TaskStatus, WorkflowRun, WorkflowStatus
@@ -22,6 +20,7 @@ from backtor.core.errors import ConductorNotFound, ConductorRefused, ConductorUn
 from backtor.core.schedule import TERMINATED_BY_OVERLAP
 from backtor.db import counters
 from backtor.db.models import Backup, BackupSpec, BackupStatus, Fire, FireStatus
+from backtor.db.types import UTCDateTime
 from backtor.runtime.services import Services
 from backtor.scheduling.recording import (
     TakenBackup,
@@ -57,14 +56,8 @@ def reconcile_fires(services: Services, limit: int = 1000) -> None:
     """
     now = services.clock()
     with services.db.begin() as session:
-        open_rows = _tracked(session, Fire.outcome.is_(None), Fire.started_at, limit)
-        watched = _tracked(
-            session,
-            Fire.outcome.in_(("FAILED", "TIMED_OUT", "TERMINATED"))
-            & (Fire.finished_at > now - RETRY_WATCH),
-            Fire.finished_at.desc(),
-            limit,
-        )
+        open_rows = session.execute(_OPEN_RUNS, {"limit": limit}).all()
+        watched = session.execute(_WATCHED_RUNS, {"limit": limit, "since": now - RETRY_WATCH}).all()
     if not open_rows and not watched:
         return
     names = sorted({row.name for row in (*open_rows, *watched)})
@@ -114,8 +107,13 @@ def _repaired(services: Services, row: Any, now: datetime) -> bool:
     return repair_stalled(services, workflow)
 
 
-def _tracked(session: Session, condition: Any, order: Any, limit: int) -> Sequence[Any]:
-    return session.execute(
+def _tracked(
+    condition: Any, order: Any
+) -> Select[
+    int, str | None, str | None, datetime | None, datetime, datetime | None, str, int | None
+]:
+    """Started runs that meet `condition`, built once (reconcile_fires runs every pass)."""
+    return (
         select(
             Fire.id,
             Fire.workflow_id,
@@ -129,8 +127,16 @@ def _tracked(session: Session, condition: Any, order: Any, limit: int) -> Sequen
         .join(BackupSpec, BackupSpec.id == Fire.spec_id)
         .where(Fire.status == FireStatus.STARTED.value, condition)
         .order_by(order, Fire.id)
-        .limit(limit)
-    ).all()
+        .limit(bindparam("limit"))
+    )
+
+
+_OPEN_RUNS = _tracked(Fire.outcome.is_(None), Fire.started_at)
+_WATCHED_RUNS = _tracked(
+    Fire.outcome.in_(("FAILED", "TIMED_OUT", "TERMINATED"))
+    & (Fire.finished_at > bindparam("since", type_=UTCDateTime())),
+    Fire.finished_at.desc(),
+)
 
 
 def _follow(services: Services, row: Any, running: bool, now: datetime) -> None:
@@ -256,7 +262,7 @@ def record_outcome(
     status = workflow.status.value
     now = services.clock()
     with services.db.begin() as session:
-        spec = session.scalar(select(BackupSpec).where(BackupSpec.name == spec_name))
+        spec = session.scalar(_SPEC_NAMED, {"name": spec_name})
         if spec is None:
             return
         recorded_data = False
@@ -287,9 +293,7 @@ def record_outcome(
             )
         if recorded_data and status != "COMPLETED":
             apply_plan(session, spec, now, services.settings.max_removals_per_run)
-        session.execute(
-            update(Fire).where(Fire.id == fire_id).values(outcome=status, finished_at=now)
-        )
+        session.execute(_FIRE_ENDED, {"fire_id": fire_id, "outcome": status, "at": now})
         succeeded = status == "COMPLETED"
         counters.increment(session, counters.WORKFLOW, spec_name, status)
         counters.increment(session, counters.WORKFLOW, spec_name, _SUCCESS_LABEL[succeeded])
@@ -339,16 +343,26 @@ def record_stray_data(
 
 
 def _has_data(session: Any, spec_id: int, workflow_id: str) -> bool:
-    return (
-        session.scalar(
-            select(Backup.id).where(
-                Backup.spec_id == spec_id,
-                Backup.create_workflow_id == workflow_id,
-                Backup.backup_task_id.is_not(None),
-            )
-        )
-        is not None
+    return session.scalar(_WITH_DATA, {"spec_id": spec_id, "run": workflow_id}) is not None
+
+
+# record_outcome's statements, built once: they run for every run that ends. No Fire
+# object is loaded in its transaction, so the UPDATE leaves the session alone.
+_SPEC_NAMED = select(BackupSpec).where(BackupSpec.name == bindparam("name"))
+_FIRE_ENDED = (
+    update(Fire)
+    .where(Fire.id == bindparam("fire_id"))
+    .values(
+        outcome=bindparam("outcome", type_=String()),
+        finished_at=bindparam("at", type_=UTCDateTime()),
     )
+    .execution_options(synchronize_session=False)
+)
+_WITH_DATA = select(Backup.id).where(
+    Backup.spec_id == bindparam("spec_id"),
+    Backup.create_workflow_id == bindparam("run"),
+    Backup.backup_task_id.is_not(None),
+)
 
 
 def _taken_from_task(

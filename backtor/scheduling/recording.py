@@ -93,25 +93,30 @@ def policy_of(spec: BackupSpec) -> RetentionPolicy:
     )
 
 
+# record_taken's reads, built once: they run for every backup recorded.
+_BY_TASK = select(Backup).where(Backup.backup_task_id == bindparam("task_id"))
+_FAILED_RECORD = (
+    select(Backup)
+    .where(
+        Backup.spec_id == bindparam("spec_id"),
+        Backup.create_workflow_id == bindparam("run"),
+        Backup.backup_task_id.is_(None),
+        Backup.status.in_(FAILED_STATUSES),
+    )
+    .limit(1)
+)
+
+
 def record_taken(session: Session, spec: BackupSpec, taken: TakenBackup) -> Backup:
     """Record a backup once per `backup` task execution (idempotent).
 
     A FAILED or TIMED_OUT record of the same workflow (written when an earlier attempt
     failed) becomes this record: the retry from Conductor's UI succeeded.
     """
-    existing = session.scalar(select(Backup).where(Backup.backup_task_id == taken.task_id))
+    existing = session.scalar(_BY_TASK, {"task_id": taken.task_id})
     if existing is not None:
         return existing
-    backup = session.scalar(
-        select(Backup)
-        .where(
-            Backup.spec_id == spec.id,
-            Backup.create_workflow_id == taken.workflow_id,
-            Backup.backup_task_id.is_(None),
-            Backup.status.in_(FAILED_STATUSES),
-        )
-        .limit(1)
-    )
+    backup = session.scalar(_FAILED_RECORD, {"spec_id": spec.id, "run": taken.workflow_id})
     if backup is None:
         backup = Backup(spec_id=spec.id, create_workflow_id=taken.workflow_id)
         session.add(backup)
@@ -272,12 +277,15 @@ def _auto_pause(
 
 def reset_failures(session: Session, spec_id: int) -> None:
     """A backup succeeded: the spec's consecutive failures start again from 0."""
-    session.execute(
-        update(BackupSpec)
-        .where(BackupSpec.id == spec_id, BackupSpec.consecutive_failures != 0)
-        .values(consecutive_failures=0)
-        .execution_options(synchronize_session=False)
-    )
+    session.execute(_RESET_FAILURES, {"spec_id": spec_id})
+
+
+_RESET_FAILURES = (
+    update(BackupSpec)
+    .where(BackupSpec.id == bindparam("spec_id"), BackupSpec.consecutive_failures != 0)
+    .values(consecutive_failures=0)
+    .execution_options(synchronize_session=False)
+)
 
 
 def completed_records(session: Session, spec_id: int) -> list[BackupRecord]:
@@ -294,13 +302,16 @@ def completed_records(session: Session, spec_id: int) -> list[BackupRecord]:
 
 def _candidate_rows(session: Session, spec_id: int) -> list[Any]:
     """(id, scheduled_at, pinned, status) of the spec's retention candidates."""
-    return list(
-        session.execute(
-            select(Backup.id, Backup.scheduled_at, Backup.pinned, Backup.status).where(
-                Backup.spec_id == spec_id, Backup.status.in_(CANDIDATE_STATUSES)
-            )
-        ).all()
-    )
+    return list(session.execute(_CANDIDATE_ROWS, {"spec_id": spec_id}).all())
+
+
+# The retention candidates' reads, built once: they run for every plan made.
+_CANDIDATE_ROWS = select(Backup.id, Backup.scheduled_at, Backup.pinned, Backup.status).where(
+    Backup.spec_id == bindparam("spec_id"), Backup.status.in_(CANDIDATE_STATUSES)
+)
+_CANDIDATE_TAGS = select(Backup.id, Backup.tags).where(
+    Backup.spec_id == bindparam("spec_id"), Backup.status.in_(CANDIDATE_STATUSES)
+)
 
 
 def plan_for(
@@ -323,14 +334,7 @@ def store_tags(session: Session, spec: BackupSpec, plan: RetentionPlan) -> int:
     Other statuses keep the tags they had when they left the candidates: only candidate
     rows are read and written (a row that left them since the plan was made is left alone).
     """
-    current = {
-        row.id: row.tags
-        for row in session.execute(
-            select(Backup.id, Backup.tags).where(
-                Backup.spec_id == spec.id, Backup.status.in_(CANDIDATE_STATUSES)
-            )
-        )
-    }
+    current = {row.id: row.tags for row in session.execute(_CANDIDATE_TAGS, {"spec_id": spec.id})}
     tag_rows = []
     for decision in plan.decisions:
         backup_id = int(decision.id)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, or_, select, update
+from sqlalchemy import ColumnElement, Table, and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from backtor.conductor.names import REMOVE_BACKUP
@@ -31,6 +31,7 @@ from backtor.core.errors import ConductorRefused, ConductorUnavailable
 from backtor.db import counters
 from backtor.db.models import Backup, BackupSpec, BackupStatus
 from backtor.db.repository import finish_purge_if_done, mark_purge_removals
+from backtor.db.types import UTCDateTime
 from backtor.runtime.services import Services
 from backtor.scheduling import notices
 from backtor.scheduling.following import ended_runs
@@ -285,11 +286,7 @@ def promote_expired(session: Session, now: datetime, limit: int) -> int:
         Backup.expires_at <= now,
         Backup.pinned.is_(False),
     )
-    ids = list(
-        session.scalars(
-            select(Backup.id).where(expired).order_by(Backup.expires_at, Backup.id).limit(limit)
-        )
-    )
+    ids = list(session.scalars(_EXPIRED, {"now": now, "limit": limit}))
     if not ids:
         return 0
     promoted = list(
@@ -305,22 +302,22 @@ def promote_expired(session: Session, now: datetime, limit: int) -> int:
     return len(promoted)
 
 
+_NOW = bindparam("now", type_=UTCDateTime())
+_EXPIRED = (
+    select(Backup.id)
+    .where(
+        Backup.status == BackupStatus.EXPIRING.value,
+        Backup.expires_at <= _NOW,
+        Backup.pinned.is_(False),
+    )
+    .order_by(Backup.expires_at, Backup.id)
+    .limit(bindparam("limit"))
+)
+
+
 def _claim(session: Session, now: datetime, limit: int) -> list[RemovalJob]:
     promote_expired(session, now, limit)
-    claimable = and_(
-        Backup.status.in_(OPEN),
-        Backup.remove_workflow_id.is_(None),
-        or_(Backup.next_attempt_at.is_(None), Backup.next_attempt_at <= now),
-        or_(Backup.claimed_until.is_(None), Backup.claimed_until < now),
-        # A restore or verification under way holds the removal off until it ends.
-        no_open_run(),
-    )
-    candidates = session.execute(
-        select(Backup.id, Backup.claimed_until, Backup.last_error)
-        .where(claimable)
-        .order_by(Backup.scheduled_at, Backup.id)
-        .limit(limit)
-    ).all()
+    candidates = session.execute(_CANDIDATES, {"now": now, "limit": limit}).all()
     if not candidates:
         return []
     # A claim left behind (its attempt died or stalled) or an error (a start with no clear
@@ -332,7 +329,7 @@ def _claim(session: Session, now: datetime, limit: int) -> list[RemovalJob]:
     claimed = list(
         session.scalars(
             update(Backup)
-            .where(Backup.id.in_([row.id for row in candidates]), claimable)
+            .where(Backup.id.in_([row.id for row in candidates]), _claimable(now))
             .values(claimed_until=claim_until)
             .returning(Backup.id)
         )
@@ -343,6 +340,26 @@ def _claim(session: Session, now: datetime, limit: int) -> list[RemovalJob]:
         .where(Backup.id.in_(claimed))
     ).all()
     return [RemovalJob(*row, claimed_until=claim_until, retried=row.id in retried) for row in rows]
+
+
+def _claimable(now: Any) -> ColumnElement[bool]:
+    return and_(
+        Backup.status.in_(OPEN),
+        Backup.remove_workflow_id.is_(None),
+        or_(Backup.next_attempt_at.is_(None), Backup.next_attempt_at <= now),
+        or_(Backup.claimed_until.is_(None), Backup.claimed_until < now),
+        # A restore or verification under way holds the removal off until it ends.
+        no_open_run(),
+    )
+
+
+# _claim's read, built once: it runs every pass.
+_CANDIDATES = (
+    select(Backup.id, Backup.claimed_until, Backup.last_error)
+    .where(_claimable(_NOW))
+    .order_by(Backup.scheduled_at, Backup.id)
+    .limit(bindparam("limit"))
+)
 
 
 def record_removed(session: Session, backup_id: int, now: datetime) -> bool:
@@ -368,16 +385,22 @@ def record_removed(session: Session, backup_id: int, now: datetime) -> bool:
     return bool(changed)
 
 
+# The reads of promote_expired, reconcile_removals and advance_purges, built once: they
+# run every pass.
+_TRACKED = (
+    select(Backup.id, Backup.remove_workflow_id, BackupSpec.name, Backup.remove_attempts)
+    .join(BackupSpec, BackupSpec.id == Backup.spec_id)
+    .where(Backup.status.in_(OPEN), Backup.remove_workflow_id.is_not(None))
+    .order_by(Backup.id)
+    .limit(bindparam("limit"))
+)
+_PURGING = select(BackupSpec.id).where(BackupSpec.deleting.is_(True))
+
+
 def reconcile_removals(services: Services, limit: int = 500) -> None:
     """Find how started removals ended, however they ended, and record it."""
     with services.db.begin() as session:
-        tracked = session.execute(
-            select(Backup.id, Backup.remove_workflow_id, BackupSpec.name, Backup.remove_attempts)
-            .join(BackupSpec, BackupSpec.id == Backup.spec_id)
-            .where(Backup.status.in_(OPEN), Backup.remove_workflow_id.is_not(None))
-            .order_by(Backup.id)
-            .limit(limit)
-        ).all()
+        tracked = session.execute(_TRACKED, {"limit": limit}).all()
     if not tracked:
         return
 
@@ -514,7 +537,7 @@ def _record_failure(
 
 def advance_purges(session: Session, now: datetime, max_removals: int) -> None:
     """For specs being deleted (DELETE ?purge=true): mark their backups for removal."""
-    spec_ids = list(session.scalars(select(BackupSpec.id).where(BackupSpec.deleting.is_(True))))
+    spec_ids = list(session.scalars(_PURGING))
     for spec_id in spec_ids:
         mark_purge_removals(session, spec_id, now, max_removals)
         finish_purge_if_done(session, spec_id)

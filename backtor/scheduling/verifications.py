@@ -17,13 +17,14 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from backtor.core.cron import CronError
 from backtor.core.errors import Conflict, NotFound
 from backtor.core.verification import Candidate, Choice, choose, verify_timing
 from backtor.db.models import Backup, BackupSpec, BackupStatus
+from backtor.db.types import UTCDateTime
 from backtor.runtime.services import Services
 from backtor.scheduling.restores import OPEN_RUN, VERIFY, RunJob, claim, start
 
@@ -51,17 +52,7 @@ def start_scheduled_verifications(services: Services) -> None:
     now = services.clock()
     stop_at = now + STEP_BUDGET
     with services.db() as session:
-        due = session.execute(
-            select(BackupSpec.id, BackupSpec.next_verify_at)
-            .where(
-                BackupSpec.next_verify_at.is_not(None),
-                BackupSpec.next_verify_at <= now,
-                BackupSpec.enabled.is_(True),
-                BackupSpec.deleting.is_(False),
-            )
-            .order_by(BackupSpec.next_verify_at, BackupSpec.id)
-            .limit(SPECS_PER_PASS)
-        ).all()
+        due = session.execute(_DUE, {"now": now, "limit": SPECS_PER_PASS}).all()
     for spec_id, due_at in due:
         if services.clock() >= stop_at:
             break  # the rest stays due for the next pass
@@ -70,6 +61,25 @@ def start_scheduled_verifications(services: Services) -> None:
         if acted is not None:
             for job in acted.jobs:
                 start(services, job, None)
+
+
+# The stage's reads and its fence, built once: the first runs every pass.
+_DUE = (
+    select(BackupSpec.id, BackupSpec.next_verify_at)
+    .where(
+        BackupSpec.next_verify_at.is_not(None),
+        BackupSpec.next_verify_at <= bindparam("now", type_=UTCDateTime()),
+        BackupSpec.enabled.is_(True),
+        BackupSpec.deleting.is_(False),
+    )
+    .order_by(BackupSpec.next_verify_at, BackupSpec.id)
+    .limit(bindparam("limit"))
+)
+_CANDIDATES = (
+    select(Backup.id, Backup.scheduled_at, Backup.last_verified_at, Backup.verify_run_status)
+    .where(Backup.spec_id == bindparam("spec_id"), Backup.status == BackupStatus.COMPLETED.value)
+    .order_by(Backup.scheduled_at.desc(), Backup.id.desc())
+)
 
 
 def act_on_fire(services: Services, spec_id: int, due_at: datetime) -> Acted | None:
@@ -129,11 +139,7 @@ def _move_on(session: Session, spec_id: int, due_at: datetime, following: dateti
 
 
 def _candidates(session: Session, spec_id: int) -> list[Candidate]:
-    rows = session.execute(
-        select(Backup.id, Backup.scheduled_at, Backup.last_verified_at, Backup.verify_run_status)
-        .where(Backup.spec_id == spec_id, Backup.status == BackupStatus.COMPLETED.value)
-        .order_by(Backup.scheduled_at.desc(), Backup.id.desc())
-    ).all()
+    rows = session.execute(_CANDIDATES, {"spec_id": spec_id}).all()
     return [
         Candidate(backup_id, scheduled_at, verified_at, run_status in OPEN_RUN)
         for backup_id, scheduled_at, verified_at, run_status in rows

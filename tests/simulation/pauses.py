@@ -51,9 +51,9 @@ class PauseModel:
     pauses: int = 0
 
     def observe(self, world: World) -> None:
-        with world.db.maker() as session:
-            specs = session.execute(_SPECS).all()
-            rows = session.execute(_ROWS).all()
+        with world.db.read() as connection:
+            specs = connection.execute(_SPECS).all()
+            rows = connection.execute(_ROWS).all()
         by_spec: dict[int, list[tuple[int, str, str | None]]] = {}
         for row in rows:
             status = row.status

@@ -36,7 +36,7 @@ from types import SimpleNamespace
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import bindparam, create_engine, event, exists, func, insert, or_, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
@@ -148,7 +148,6 @@ class Database:
             hide_parameters=True,
         )
         event.listen(self.engine, "connect", _sqlite_pragmas)
-        event.listen(self.engine, "before_cursor_execute", self._note_write)
         Base.metadata.create_all(self.engine)
         # Set by any statement that writes a spec or a backup row (rolled back or not): what
         # World.committed observes, which a commit that wrote neither cannot have changed.
@@ -161,10 +160,13 @@ class Database:
         )
         with self.engine.connect() as connection:
             self._raw: Any = connection.connection.driver_connection
+        # SQLite's own trace hook, not an engine event: with no engine event listened to,
+        # SQLAlchemy skips its event dispatch around every statement.
+        self._raw.set_trace_callback(self._note_write)
         self._tables = list(reversed(Base.metadata.sorted_tables))
 
-    def _note_write(self, *args: Any) -> None:
-        if args[2].startswith(_SPEC_OR_BACKUP_WRITES):
+    def _note_write(self, statement: str) -> None:
+        if statement.startswith(_SPEC_OR_BACKUP_WRITES):
             self.specs_written = True
 
     def reset(self) -> None:
@@ -173,6 +175,12 @@ class Database:
             for table in self._tables:
                 connection.execute(table.delete())
             connection.execute(insert(SchedulerState).values(id=1))
+
+    def read(self) -> Connection:
+        """A connection for the harness's own reads (Core statements only): an ORM session
+        costs several times more to set up and tear down, and the harness reads after
+        every API request and at every settle step."""
+        return self.engine.connect()
 
     def in_write(self) -> bool:
         """True while some session holds uncommitted writes on the shared connection."""
@@ -687,8 +695,8 @@ class World:
 
     def observe_specs(self) -> None:
         """Note each spec's schedule as stored: a new stretch starts at each write of it."""
-        with self.db.maker() as session:
-            rows = session.execute(_SPEC_SCHEDULES).all()
+        with self.db.read() as connection:
+            rows = connection.execute(_SPEC_SCHEDULES).all()
         present = set()
         for spec in rows:
             present.add(spec.name)
@@ -791,9 +799,9 @@ class World:
         rng = self.rng("restores")
         if not self.scenario.restore_rate or rng.random() >= self.scenario.restore_rate:
             return
-        with self.db.maker() as session:
+        with self.db.read() as connection:
             ids = list(
-                session.scalars(
+                connection.scalars(
                     select(Backup.id)
                     .join(BackupSpec)
                     .where(BackupSpec.name == name)
@@ -840,7 +848,7 @@ class World:
         return dataclasses.replace(draft, enabled=not currently, paused_reason=reason)
 
     def some_backup(self, rng: random.Random, name: str, completed_only: bool) -> int | None:
-        with self.db.maker() as session:
+        with self.db.read() as connection:
             query = select(Backup.id).join(BackupSpec).where(BackupSpec.name == name)
             if completed_only:  # what can be pinned: an EXPIRING one is rescued by it
                 query = query.where(
@@ -848,7 +856,7 @@ class World:
                 )
             else:
                 query = query.where(Backup.pinned.is_(True))
-            ids = list(session.scalars(query.order_by(Backup.id)))
+            ids = list(connection.scalars(query.order_by(Backup.id)))
         return rng.choice(ids) if ids else None
 
     def operator_retry(self, rng: random.Random, name: str) -> None:
@@ -1417,9 +1425,10 @@ class World:
         self.end = self.clock()
         drafts = {s.draft.name: s.draft for s in self.scenario.specs}
         for name in self.live_names():
-            with self.db.maker() as session:
-                spec = session.scalar(select(BackupSpec).where(BackupSpec.name == name))
-                enabled = spec is not None and spec.enabled
+            with self.db.read() as connection:
+                enabled = bool(
+                    connection.scalar(select(BackupSpec.enabled).where(BackupSpec.name == name))
+                )
             if enabled:
                 draft = self._current_draft(name, drafts[name])
                 api.replace(services, dataclasses.replace(draft, enabled=False))
@@ -1495,8 +1504,9 @@ class World:
         self.round_before = before
 
     def _statuses(self) -> dict[int, str]:
-        with self.db.maker() as session:
-            return {row.id: row.status for row in session.execute(select(Backup.id, Backup.status))}
+        with self.db.read() as connection:
+            rows = connection.execute(select(Backup.id, Backup.status))
+            return {row.id: row.status for row in rows}
 
     def retention_lagging(self) -> bool:
         """Some live spec still has COMPLETED backups its plan removes (the cap held them)."""
@@ -1522,8 +1532,8 @@ class World:
     def quiet(self) -> bool:
         if self.twin.pending_tasks():
             return False
-        with self.db.maker() as session:
-            return not any(session.execute(_OPEN_WORK).one())
+        with self.db.read() as connection:
+            return not any(connection.execute(_OPEN_WORK).one())
 
     def next_moment(self, report: TickReport, idle: timedelta) -> datetime:
         """The next moment anything can happen: a fire, a task, a retry, a claim lapsing.
@@ -1534,16 +1544,18 @@ class World:
         passes). A pass that comes late is one a slow tick could have run.
         """
         now = self.clock()
-        with self.db.maker() as session:
-            moments: list[datetime | None] = list(session.execute(_WAKE_TIMES, {"now": now}).one())
+        with self.db.read() as connection:
+            moments: list[datetime | None] = list(
+                connection.execute(_WAKE_TIMES, {"now": now}).one()
+            )
             moments += [
                 since + restores.START_LAPSE + timedelta(seconds=1)
-                for since in session.execute(_STARTING_SINCE).one()
+                for since in connection.execute(_STARTING_SINCE).one()
                 if since is not None
             ]
             moments += [  # Backtor's own clocks: timeoutSeconds of a run, a dead worker's task
                 started + timedelta(seconds=timeout)
-                for started, timeout in session.execute(_RUN_TIMEOUTS)
+                for started, timeout in connection.execute(_RUN_TIMEOUTS)
                 if started is not None and timeout is not None
             ]
         moments += [
@@ -1558,9 +1570,9 @@ class World:
     def fingerprint(self) -> tuple[object, ...]:
         """What changes when anything happens (for the settle loop's idle steps)."""
         tasks = tuple((t.task_id, t.status) for t in self.twin.pending_tasks())
-        with self.db.maker() as session:
-            fires = session.execute(_FIRE_COUNTS).all()
-            backups = session.execute(_BACKUP_COUNTS).all()
+        with self.db.read() as connection:
+            fires = connection.execute(_FIRE_COUNTS).all()
+            backups = connection.execute(_BACKUP_COUNTS).all()
         return tasks, tuple(map(tuple, fires)), tuple(map(tuple, backups))
 
     def unsettled(self) -> str:
