@@ -14,9 +14,10 @@ defaults, 10^5 specs make 10,000,000 backup rows. One Conductor server (scripts/
 or CONDUCTOR_API_URL) serves every size. Printed, per size:
 
 - pass: `run_tick` in this process against the real server, `--passes` passes one after
-  another at the real clock (a pass starts the fires due then: about N / 86,400 a second);
-  p50/p99 of a pass's time. Its floor: one `SELECT 1` round trip, on the same connection
-  pool, in the same run.
+  another at the real clock (a pass starts the fires due then: about N / 86,400 a second).
+  Passes that started nothing, p50/p99, next to one `SELECT 1` round trip on the same pool;
+  passes that started fires, their time per start, next to one plain `POST /api/workflow`
+  (one at a time, the same run): with starts in it a pass is as slow as Conductor.
 - retention: a retention run (`apply_plan`: read the candidates, plan, store tags, mark
   removals under the cap of 100) of `bench-big` and of `bench-big-all-00`, the second
   after one that stored the tags, rolled back; next to `sorted()` over the same
@@ -40,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -196,27 +198,62 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:,.1f} ms"
 
 
-def passes(database_url: str, conductor_url: str, count: int) -> tuple[list[float], float]:
-    """`count` whole passes in this process; and the floor, a `SELECT 1` round trip."""
+@dataclass(frozen=True)
+class Passes:
+    idle: list[float]  # seconds, passes that started nothing
+    busy: list[tuple[float, int]]  # (seconds, fires started) of the others
+    select_one: float  # the floor of an idle pass: one database round trip
+    plain_start: float  # the floor of a start: one plain POST /api/workflow, one at a time
+
+
+def passes(database_url: str, conductor_url: str, count: int) -> Passes:
+    """`count` whole passes in this process, one after another; and their floors."""
     settings = Settings.from_env({"DATABASE_URL": database_url, "CONDUCTOR_API_URL": conductor_url})
     services = Services.from_settings(settings)
     try:
-        spent = []
+        idle: list[float] = []
+        busy: list[tuple[float, int]] = []
         for _ in range(count):
             began = time.perf_counter()
             report = run_tick(services, holder="bench:scale")
-            spent.append(time.perf_counter() - began)
+            spent = time.perf_counter() - began
             if not report.ran:
                 raise RuntimeError("the pass lease was held: is a worker running on this database?")
+            if report.started:
+                busy.append((spent, report.started))
+            else:
+                idle.append(spent)
         floor = []
         for _ in range(count):
             began = time.perf_counter()
             with services.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
             floor.append(time.perf_counter() - began)
-        return sorted(spent), statistics.median(floor)
+        plain = plain_starts(conductor_url, 10, 1) / 10
+        return Passes(sorted(idle), busy, statistics.median(floor), plain)
     finally:
         services.close()
+
+
+def pass_line(found: Passes) -> str:
+    line = f"passes x{len(found.idle) + len(found.busy)}: "
+    if found.idle:
+        p50 = percentile(found.idle, 0.5)
+        line += (
+            f"{len(found.idle)} started nothing: p50 {ms(p50)}, p99 "
+            f"{ms(percentile(found.idle, 0.99))} (floor, SELECT 1: {ms(found.select_one)}, "
+            f"ratio {p50 / found.select_one:,.0f}x); "
+        )
+    if found.busy:
+        starts = sum(n for _, n in found.busy)
+        per_start = sum(t for t, _ in found.busy) / starts
+        line += (
+            f"{len(found.busy)} started {starts} fires: p50 "
+            f"{ms(percentile(sorted(t for t, _ in found.busy), 0.5))} a pass, "
+            f"{ms(per_start)} a start (floor, one plain start: {ms(found.plain_start)}, "
+            f"ratio {per_start / found.plain_start:.2f})"
+        )
+    return line
 
 
 def retention_run(database_url: str, name: str) -> tuple[float, float, int]:
@@ -303,12 +340,7 @@ def main() -> int:
                     f"\n## {n:,} specs, {rows:,} backups (filled in "
                     f"{time.perf_counter() - began:.0f} s)"
                 )
-                spent, floor = passes(database_url, conductor_url, args.passes)
-                print(
-                    f"pass x{len(spent)}: p50 {ms(percentile(spent, 0.5))}, "
-                    f"p99 {ms(percentile(spent, 0.99))}; floor (SELECT 1) {ms(floor)}, "
-                    f"ratio p50 {percentile(spent, 0.5) / floor:,.0f}x"
-                )
+                print(pass_line(passes(database_url, conductor_url, args.passes)))
                 for name in ("bench-big", "bench-big-all-00"):
                     took, sort, count = retention_run(database_url, name)
                     print(
