@@ -42,7 +42,7 @@ from backtor.db.models import BackupSpec, Fire
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.support.databases import default_retention_columns, throwaway_postgres  # noqa: E402
+from tests.support.databases import daily_spec_row, throwaway_postgres  # noqa: E402
 from tests.support.net import free_port  # noqa: E402
 from tests.support.processes import backtor_env, start, stop  # noqa: E402
 
@@ -68,22 +68,8 @@ def conductor() -> Iterator[str]:
 def insert_specs(database_url: str, prefix: str, crons: list[str], due: list[datetime]) -> None:
     engine = make_engine(database_url)
     now = datetime.now(UTC)
-    retention = default_retention_columns()
     rows = [
-        {
-            "name": f"{prefix}-{i:05d}",
-            "enabled": True,
-            "cron_string": cron,
-            "cron_derived": False,
-            "timezone": "UTC",
-            "worker_config": "{}",
-            "misfire_grace_seconds": 3600,
-            "last_update": now,
-            "created_at": now,
-            "next_fire_at": when,
-            "deleting": False,
-            **retention,
-        }
+        daily_spec_row(f"{prefix}-{i:05d}", cron, when, now)
         for i, (cron, when) in enumerate(zip(crons, due, strict=True))
     ]
     with engine.begin() as conn:

@@ -45,7 +45,7 @@ from backtor.db.models import BackupSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.support.databases import default_retention_columns, throwaway_postgres  # noqa: E402
+from tests.support.databases import daily_spec_row, throwaway_postgres  # noqa: E402
 from tests.support.net import free_port  # noqa: E402
 from tests.support.processes import backtor_env, start, stop  # noqa: E402
 
@@ -85,7 +85,6 @@ def fill(database_url: str, specs: int) -> None:
     if not specs:
         return
     now = datetime.now(UTC).replace(microsecond=0)
-    retention = default_retention_columns()
     engine = make_engine(database_url)
     prefix = f"fp{uuid.uuid4().hex[:6]}"
     try:
@@ -93,22 +92,8 @@ def fill(database_url: str, specs: int) -> None:
             rows = []
             for i in range(first, min(specs, first + 10_000)):
                 due = now + timedelta(hours=2, seconds=(i * 7) % (20 * 3600))
-                rows.append(
-                    {
-                        "name": f"{prefix}-{i:06d}",
-                        "enabled": True,
-                        "cron_string": f"{due.second} {due.minute} {due.hour} * * *",
-                        "cron_derived": False,
-                        "timezone": "UTC",
-                        "worker_config": "{}",
-                        "misfire_grace_seconds": 3600,
-                        "last_update": now,
-                        "created_at": now,
-                        "next_fire_at": due,
-                        "deleting": False,
-                        **retention,
-                    }
-                )
+                cron = f"{due.second} {due.minute} {due.hour} * * *"
+                rows.append(daily_spec_row(f"{prefix}-{i:06d}", cron, due, now))
             with engine.begin() as conn:
                 conn.execute(insert(BackupSpec), rows)
     finally:

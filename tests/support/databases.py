@@ -7,6 +7,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import psycopg
@@ -56,4 +57,24 @@ def default_retention_columns() -> dict[str, str]:
         for tier, value in zip(
             DEFAULT_POLICY.rules, DEFAULT_POLICY.to_fields().values(), strict=True
         )
+    }
+
+
+def daily_spec_row(
+    name: str, cron: str, next_fire_at: datetime, now: datetime
+) -> dict[str, object]:
+    """A `backup_spec` row as the API would store it: enabled, UTC, the default policy."""
+    return {
+        "name": name,
+        "enabled": True,
+        "cron_string": cron,
+        "cron_derived": False,
+        "timezone": "UTC",
+        "worker_config": "{}",
+        "misfire_grace_seconds": 3600,
+        "last_update": now,
+        "created_at": now,
+        "next_fire_at": next_fire_at,
+        "deleting": False,
+        **default_retention_columns(),
     }

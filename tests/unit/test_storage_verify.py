@@ -127,7 +127,9 @@ def test_a_flipped_byte_fails_verification_with_its_cause(root: Path) -> None:
     assert answer.status == "COMPLETED"
     assert answer.output["verified"] is False
     details = answer.output["details"]
-    assert "damaged" in details
+    # Where a flipped bit lands in the deflate stream (the gzip header carries the time)
+    # decides which of the two the decoder meets first.
+    assert "damaged" in details or "truncated" in details
     assert f"differs from {output['checksum']}, recorded at backup time" in details
     assert answer.output["checksum"] == hashlib.sha256(data).hexdigest()
 
