@@ -199,6 +199,8 @@ class Backup(Base):
     # The removal outbox (scheduling.removals): when to try again, and a start attempt's claim.
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # When the scheduler last looked inside its remove_backup for a stalled record_removal.
+    remove_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # EXPIRING: its remove_backup starts at expires_at unless a pin or a plan keeps it.
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

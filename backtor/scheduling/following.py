@@ -26,15 +26,17 @@ def ended_runs(
     workflow_id_of: Callable[[Row], str],
     gone: str,
     unseen: Callable[[Row, Exception], None],
+    still_open: Callable[[Row, WorkflowRun], None] | None = None,
 ) -> Iterator[tuple[Row, WorkflowRun]]:
     """Each row whose run has ended, with the run as it ended (without its tasks).
 
     A run Conductor no longer knows ended FAILED with the reason `gone`. A run Conductor
     cannot show now is reported to `unseen` and skipped: one must not hold up the others.
+    A run still open goes to `still_open` (its summary, without tasks), when given.
     """
     correlations = sorted({correlation_of(row) for row in rows})
-    open_ids = {
-        run.workflow_id
+    open_runs = {
+        run.workflow_id: run
         for runs in conductor.workflows_by_correlation(
             workflow, correlations, include_closed=False
         ).values()
@@ -43,7 +45,9 @@ def ended_runs(
     }
     for row in rows:
         workflow_id = workflow_id_of(row)
-        if workflow_id in open_ids:
+        if workflow_id in open_runs:
+            if still_open is not None:
+                still_open(row, open_runs[workflow_id])
             continue
         try:
             run = conductor.get_workflow(workflow_id, include_tasks=False)

@@ -23,10 +23,10 @@ from backtor.scheduling.recording import (
     apply_plan,
     parse_row_counts,
     parse_size,
+    record_removed,
     record_taken,
     recorded_checksum,
 )
-from backtor.scheduling.removals import record_removed
 
 log = logging.getLogger(__name__)
 

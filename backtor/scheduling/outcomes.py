@@ -31,13 +31,10 @@ from backtor.scheduling.recording import (
     record_taken,
     recorded_checksum,
 )
-from backtor.scheduling.stalls import LOOK_AFTER, repair_stalled
+from backtor.scheduling.stalls import LOOKS_PER_PASS, due_a_look, repair_stalled
 
 log = logging.getLogger(__name__)
 
-# Runs open longer than LOOK_AFTER are looked inside (at most every LOOK_AFTER, this many
-# a pass) for an own task whose worker died (backtor.scheduling.stalls).
-LOOKS_PER_PASS = 20
 # Failed runs are watched this long for a retry from Conductor's UI or API.
 RETRY_WATCH = timedelta(days=7)
 TIMEOUT_REASON = "timeoutSeconds exceeded: terminated by Backtor"
@@ -76,7 +73,11 @@ def reconcile_fires(services: Services, limit: int = 1000) -> None:
     for row in open_rows:
         try:
             running = row.workflow_id in open_runs
-            if running and looks < LOOKS_PER_PASS and _due_a_look(row, now):
+            if (
+                running
+                and looks < LOOKS_PER_PASS
+                and due_a_look(row.started_at, row.checked_at, now)
+            ):
                 looks += 1
                 running = not _repaired(services, row, now)
             _follow(services, row, running, now)
@@ -88,15 +89,6 @@ def reconcile_fires(services: Services, limit: int = 1000) -> None:
                 exc,
                 extra={"backup": row.name, "workflow_id": row.workflow_id},
             )
-
-
-def _due_a_look(row: Any, now: datetime) -> bool:
-    """A run older than a stall could be, not looked inside for a while."""
-    return bool(
-        row.started_at is not None
-        and now - row.started_at > LOOK_AFTER
-        and (row.checked_at is None or now - row.checked_at > LOOK_AFTER)
-    )
 
 
 def _repaired(services: Services, row: Any, now: datetime) -> bool:

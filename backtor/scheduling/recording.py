@@ -23,7 +23,7 @@ from backtor.core.specs import MAX_PAUSED_REASON_CHARS
 from backtor.db import counters
 from backtor.db.inserts import dialect_insert
 from backtor.db.models import Backup, BackupSpec, BackupStatus
-from backtor.db.repository import retention_fields
+from backtor.db.repository import finish_purge_if_done, retention_fields
 from backtor.scheduling import notices
 
 log = logging.getLogger(__name__)
@@ -462,3 +462,30 @@ def _rescue(session: Session, spec: BackupSpec, ids: list[int]) -> list[int]:
             extra={"backup": spec.name},
         )
     return rescued
+
+
+# A backup whose removal is under way: REMOVING, or REMOVE_FAILED waiting for its retry.
+REMOVAL_OPEN = (BackupStatus.REMOVING.value, BackupStatus.REMOVE_FAILED.value)
+
+
+def record_removed(session: Session, backup_id: int, now: datetime) -> bool:
+    """Mark a backup REMOVED (idempotent); finish its spec's purge when it was the last."""
+    spec_id = session.scalar(select(Backup.spec_id).where(Backup.id == backup_id))
+    if spec_id is None:
+        return False
+    changed = session.execute(  # type: ignore[attr-defined]  # a CursorResult at run time
+        update(Backup)
+        .where(Backup.id == backup_id, Backup.status.in_(REMOVAL_OPEN))
+        .values(
+            status=BackupStatus.REMOVED.value,
+            removed_at=now,
+            last_error=None,
+            next_attempt_at=None,
+            claimed_until=None,
+        )
+    ).rowcount
+    if changed:
+        name = session.scalar(select(BackupSpec.name).where(BackupSpec.id == spec_id)) or ""
+        counters.increment(session, counters.RETENTION_DELETE, name, "COMPLETED")
+    finish_purge_if_done(session, spec_id)
+    return bool(changed)

@@ -15,7 +15,7 @@ attempt took over. A fenced run removed nothing: its backup is handed back to th
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -35,7 +35,10 @@ from backtor.db.types import UTCDateTime
 from backtor.runtime.services import Services
 from backtor.scheduling import notices
 from backtor.scheduling.following import ended_runs
+from backtor.scheduling.recording import REMOVAL_OPEN as OPEN
+from backtor.scheduling.recording import record_removed
 from backtor.scheduling.restores import no_open_run
+from backtor.scheduling.stalls import LOOKS_PER_PASS, due_a_look, repair_stalled
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +51,6 @@ START_MARGIN = timedelta(seconds=6)
 # the request in flight and Conductor's clock ahead, 3 s for its clock behind.
 FENCE_MARGIN = timedelta(seconds=3)
 FAILURES_SHOWN = 3
-OPEN = (BackupStatus.REMOVING.value, BackupStatus.REMOVE_FAILED.value)
 DUPLICATE_REASON = "a duplicate removal of a backup that has its own: terminated by Backtor"
 # Core statements on the table: an UPDATE by id that matches no row (gone) is not an error.
 _TABLE = cast(Table, Backup.__table__)
@@ -362,33 +364,16 @@ _CANDIDATES = (
 )
 
 
-def record_removed(session: Session, backup_id: int, now: datetime) -> bool:
-    """Mark a backup REMOVED (idempotent); finish its spec's purge when it was the last."""
-    spec_id = session.scalar(select(Backup.spec_id).where(Backup.id == backup_id))
-    if spec_id is None:
-        return False
-    changed = session.execute(  # type: ignore[attr-defined]  # a CursorResult at run time
-        update(Backup)
-        .where(Backup.id == backup_id, Backup.status.in_(OPEN))
-        .values(
-            status=BackupStatus.REMOVED.value,
-            removed_at=now,
-            last_error=None,
-            next_attempt_at=None,
-            claimed_until=None,
-        )
-    ).rowcount
-    if changed:
-        name = session.scalar(select(BackupSpec.name).where(BackupSpec.id == spec_id)) or ""
-        counters.increment(session, counters.RETENTION_DELETE, name, "COMPLETED")
-    finish_purge_if_done(session, spec_id)
-    return bool(changed)
-
-
 # The reads of promote_expired, reconcile_removals and advance_purges, built once: they
 # run every pass.
 _TRACKED = (
-    select(Backup.id, Backup.remove_workflow_id, BackupSpec.name, Backup.remove_attempts)
+    select(
+        Backup.id,
+        Backup.remove_workflow_id,
+        BackupSpec.name,
+        Backup.remove_attempts,
+        Backup.remove_checked_at,
+    )
     .join(BackupSpec, BackupSpec.id == Backup.spec_id)
     .where(Backup.status.in_(OPEN), Backup.remove_workflow_id.is_not(None))
     .order_by(Backup.id)
@@ -413,6 +398,7 @@ def reconcile_removals(services: Services, limit: int = 500) -> None:
             extra={"backup": row.name, "workflow_id": row.remove_workflow_id},
         )
 
+    running: list[tuple[Any, WorkflowRun]] = []
     for row, run in ended_runs(
         services.conductor,
         REMOVE_BACKUP,
@@ -421,6 +407,7 @@ def reconcile_removals(services: Services, limit: int = 500) -> None:
         workflow_id_of=lambda row: row.remove_workflow_id,
         gone="the remove_backup workflow is gone from Conductor",
         unseen=unseen,
+        still_open=lambda row, run: running.append((row, run)),
     ):
         now = services.clock()
         status, reason = run.status, run.reason
@@ -451,6 +438,40 @@ def reconcile_removals(services: Services, limit: int = 500) -> None:
                     reason,
                     now,
                 )
+
+    _repair_stalled(services, running, unseen)
+
+
+def _repair_stalled(
+    services: Services,
+    running: Sequence[tuple[Any, WorkflowRun]],
+    unseen: Callable[[Any, Exception], None],
+) -> None:
+    """Look inside long-running removals for a record_removal whose worker died, and do it.
+
+    Conductor's sweeper was seen to leave such a task IN_PROGRESS for minutes: the data is
+    gone, the backup stays REMOVING, a purge waits (backtor.scheduling.stalls).
+    """
+    now = services.clock()
+    due = [
+        (row, run) for row, run in running if due_a_look(run.start_time, row.remove_checked_at, now)
+    ]
+    for row, run in due[:LOOKS_PER_PASS]:
+        try:
+            workflow = services.conductor.get_workflow(run.workflow_id, include_tasks=True)
+            with services.db.begin() as session:
+                session.execute(_LOOKED_INSIDE, {"backup_id": row.id, "now": now})
+            repair_stalled(services, workflow)
+        except (ConductorUnavailable, ConductorRefused) as exc:
+            unseen(row, exc)
+
+
+_LOOKED_INSIDE = (
+    update(Backup)
+    .where(Backup.id == bindparam("backup_id"))
+    .values(remove_checked_at=bindparam("now", type_=UTCDateTime()))
+    .execution_options(synchronize_session=False)
+)
 
 
 def _hand_back(

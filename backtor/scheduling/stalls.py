@@ -27,6 +27,9 @@ STALL_MARGIN = timedelta(seconds=2)
 # A run younger than this cannot hold a stalled own task yet (its response timeout, 8 s,
 # plus the margin): not worth a look inside.
 LOOK_AFTER = timedelta(seconds=10)
+# Runs open longer than LOOK_AFTER are looked inside (each at most every LOOK_AFTER, this
+# many of create_backup and as many of remove_backup a pass; a look is a get_workflow).
+LOOKS_PER_PASS = 20
 # The response timeout assumed when Conductor does not report one.
 DEFAULT_RESPONSE_TIMEOUT = timedelta(seconds=8)
 REPAIR_WORKER_ID = "backtor-stall-repair"
@@ -36,6 +39,15 @@ HANDLERS: Mapping[str, Handler] = {
     APPLY_RETENTION: record_backup,
     RECORD_REMOVAL: record_removed_backup,
 }
+
+
+def due_a_look(started_at: datetime | None, checked_at: datetime | None, now: datetime) -> bool:
+    """A run older than a stall could be, not looked inside for a while."""
+    return bool(
+        started_at is not None
+        and now - started_at > LOOK_AFTER
+        and (checked_at is None or now - checked_at > LOOK_AFTER)
+    )
 
 
 def stalled_own_task(workflow: WorkflowRun, now: datetime) -> TaskRun | None:

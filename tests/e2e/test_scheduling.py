@@ -33,12 +33,28 @@ def quiesce(stack: Stack, name: str, timeout: float = 60) -> None:
     """Disable the spec and wait until nothing of it runs in Conductor."""
     stack.update(name, enabled=0)
 
-    def settled() -> bool:
+    def unsettled() -> list[str]:
         running = [w for w in stack.creates(name) + stack.removes(name) if w["status"] == "RUNNING"]
         pending = [b for b in stack.backups(name) if b["status"] in ("REMOVING", "RUNNING")]
-        return not running and not pending
+        return [describe_run(stack, w["workflowId"]) for w in running] + [
+            f"backup {b['id']} {b['status']}" for b in pending
+        ]
 
-    wait_until(settled, timeout=timeout, what=f"{name} to settle")
+    try:
+        wait_until(lambda: not unsettled(), timeout=timeout, what=f"{name} to settle")
+    except AssertionError as timed_out:
+        raise AssertionError(f"{timed_out}; still open: {unsettled()}") from None
+
+
+def describe_run(stack: Stack, workflow_id: str) -> str:
+    """A run and its tasks, for a failure message: which task holds it open, and since when."""
+    run = workflow(stack.conductor, workflow_id)
+    tasks = ", ".join(
+        f"{t['referenceTaskName']}={t['status']} (updated {t.get('updateTime')}, "
+        f"worker {t.get('workerId')}, poll count {t.get('pollCount')})"
+        for t in run.get("tasks", [])
+    )
+    return f"{run['workflowName']} {workflow_id} {run['status']}: {tasks}"
 
 
 @pytest.mark.parametrize("isolation", ["thread", "process"])

@@ -943,3 +943,32 @@ def test_a_chunk_is_not_filled_with_fires_whose_spec_is_held(core: Core) -> None
         jobs = claim_pending(session, now, limit=1)
 
     assert [job.spec_name for job in jobs] == ["free"]
+
+
+# --- a dead worker's record_removal ------------------------------------------------------------
+
+
+def test_a_dead_workers_record_removal_is_repaired_and_the_removal_recorded(core: Core) -> None:
+    """Defect 16, the removal side (found by the end-to-end SIGKILL test on PostgreSQL-backed
+    Conductor): a worker killed in record_removal left remove_backup RUNNING and the backup
+    REMOVING for minutes, its data already gone, while Conductor's sweeper never came by."""
+    spec = core.add_spec("unrecorded", cron="0 0 0 1 1 *")
+    backup_id = removing_backup(core, spec.id)
+    assert start_pending_removals(core.services) == 1
+    (run,) = core.twin.workflows(REMOVE_BACKUP)
+    removal = core.twin.poll_task(REMOVE, "storage-1")
+    assert removal is not None and removal.workflow_id == run.workflow_id
+    core.twin.update_task(removal, "COMPLETED", {})
+    assert core.twin.poll_task(RECORD_REMOVAL, "backtor-worker-that-dies") is not None
+
+    core.advance(5.0)  # inside record_removal's response timeout (8 s): the worker may live
+    run_tick(core.services)
+    assert removal_row(core, backup_id).status == "REMOVING"
+
+    core.advance(16.0)  # past the response timeout and the margin
+    run_tick(core.services)
+    assert removal_row(core, backup_id).status == "REMOVED"
+    assert core.twin.get_workflow(run.workflow_id).status.value == "COMPLETED"
+    run_tick(core.services)  # the run's end is followed once more and changes nothing
+    assert removal_row(core, backup_id).status == "REMOVED"
+    assert len(core.twin.workflows(REMOVE_BACKUP)) == 1

@@ -92,6 +92,9 @@ Actor = Generator[int, None, None]
 CONDUCTOR_ERRORS = (ConductorUnavailable, ConductorRefused)
 STORAGE = "storage"
 STORAGE_TASK_TYPES = (BACKUP, REMOVE, VERIFY, RESTORE)
+OWN_TASK_TYPES = (APPLY_RETENTION, RECORD_REMOVAL)
+# A sweep this far off never comes within a scenario (settling ends far sooner).
+NEVER_SWEPT_MS = 10 * 24 * 3_600_000
 # Crash points are drawn among the first this many step boundaries of an action.
 CRASH_SPAN = 24
 SETTLE_STEPS = 600
@@ -1328,6 +1331,10 @@ class World:
         extra = self.sweep_extra.get(task.task_id)
         if extra is None:
             extra = self.sweep_extra[task.task_id] = self.rng("sweeper").randrange(0, 300_000)
+            if task.task_type in OWN_TASK_TYPES and self.rng("sweeper-own").random() < 0.5:
+                # Seen on a real server: the sweeper never came for a dead worker's own task
+                # (defect 16). Backtor must repair it itself; the sweeper then finds it ended.
+                extra = self.sweep_extra[task.task_id] = NEVER_SWEPT_MS
         polled = task.update_time or task.scheduled_time or self.clock()
         return polled + timedelta(seconds=task.response_timeout_seconds, milliseconds=extra)
 

@@ -39,8 +39,14 @@ from backtor.core.policy import RetentionPolicy
 from backtor.core.retention import BackupRecord, plan_retention
 from backtor.db.models import Backup, BackupSpec, BackupStatus, SkipReason
 from backtor.scheduling import restores
-from backtor.scheduling.recording import TakenBackup, apply_plan, record_failed, record_taken
-from backtor.scheduling.removals import promote_expired, record_removed
+from backtor.scheduling.recording import (
+    TakenBackup,
+    apply_plan,
+    record_failed,
+    record_removed,
+    record_taken,
+)
+from backtor.scheduling.removals import promote_expired
 from backtor.storage.output import backup_file_name
 
 DEMO_DIR = "/srv/backtor/data/demo"  # make run's $DATA_DIR/demo, here only a path in a config
