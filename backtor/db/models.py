@@ -201,6 +201,10 @@ class Backup(Base):
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # When the scheduler last looked inside its remove_backup for a stalled record_removal.
     remove_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The remove_backup run whose own record_removal recorded this backup REMOVED, until the
+    # scheduler sees that run end (its worker may die before reporting: the run is followed,
+    # and repaired, until then; a purge waits for it). NULL otherwise.
+    removed_by_open_run: Mapped[str | None] = mapped_column(String(64), nullable=True)
     removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # EXPIRING: its remove_backup starts at expires_at unless a pin or a plan keeps it.
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -381,6 +385,12 @@ Index(
 )
 _RESTORE_OPEN = "restore_status IN ('STARTING', 'RUNNING')"
 _VERIFY_OPEN = "verify_run_status IN ('STARTING', 'RUNNING')"
+Index(
+    "ix_backup_removed_by_open_run",
+    Backup.id,
+    postgresql_where=text("removed_by_open_run IS NOT NULL"),  # migration 0014
+    sqlite_where=text("removed_by_open_run IS NOT NULL"),
+)
 Index(
     "ix_backup_restore_open",
     Backup.id,

@@ -247,12 +247,18 @@ def delete_spec(session: Session, spec_id: int) -> None:
 
 def count_unremoved_backups(session: Session, spec_id: int) -> int:
     """Backups whose data may still exist (RUNNING, COMPLETED, EXPIRING, REMOVING,
-    REMOVE_FAILED),
-    and create_backup runs starting or under way, whose data will exist once recorded."""
+    REMOVE_FAILED) or whose remove_backup run is still to be seen ending, and create_backup
+    runs starting or under way, whose data will exist once recorded."""
     stored = (
         select(func.count())
         .select_from(Backup)
-        .where(Backup.spec_id == spec_id, Backup.status.in_(sorted(UNREMOVED_STATUSES)))
+        .where(
+            Backup.spec_id == spec_id,
+            or_(
+                Backup.status.in_(sorted(UNREMOVED_STATUSES)),
+                Backup.removed_by_open_run.is_not(None),
+            ),
+        )
     )
     in_flight = (
         select(func.count())

@@ -81,7 +81,7 @@ def record_removed_backup(
     except (TypeError, ValueError):
         return terminal(f"backupId {data.get('backupId')!r} is not a number")
     with services.db.begin() as session:
-        removed = record_removed(session, backup_id, services.clock())
+        removed = record_removed(session, backup_id, services.clock(), open_run=workflow_id)
     log.info(
         "backup %s removed (%s)",
         backup_id,

@@ -468,8 +468,14 @@ def _rescue(session: Session, spec: BackupSpec, ids: list[int]) -> list[int]:
 REMOVAL_OPEN = (BackupStatus.REMOVING.value, BackupStatus.REMOVE_FAILED.value)
 
 
-def record_removed(session: Session, backup_id: int, now: datetime) -> bool:
-    """Mark a backup REMOVED (idempotent); finish its spec's purge when it was the last."""
+def record_removed(
+    session: Session, backup_id: int, now: datetime, *, open_run: str | None
+) -> bool:
+    """Mark a backup REMOVED (idempotent); finish its spec's purge when it was the last.
+
+    `open_run`: the remove_backup run recording it from inside (its record_removal), whose
+    end is still to come: the row stays followed until the scheduler sees that end.
+    """
     spec_id = session.scalar(select(Backup.spec_id).where(Backup.id == backup_id))
     if spec_id is None:
         return False
@@ -482,6 +488,7 @@ def record_removed(session: Session, backup_id: int, now: datetime) -> bool:
             last_error=None,
             next_attempt_at=None,
             claimed_until=None,
+            removed_by_open_run=open_run,
         )
     ).rowcount
     if changed:

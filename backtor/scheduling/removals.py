@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, and_, bindparam, or_, select, update
+from sqlalchemy import ColumnElement, Select, Table, and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from backtor.conductor.names import REMOVE_BACKUP
@@ -366,18 +366,39 @@ _CANDIDATES = (
 
 # The reads of promote_expired, reconcile_removals and advance_purges, built once: they
 # run every pass.
-_TRACKED = (
-    select(
-        Backup.id,
-        Backup.remove_workflow_id,
-        BackupSpec.name,
-        Backup.remove_attempts,
-        Backup.remove_checked_at,
+def _followed(run: Any, condition: ColumnElement[bool]) -> Select[Any]:
+    """Backups whose removal run `run` the pass follows until it ends, oldest first."""
+    return (
+        select(
+            Backup.id,
+            Backup.spec_id,
+            Backup.status,
+            run.label("remove_workflow_id"),
+            BackupSpec.name,
+            Backup.remove_attempts,
+            Backup.remove_checked_at,
+        )
+        .join(BackupSpec, BackupSpec.id == Backup.spec_id)
+        .where(condition)
+        .order_by(Backup.id)
+        .limit(bindparam("limit"))
     )
-    .join(BackupSpec, BackupSpec.id == Backup.spec_id)
-    .where(Backup.status.in_(OPEN), Backup.remove_workflow_id.is_not(None))
-    .order_by(Backup.id)
-    .limit(bindparam("limit"))
+
+
+_TRACKED = _followed(
+    Backup.remove_workflow_id,
+    Backup.status.in_(OPEN) & Backup.remove_workflow_id.is_not(None),
+)
+# Recorded REMOVED by their run's own record_removal, that run's end not seen yet: its
+# worker may have died after recording, before reporting (then it is repaired below).
+_RECORDED_BY_OPEN_RUN = _followed(
+    Backup.removed_by_open_run, Backup.removed_by_open_run.is_not(None)
+)
+_RUN_SEEN_ENDED = (
+    update(Backup)
+    .where(Backup.id == bindparam("backup_id"))
+    .values(removed_by_open_run=None)
+    .execution_options(synchronize_session=False)
 )
 _PURGING = select(BackupSpec.id).where(BackupSpec.deleting.is_(True))
 
@@ -385,7 +406,11 @@ _PURGING = select(BackupSpec.id).where(BackupSpec.deleting.is_(True))
 def reconcile_removals(services: Services, limit: int = 500) -> None:
     """Find how started removals ended, however they ended, and record it."""
     with services.db.begin() as session:
-        tracked = session.execute(_TRACKED, {"limit": limit}).all()
+        tracked = [
+            *session.execute(_TRACKED, {"limit": limit}),
+            # Read apart, so that open removals can never be crowded out by them.
+            *session.execute(_RECORDED_BY_OPEN_RUN, {"limit": limit}),
+        ]
     if not tracked:
         return
 
@@ -411,12 +436,17 @@ def reconcile_removals(services: Services, limit: int = 500) -> None:
     ):
         now = services.clock()
         status, reason = run.status, run.reason
+        if row.status == BackupStatus.REMOVED.value:
+            with services.db.begin() as session:  # its record_removal recorded it; run over
+                session.execute(_RUN_SEEN_ENDED, {"backup_id": row.id})
+                finish_purge_if_done(session, row.spec_id)
+            continue
         if run.fenced:
             _hand_back(services, row.id, row.name, run, now)
             continue
         with services.db.begin() as session:
             if status is WorkflowStatus.COMPLETED:
-                record_removed(session, row.id, now)
+                record_removed(session, row.id, now, open_run=None)
             else:
                 _record_failure(
                     session,

@@ -20,6 +20,7 @@ from backtor.db.models import BackupSpec, Fire
 from tests.support import processes
 from tests.support.conductor import stop_open_runs, workflows
 from tests.support.storage import FileStorageWorker
+from tests.support.sweeperless import SweeperlessConductor
 
 
 @dataclass
@@ -159,3 +160,24 @@ def stack(
             for name in stack.names:
                 for kind in ("create_backup", "remove_backup"):
                     stop_open_runs(conductor_url, kind, name)
+
+
+@pytest.fixture
+def sweeperless_stack(postgres_url: str, tmp_path: Path) -> Iterator[Stack]:
+    """The stack on a Conductor of the test's own whose sweeper is off: only Backtor's own
+    repair can finish a task a killed worker held (tests/support/sweeperless.py)."""
+    server = SweeperlessConductor(tmp_path / "conductor")
+    server.start()
+    try:
+        upgrade_to_head(postgres_url)
+        env = processes.backtor_env(postgres_url, server.url, BACKTOR_REMOVAL_RETRY_SECONDS="1")
+        prefix = f"e2e{uuid.uuid4().hex[:8]}"
+        logs = tmp_path / "logs"
+        logs.mkdir()
+        with (
+            processes.api_server(env, logs / "api.log") as api,
+            FileStorageWorker(server.url, tmp_path / "store", prefix=prefix) as storage,
+        ):
+            yield Stack(api, server.url, postgres_url, env, storage, logs, prefix)
+    finally:
+        server.stop()

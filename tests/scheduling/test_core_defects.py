@@ -701,8 +701,9 @@ def finish_removal(core: Core, workflow_id: str) -> None:
 
 def test_removal_bookkeeping_survives_the_purge_its_removal_finished(core: Core) -> None:
     """removal-bookkeeping-after-purge (seeds 429, 667, 720, 736): the last removal of a purge
-    ran and was recorded (the spec and its rows deleted) before its start was written down;
-    the ORM bulk UPDATE by primary key raised StaleDataError and the pass died."""
+    ran and was recorded before its start was written down; when that deleted the spec and
+    its rows at once, the ORM bulk UPDATE by primary key raised StaleDataError and the pass
+    died. (The purge now ends when the scheduler sees that run end.)"""
     spec = core.add_spec("gone", cron="0 0 0 1 1 *")
     backup_id = removing_backup(core, spec.id)
     with core.services.db.begin() as session:
@@ -718,11 +719,15 @@ def test_removal_bookkeeping_survives_the_purge_its_removal_finished(core: Core)
     start_pending_removals(core.services)
     core.twin.start_workflow = start  # type: ignore[method-assign]
 
+    (run,) = core.twin.workflows(REMOVE_BACKUP)
+    assert run.status.value == "COMPLETED"
+    # The purge ends once the scheduler has seen the run that recorded the last removal end.
+    with core.services.db() as session:
+        assert session.get(Backup, backup_id).status == "REMOVED"  # type: ignore[union-attr]
+    reconcile_removals(core.services)
     with core.services.db() as session:
         assert session.get(BackupSpec, spec.id) is None
         assert session.get(Backup, backup_id) is None
-    (run,) = core.twin.workflows(REMOVE_BACKUP)
-    assert run.status.value == "COMPLETED"
 
 
 def test_a_removal_with_no_clear_answer_that_completed_is_not_started_again(
@@ -971,4 +976,40 @@ def test_a_dead_workers_record_removal_is_repaired_and_the_removal_recorded(core
     assert core.twin.get_workflow(run.workflow_id).status.value == "COMPLETED"
     run_tick(core.services)  # the run's end is followed once more and changes nothing
     assert removal_row(core, backup_id).status == "REMOVED"
+    assert len(core.twin.workflows(REMOVE_BACKUP)) == 1
+
+
+def test_a_record_removal_that_died_after_recording_is_followed_until_its_run_ends(
+    core: Core,
+) -> None:
+    """Seed 30318: the worker recorded the backup REMOVED, then died before reporting the
+    task. The row was no longer followed (it is not REMOVING), so the run stayed open for
+    good; had it been a purge's last removal, the spec was deleted under an open run."""
+    spec = core.add_spec("recorded-then-died", cron="0 0 0 1 1 *")
+    backup_id = removing_backup(core, spec.id)
+    with core.services.db.begin() as session:
+        repository.mark_purging(
+            session, repository.require_spec(session, "recorded-then-died"), core.now()
+        )
+    assert start_pending_removals(core.services) == 1
+    (run,) = core.twin.workflows(REMOVE_BACKUP)
+    removal = core.twin.poll_task(REMOVE, "storage-1")
+    assert removal is not None
+    core.twin.update_task(removal, "COMPLETED", {})
+    recording = core.twin.poll_task(RECORD_REMOVAL, "backtor-worker-that-dies")
+    assert recording is not None
+    record_removed_backup(core.services, recording.input, recording.workflow_id)  # then dies
+
+    assert removal_row(core, backup_id).status == "REMOVED"
+    run_tick(core.services)
+    with core.services.db() as session:  # the purge waits for the run to be seen ending
+        assert session.get(BackupSpec, spec.id) is not None
+
+    core.advance(21.0)  # past record_removal's response timeout and the margin, twice a look
+    run_tick(core.services)
+    assert core.twin.get_workflow(run.workflow_id).status.value == "COMPLETED"
+    run_tick(core.services)
+    with core.services.db() as session:
+        assert session.get(BackupSpec, spec.id) is None
+        assert session.get(Backup, backup_id) is None
     assert len(core.twin.workflows(REMOVE_BACKUP)) == 1

@@ -420,5 +420,6 @@ def test_delete_counts_expiring_backups_and_a_purge_removes_them_at_once(core: C
     assert len(runs) == 3
     for run in runs:
         finish_removal(core, run.workflow_id)
+    run_tick(core.services)  # the purge ends once the pass has seen those runs end
     with core.services.db() as session:
         assert repository.get_spec(session, "doomed") is None

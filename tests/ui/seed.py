@@ -167,7 +167,9 @@ class Seeder:
                     .values(remove_workflow_id=str(uuid.uuid4()), remove_attempts=1)
                 )
                 if finish:
-                    record_removed(session, backup_id, self.clock.now + timedelta(seconds=20))
+                    record_removed(
+                        session, backup_id, self.clock.now + timedelta(seconds=20), open_run=None
+                    )
             session.commit()
 
     def fail(self, name: str, fire: datetime, status: BackupStatus, error: str) -> int:

@@ -1,5 +1,8 @@
-"""A `backtor worker` replica SIGKILLed while it runs `apply_retention` (issue 13, item 16):
-Backtor recovers by itself, without Conductor's sweeper.
+"""A `backtor worker` replica SIGKILLed while it runs one of Backtor's own tasks,
+`apply_retention` or `record_removal` (issue 13, item 16): Backtor recovers by itself,
+without Conductor's sweeper. What follows describes the apply_retention test; the
+record_removal one (at the end) kills the same way inside the update that marks the backup
+REMOVED, with a spec that keeps one minutely backup so that removals run every second.
 
 Real PostgreSQL, the API, two `backtor worker` replicas and the test storage worker; one
 spec fires every second and keeps every backup (retentionKeepWithin 1d), so each record
@@ -41,43 +44,36 @@ and at the end every file the storage worker holds is a live record: nothing orp
 from __future__ import annotations
 
 import json
-import os
-import re
-import subprocess
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import Connection, create_engine, text
-from sqlalchemy.pool import NullPool
 
-from backtor.conductor.names import APPLY_RETENTION, BACKUP
+from backtor.conductor.names import APPLY_RETENTION, BACKUP, RECORD_REMOVAL, REMOVE
 from backtor.conductor.registration import load_definitions
 from backtor.core.cron import CronSchedule, next_fire
-from backtor.db.migrate import upgrade_to_head
-from backtor.scheduling.stalls import REPAIR_WORKER_ID, STALL_MARGIN
+from backtor.scheduling.stalls import LOOK_AFTER, REPAIR_WORKER_ID, STALL_MARGIN
 from backtor.scheduling.watchdog import STALL
 from backtor.workers.runner import WATCHDOG_SECONDS
 from backtor.workers.tasks import MAX_CALLBACK_SECONDS
-from tests.conftest import ROOT
 from tests.e2e.conftest import Stack, assert_each_fire_started_once
 from tests.support import processes
 from tests.support.conductor import workflow
-from tests.support.net import free_port
 from tests.support.processes import Replica
 from tests.support.scheduler import SchedulerWatch
-from tests.support.storage import FileStorageWorker
+from tests.support.sweeperless import (
+    BackupTableLock,
+    after_ms,
+    backup_table_lock,
+    poll_for,
+    tasks_of,
+)
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
-T = TypeVar("T")
 
 CRON = "* * * * * *"
 UTC_ZONE = ZoneInfo("UTC")
@@ -100,124 +96,14 @@ TICK_FAILOVER = STALL + timedelta(seconds=WATCHDOG_SECONDS)
 SLACK = timedelta(seconds=3)
 
 
-SCRIPT = ROOT / "scripts" / "conductor"
-# Conductor 3.32's sweepers (the current one, the legacy one, and the reconciler that drives
-# the legacy one), off: Spring properties given as JVM system properties.
-SWEEPER_OFF = (
-    "-Dconductor.app.sweeper.enabled=false",
-    "-Dconductor.app.legacy.sweeper.enabled=false",
-    "-Dconductor.workflow-reconciler.enabled=false",
-)
-
-
 def record_bound(tick_lost: bool) -> float:
     stalled = RESPONSE_TIMEOUT + STALL_MARGIN
     first_pass = max(stalled, TICK_FAILOVER) if tick_lost else stalled
     return (first_pass + PASS_PERIOD + SLACK).total_seconds()
 
 
-class SweeperlessConductor:
-    """A Conductor server of the test's own (scripts/conductor, the session's backend), its
-    sweeper off."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/api"
-
-    def start(self) -> None:
-        default = re.search(r'JAVA_OPTS_DEFAULT="([^"]*)"', SCRIPT.read_text())
-        assert default is not None, f"no JAVA_OPTS_DEFAULT in {SCRIPT}"
-        opts = os.environ.get("CONDUCTOR_JAVA_OPTS") or default.group(1)
-        env = {**os.environ, "CONDUCTOR_JAVA_OPTS": " ".join((opts, *SWEEPER_OFF))}
-        subprocess.run(
-            [str(SCRIPT), "start", "--port", str(self.port), "--dir", str(self.directory)],
-            check=True,
-            env=env,
-        )
-
-    def stop(self) -> None:
-        subprocess.run([str(SCRIPT), "stop", "--dir", str(self.directory), "--drop"], check=False)
-
-
-@pytest.fixture
-def sweeperless_stack(postgres_url: str, tmp_path: Path) -> Iterator[Stack]:
-    """The e2e stack (tests/e2e/conftest.py) on a Conductor whose sweeper is off."""
-    server = SweeperlessConductor(tmp_path / "conductor")
-    server.start()
-    try:
-        upgrade_to_head(postgres_url)
-        env = processes.backtor_env(postgres_url, server.url, BACKTOR_REMOVAL_RETRY_SECONDS="1")
-        prefix = f"e2e{uuid.uuid4().hex[:8]}"
-        logs = tmp_path / "logs"
-        logs.mkdir()
-        with (
-            processes.api_server(env, logs / "api.log") as api,
-            FileStorageWorker(server.url, tmp_path / "store", prefix=prefix) as storage,
-        ):
-            yield Stack(api, server.url, postgres_url, env, storage, logs, prefix)
-    finally:
-        server.stop()
-
-
-class BackupTableLock:
-    """`LOCK TABLE backup IN SHARE MODE` held in a transaction of the test's own engine:
-    every insert into `backup` waits until it is released."""
-
-    def __init__(self, database_url: str) -> None:
-        self.engine = create_engine(database_url, poolclass=NullPool)
-        self.connection: Connection | None = None
-        self.pid = 0
-        self.taken_at = 0.0
-        self.held_s = 0.0
-
-    def take(self) -> None:
-        connection = self.engine.connect()
-        self.pid = int(connection.scalar(text("SELECT pg_backend_pid()")) or 0)
-        connection.execute(text("LOCK TABLE backup IN SHARE MODE"))
-        self.connection = connection
-        self.taken_at = time.monotonic()
-
-    def release(self) -> None:
-        if self.connection is None:
-            return
-        self.connection.rollback()
-        self.held_s = time.monotonic() - self.taken_at
-        self.connection.close()
-        self.connection = None
-
-    def waiting(self) -> list[str]:
-        """The statements waiting on this lock."""
-        with self.engine.connect() as connection:
-            return [
-                str(query)
-                for query in connection.scalars(
-                    text(
-                        "SELECT query FROM pg_stat_activity "
-                        "WHERE CAST(:pid AS integer) = ANY(pg_blocking_pids(pid))"
-                    ),
-                    {"pid": self.pid},
-                )
-            ]
-
-
-@contextmanager
-def backup_table_lock(database_url: str) -> Iterator[BackupTableLock]:
-    lock = BackupTableLock(database_url)
-    try:
-        yield lock
-    finally:
-        lock.release()
-        lock.engine.dispose()
-
-
 def scheduled_at(run: dict[str, Any]) -> float:
     return datetime.fromisoformat(str(run["input"]["scheduledTime"])).timestamp()
-
-
-def tasks_of(stack: Stack, workflow_id: str, task_type: str) -> list[dict[str, Any]]:
-    run = workflow(stack.conductor, workflow_id)
-    return [t for t in run.get("tasks", []) if t.get("taskType") == task_type]
 
 
 def open_runs(stack: Stack, name: str) -> list[dict[str, Any]]:
@@ -229,7 +115,7 @@ def before_its_apply_retention(stack: Stack, name: str) -> bool:
     for run in open_runs(stack, name):
         polled = [
             t
-            for t in tasks_of(stack, run["workflowId"], APPLY_RETENTION)
+            for t in tasks_of(stack.conductor, run["workflowId"], APPLY_RETENTION)
             if t.get("status") != "SCHEDULED"
         ]
         if not polled:
@@ -248,7 +134,7 @@ def held_inside_apply_retention(
     held = [
         (replica, run, task)
         for run in open_runs(stack, name)
-        for task in tasks_of(stack, run["workflowId"], APPLY_RETENTION)
+        for task in tasks_of(stack.conductor, run["workflowId"], APPLY_RETENTION)
         if task.get("status") == "IN_PROGRESS"
         for replica in pool
         if replica.alive() and task.get("workerId") == replica.name
@@ -258,18 +144,6 @@ def held_inside_apply_retention(
 
 def recorded(stack: Stack, name: str, data_id: str) -> list[dict[str, Any]]:
     return [b for b in stack.backups(name) if b["dataId"] == data_id]
-
-
-def poll_for(probe: Callable[[], T], *, timeout: float, interval: float = 0.1) -> T | None:
-    """wait_until, but None on timeout: the figures are printed before any assertion."""
-    try:
-        return wait_until(probe, timeout=max(timeout, 0.0), interval=interval)
-    except AssertionError:
-        return None
-
-
-def after_ms(moment_ms: Any, since: float) -> float | None:
-    return round(int(moment_ms) / 1000 - since, 3) if moment_ms else None
 
 
 def test_a_replica_killed_inside_apply_retention_is_recovered_by_backtor(
@@ -320,7 +194,9 @@ def test_a_replica_killed_inside_apply_retention_is_recovered_by_backtor(
             lock.release()
         killed_run = str(run["workflowId"])
         (backup_task,) = [
-            t for t in tasks_of(stack, killed_run, BACKUP) if t.get("status") == "COMPLETED"
+            t
+            for t in tasks_of(stack.conductor, killed_run, BACKUP)
+            if t.get("status") == "COMPLETED"
         ]
         data_id = str(backup_task["outputData"]["dataId"])
         due = next_fire(cron, datetime.fromtimestamp(killed_at, UTC), UTC_ZONE).timestamp()
@@ -417,3 +293,172 @@ def test_a_replica_killed_inside_apply_retention_is_recovered_by_backtor(
     assert data_id in stack.storage.files()
     with capsys.disabled():
         print(f"apply_retention kill: test done in {time.monotonic() - began:.1f} s")
+
+
+# -- record_removal ----------------------------------------------------------------------------
+
+# Kill -> the backup recorded REMOVED: the run is looked inside once it is LOOK_AFTER old
+# and again LOOK_AFTER after each look (scheduling.removals); by the second look the dead
+# worker's record_removal (polled within a second of the run's start, before the kill) is
+# past its response timeout + STALL_MARGIN (= LOOK_AFTER). Passes are MAX_CALLBACK_SECONDS
+# apart at most; a lost tick adds the watchdog's takeover.
+REMOVAL_RECORD_BOUND = 2 * LOOK_AFTER + PASS_PERIOD + SLACK
+
+
+def open_removals(stack: Stack, name: str) -> list[dict[str, Any]]:
+    return [w for w in stack.removes(name) if w["status"] == "RUNNING"]
+
+
+def before_its_record_removal(stack: Stack, name: str) -> bool:
+    """A removal is open and its record_removal has not been polled yet: the moment to lock."""
+    for run in open_removals(stack, name):
+        polled = [
+            t
+            for t in tasks_of(stack.conductor, run["workflowId"], RECORD_REMOVAL)
+            if t.get("status") != "SCHEDULED"
+        ]
+        if not polled:
+            return True
+    return False
+
+
+def held_inside_record_removal(
+    stack: Stack, name: str, pool: list[Replica], lock: BackupTableLock
+) -> tuple[Replica, dict[str, Any], dict[str, Any]] | None:
+    """(replica, run, task) once a replica's record_removal is IN_PROGRESS in Conductor and
+    its update of the backup to REMOVED waits on the lock."""
+    updates = [
+        q
+        for q in lock.waiting()
+        if q.lstrip().upper().startswith("UPDATE BACKUP SET") and "removed_at" in q.lower()
+    ]
+    if len(updates) != 1:
+        return None
+    held = [
+        (replica, run, task)
+        for run in open_removals(stack, name)
+        for task in tasks_of(stack.conductor, run["workflowId"], RECORD_REMOVAL)
+        if task.get("status") == "IN_PROGRESS"
+        for replica in pool
+        if replica.alive() and task.get("workerId") == replica.name
+    ]
+    return held[0] if len(held) == 1 else None
+
+
+def test_a_replica_killed_inside_record_removal_is_recovered_by_backtor(
+    sweeperless_stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 13, item 16, the removal side (seen in CI on a PostgreSQL-backed Conductor: a
+    killed worker's record_removal stayed IN_PROGRESS for over two minutes, the backup
+    REMOVING, its file already gone). Same kill as above, inside record_removal's update."""
+    stack = sweeperless_stack
+    began = time.monotonic()
+    with (
+        processes.replicas(stack.env, stack.logs) as pool,
+        SchedulerWatch(stack.database_url, stack.conductor) as watch,
+        backup_table_lock(stack.database_url) as lock,
+    ):
+        pool += [Replica(stack.env, stack.logs, f"replica-{i}") for i in (1, 2)]
+        wait_until(lambda: all(r.ready() for r in pool), timeout=90, what="two ready replicas")
+        name = stack.create("kill-in-record-removal", backupCronString=CRON, retentionMinutely="1")
+        wait_until(
+            lambda: stack.backups(name, status="REMOVED"), timeout=90, what="a first removal"
+        )
+
+        wait_until(
+            lambda: before_its_record_removal(stack, name),
+            timeout=30,
+            interval=0.02,
+            what="a removal before its record_removal",
+        )
+        lock.take()
+        try:
+            found = wait_until(
+                lambda: held_inside_record_removal(stack, name, pool, lock),
+                timeout=30,
+                interval=0.05,
+                what="a replica's record_removal waiting on the lock",
+            )
+            assert found is not None
+            victim, run, task = found
+            hold = watch.hold()
+            tick_lost = hold is not None and hold.held and hold.worker_id == victim.name
+            killed_at = time.time()
+            victim.kill()
+        finally:
+            lock.release()
+        killed_run = str(run["workflowId"])
+        backup_id = int(run["input"]["backupId"])
+        data_id = str(run["input"]["dataId"])
+        (removal,) = tasks_of(stack.conductor, killed_run, REMOVE)
+        bound = (
+            REMOVAL_RECORD_BOUND + (TICK_FAILOVER if tick_lost else timedelta())
+        ).total_seconds()
+
+        def removed() -> list[dict[str, Any]]:
+            return [b for b in stack.backups(name, status="REMOVED") if b["id"] == backup_id]
+
+        records = poll_for(removed, timeout=bound + 10)
+        recorded_after = time.time() - killed_at if records else None
+        if records:
+            poll_for(
+                lambda: workflow(stack.conductor, killed_run)["status"] != "RUNNING", timeout=30
+            )
+        ended = workflow(stack.conductor, killed_run)
+        attempts = [t for t in ended.get("tasks", []) if t["taskType"] == RECORD_REMOVAL]
+        # Removals go on: a backup taken after the killed one's successor is removed too.
+        later = poll_for(
+            lambda: [b for b in stack.backups(name, status="REMOVED") if b["id"] > backup_id + 1],
+            timeout=30,
+        )
+        figures = {
+            "victim": victim.name,
+            "victim_held_tick": tick_lost,
+            "lock_held_s": round(lock.held_s, 3),
+            "remove_task": removal.get("status"),
+            "kill_to_removed_s": round(recorded_after, 3) if recorded_after else None,
+            "bound_s": bound,
+            "killed_run_status": ended["status"],
+            "record_removal_tasks": [
+                {
+                    "status": t.get("status"),
+                    "workerId": t.get("workerId"),
+                    "polled_after_kill_s": after_ms(t.get("startTime"), killed_at),
+                    "ended_after_kill_s": after_ms(t.get("endTime"), killed_at),
+                }
+                for t in attempts
+            ],
+            "removals_after_kill": len(later or []),
+            "test_s": round(time.monotonic() - began, 1),
+        }
+        report = "record_removal kill: " + json.dumps(figures)
+        with capsys.disabled():
+            print("\n" + report)
+
+        assert records, f"backup {backup_id} never recorded REMOVED\n{report}"
+        assert recorded_after is not None and recorded_after <= bound, report
+        assert ended["status"] == "COMPLETED", report
+        assert [t["taskId"] for t in attempts] == [task["taskId"]], (
+            f"record_removal timed out or retried by Conductor, not repaired by Backtor\n{report}"
+        )
+        assert attempts[0]["status"] == "COMPLETED", report
+        assert attempts[0].get("workerId") == REPAIR_WORKER_ID, report
+        assert later, f"no removal recorded after the kill\n{report}"
+        # One removal for the backup, and its file is gone.
+        runs = [w for w in stack.removes(name) if w["input"].get("backupId") == backup_id]
+        assert [w["workflowId"] for w in runs] == [killed_run], report
+        assert data_id not in stack.storage.files()
+
+        stack.update(name, enabled=0)
+        wait_until(
+            lambda: not open_runs(stack, name) and not open_removals(stack, name),
+            timeout=60,
+            what="the last backup and removal",
+        )
+
+    assert_each_fire_started_once(stack, name)
+    wait_until(
+        lambda: stack.storage.files() == stack.live_data_ids(name),
+        timeout=30,
+        what="every stored file recorded",
+    )
