@@ -45,8 +45,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -110,36 +111,82 @@ def open_runs(stack: Stack, name: str) -> list[dict[str, Any]]:
     return [w for w in stack.creates(name) if w["status"] == "RUNNING"]
 
 
-def before_its_apply_retention(stack: Stack, name: str) -> bool:
-    """A run is open and its apply_retention has not been polled yet: the moment to lock."""
-    for run in open_runs(stack, name):
-        polled = [
-            t
-            for t in tasks_of(stack.conductor, run["workflowId"], APPLY_RETENTION)
-            if t.get("status") != "SCHEDULED"
-        ]
-        if not polled:
-            return True
-    return False
+def not_polled_yet(stack: Stack, runs: list[dict[str, Any]], task_type: str) -> bool:
+    """A run is open and its `task_type` has not been polled yet: the moment to lock."""
+    return any(
+        all(
+            t.get("status") == "SCHEDULED"
+            for t in tasks_of(stack.conductor, run["workflowId"], task_type)
+        )
+        for run in runs
+    )
 
 
-def held_inside_apply_retention(
-    stack: Stack, name: str, pool: list[Replica], lock: BackupTableLock
+def held_inside(
+    stack: Stack,
+    runs: list[dict[str, Any]],
+    task_type: str,
+    pool: list[Replica],
+    lock: BackupTableLock,
+    write: Callable[[str], bool],
 ) -> tuple[Replica, dict[str, Any], dict[str, Any]] | None:
-    """(replica, run, task) once a replica's apply_retention is IN_PROGRESS in Conductor and
-    its insert into `backup` waits on the lock."""
-    inserts = [q for q in lock.waiting() if q.lstrip().upper().startswith("INSERT INTO BACKUP ")]
-    if len(inserts) != 1:
+    """(replica, run, task) once a replica's `task_type` is IN_PROGRESS in Conductor and
+    exactly one statement that `write` picks (upper-cased) waits on the lock."""
+    if len([q for q in lock.waiting() if write(q.lstrip().upper())]) != 1:
         return None
     held = [
         (replica, run, task)
-        for run in open_runs(stack, name)
-        for task in tasks_of(stack.conductor, run["workflowId"], APPLY_RETENTION)
+        for run in runs
+        for task in tasks_of(stack.conductor, run["workflowId"], task_type)
         if task.get("status") == "IN_PROGRESS"
         for replica in pool
         if replica.alive() and task.get("workerId") == replica.name
     ]
     return held[0] if len(held) == 1 else None
+
+
+class Kill(NamedTuple):
+    victim: Replica
+    run: dict[str, Any]
+    task: dict[str, Any]
+    tick_lost: bool  # the victim also held the scheduler's tick
+    at: float
+
+
+def kill_inside(
+    stack: Stack,
+    task_type: str,
+    runs: Callable[[], list[dict[str, Any]]],
+    write: Callable[[str], bool],
+    pool: list[Replica],
+    watch: SchedulerWatch,
+    lock: BackupTableLock,
+) -> Kill:
+    """Lock just before a run's `task_type` is polled; SIGKILL the replica that polls it once
+    its `write` waits on the lock; release the lock at once."""
+    wait_until(
+        lambda: not_polled_yet(stack, runs(), task_type),
+        timeout=30,
+        interval=0.02,
+        what=f"a run before its {task_type}",
+    )
+    lock.take()
+    try:
+        found = wait_until(
+            lambda: held_inside(stack, runs(), task_type, pool, lock, write),
+            timeout=30,
+            interval=0.05,
+            what=f"a replica's {task_type} waiting on the lock",
+        )
+        assert found is not None
+        victim, run, task = found
+        hold = watch.hold()
+        tick_lost = hold is not None and hold.held and hold.worker_id == victim.name
+        killed_at = time.time()
+        victim.kill()
+    finally:
+        lock.release()
+    return Kill(victim, run, task, tick_lost, killed_at)
 
 
 def recorded(stack: Stack, name: str, data_id: str) -> list[dict[str, Any]]:
@@ -168,30 +215,15 @@ def test_a_replica_killed_inside_apply_retention_is_recovered_by_backtor(
             what="a first backup recorded",
         )
 
-        # Lock just before a run's apply_retention is polled; kill the replica that polls it
-        # once its insert waits on the lock; release the lock at once.
-        wait_until(
-            lambda: before_its_apply_retention(stack, name),
-            timeout=30,
-            interval=0.02,
-            what="a run before its apply_retention",
+        victim, run, task, tick_lost, killed_at = kill_inside(
+            stack,
+            APPLY_RETENTION,
+            lambda: open_runs(stack, name),
+            lambda statement: statement.startswith("INSERT INTO BACKUP "),
+            pool,
+            watch,
+            lock,
         )
-        lock.take()
-        try:
-            found = wait_until(
-                lambda: held_inside_apply_retention(stack, name, pool, lock),
-                timeout=30,
-                interval=0.05,
-                what="a replica's apply_retention waiting on the lock",
-            )
-            assert found is not None
-            victim, run, task = found
-            hold = watch.hold()
-            tick_lost = hold is not None and hold.held and hold.worker_id == victim.name
-            killed_at = time.time()
-            victim.kill()
-        finally:
-            lock.release()
         killed_run = str(run["workflowId"])
         (backup_task,) = [
             t
@@ -309,42 +341,6 @@ def open_removals(stack: Stack, name: str) -> list[dict[str, Any]]:
     return [w for w in stack.removes(name) if w["status"] == "RUNNING"]
 
 
-def before_its_record_removal(stack: Stack, name: str) -> bool:
-    """A removal is open and its record_removal has not been polled yet: the moment to lock."""
-    for run in open_removals(stack, name):
-        polled = [
-            t
-            for t in tasks_of(stack.conductor, run["workflowId"], RECORD_REMOVAL)
-            if t.get("status") != "SCHEDULED"
-        ]
-        if not polled:
-            return True
-    return False
-
-
-def held_inside_record_removal(
-    stack: Stack, name: str, pool: list[Replica], lock: BackupTableLock
-) -> tuple[Replica, dict[str, Any], dict[str, Any]] | None:
-    """(replica, run, task) once a replica's record_removal is IN_PROGRESS in Conductor and
-    its update of the backup to REMOVED waits on the lock."""
-    updates = [
-        q
-        for q in lock.waiting()
-        if q.lstrip().upper().startswith("UPDATE BACKUP SET") and "removed_at" in q.lower()
-    ]
-    if len(updates) != 1:
-        return None
-    held = [
-        (replica, run, task)
-        for run in open_removals(stack, name)
-        for task in tasks_of(stack.conductor, run["workflowId"], RECORD_REMOVAL)
-        if task.get("status") == "IN_PROGRESS"
-        for replica in pool
-        if replica.alive() and task.get("workerId") == replica.name
-    ]
-    return held[0] if len(held) == 1 else None
-
-
 def test_a_replica_killed_inside_record_removal_is_recovered_by_backtor(
     sweeperless_stack: Stack, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -365,28 +361,18 @@ def test_a_replica_killed_inside_record_removal_is_recovered_by_backtor(
             lambda: stack.backups(name, status="REMOVED"), timeout=90, what="a first removal"
         )
 
-        wait_until(
-            lambda: before_its_record_removal(stack, name),
-            timeout=30,
-            interval=0.02,
-            what="a removal before its record_removal",
+        victim, run, task, tick_lost, killed_at = kill_inside(
+            stack,
+            RECORD_REMOVAL,
+            lambda: open_removals(stack, name),
+            # record_removed's UPDATE, the one that sets removed_at
+            lambda statement: (
+                statement.startswith("UPDATE BACKUP SET") and "REMOVED_AT" in statement
+            ),
+            pool,
+            watch,
+            lock,
         )
-        lock.take()
-        try:
-            found = wait_until(
-                lambda: held_inside_record_removal(stack, name, pool, lock),
-                timeout=30,
-                interval=0.05,
-                what="a replica's record_removal waiting on the lock",
-            )
-            assert found is not None
-            victim, run, task = found
-            hold = watch.hold()
-            tick_lost = hold is not None and hold.held and hold.worker_id == victim.name
-            killed_at = time.time()
-            victim.kill()
-        finally:
-            lock.release()
         killed_run = str(run["workflowId"])
         backup_id = int(run["input"]["backupId"])
         data_id = str(run["input"]["dataId"])
