@@ -1,7 +1,8 @@
-"""Leases on the one scheduler_state row: who may act now, until when.
+"""Leases on scheduler_state rows: who may act now, until when.
 
-Two live there: the watchdog's (which replica looks after the tick) and the pass lease (one
-scheduler pass at a time). Taking one is a single conditional UPDATE, so two replicas that
+Two live there: the watchdog's (which replica looks after the ticks, row SCHEDULER_STATE_ID)
+and the pass lease (one scheduler pass at a time per tick shard, in the shard's row).
+Taking one is a single conditional UPDATE, so two replicas that
 race for it cannot both win; its holder renews it by taking it again.
 
 The statements are built once per lease, on the table (Core): every pass and every
@@ -33,12 +34,13 @@ def take(
     holder: str,
     now: datetime,
     length: timedelta,
+    row: int = SCHEDULER_STATE_ID,
     **also: Any,
 ) -> bool:
-    """Take or renew the lease for `holder` (setting the columns `also` names with it);
-    False when another holds it."""
+    """Take or renew the lease in `row` for `holder` (setting the columns `also` names with
+    it); False when another holds it (or the row does not exist)."""
     statement = _take_statement(holder_column.key, until_column.key, tuple(sorted(also)))
-    params = {"holder": holder, "now": now, "until": now + length}
+    params = {"holder": holder, "now": now, "until": now + length, "row": row}
     params |= {f"also_{key}": value for key, value in also.items()}
     with services.db.begin() as session:
         taken = session.execute(statement, params).first()
@@ -50,18 +52,20 @@ def release(
     holder_column: InstrumentedAttribute[str | None],
     until_column: InstrumentedAttribute[datetime | None],
     holder: str,
+    row: int = SCHEDULER_STATE_ID,
 ) -> None:
     with services.db.begin() as session:
-        session.execute(*release_statement(holder_column, until_column, holder))
+        session.execute(*release_statement(holder_column, until_column, holder, row))
 
 
 def release_statement(
     holder_column: InstrumentedAttribute[str | None],
     until_column: InstrumentedAttribute[datetime | None],
     holder: str,
+    row: int = SCHEDULER_STATE_ID,
 ) -> tuple[Update, dict[str, Any]]:
     """The release and its parameters, for a caller with a transaction of its own open."""
-    return _release_statement(holder_column.key, until_column.key), {"holder": holder}
+    return _release_statement(holder_column.key, until_column.key), {"holder": holder, "row": row}
 
 
 def _column(key: str) -> Column[Any]:
@@ -81,7 +85,7 @@ def _take_statement(holder_key: str, until_key: str, also: tuple[str, ...]) -> U
     return (
         update(_STATE)
         .where(
-            _STATE.c.id == SCHEDULER_STATE_ID,
+            _STATE.c.id == bindparam("row", type_=_STATE.c.id.type),
             or_(holder == bindparam("holder", type_=holder.type), until.is_(None), until < now),
         )
         .values(values)
@@ -94,7 +98,10 @@ def _release_statement(holder_key: str, until_key: str) -> Update:
     holder, until = _column(holder_key), _column(until_key)
     return (
         update(_STATE)
-        .where(_STATE.c.id == SCHEDULER_STATE_ID, holder == bindparam("holder", type_=holder.type))
+        .where(
+            _STATE.c.id == bindparam("row", type_=_STATE.c.id.type),
+            holder == bindparam("holder", type_=holder.type),
+        )
         .values({until: None})
     )
 
@@ -116,8 +123,10 @@ class Kept:
         holder: str,
         length: timedelta,
         stamp: InstrumentedAttribute[datetime | None] | None = None,
+        row: int = SCHEDULER_STATE_ID,
     ) -> None:
         self._services = services
+        self.row = row
         self._holder_column = holder_column
         self._until_column = until_column
         self.holder = holder
@@ -138,6 +147,7 @@ class Kept:
             self.holder,
             now,
             self._length,
+            self.row,
             **also,
         )
         self.until = now + self._length if taken else None

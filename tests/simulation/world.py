@@ -1076,12 +1076,12 @@ class World:
         self.pause(act.fiber, self.clock.now_ms + math.ceil(seconds * 1000))
         return self.settling
 
-    def recorded_run_tick(self, services: Services, holder: str) -> TickReport:
+    def recorded_run_tick(self, services: Services, holder: str, shard: int = 0) -> TickReport:
         """run_tick as schedule_passes calls it, each pass noted for the liveness check."""
         record = PassRecord(self.clock.now_ms, holder)
         self.passes.append(record)
         try:
-            report = run_tick(services, holder)
+            report = run_tick(services, holder, shard)
         finally:
             record.end_ms = self.clock.now_ms
         record.ran = report.ran
