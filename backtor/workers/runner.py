@@ -62,9 +62,10 @@ def stop_on_signals() -> threading.Event:
 STOP_WAIT_SECONDS = 12.0
 
 
-def task_types() -> list[TaskType]:
+def task_types(tick_shards: int = 1) -> list[TaskType]:
     """Backtor's task types with their concurrency; a slot lasts the task's response timeout
-    plus a margin (backtor.workers.threads)."""
+    plus a margin (backtor.workers.threads). One evaluate_schedule per tick shard at most:
+    one replica may hold several shards' ticks at once."""
     from backtor.workers import tasks
 
     def task_type(name: str, handler: Handler, threads: int) -> TaskType:
@@ -72,7 +73,7 @@ def task_types() -> list[TaskType]:
         return TaskType(name, handler, threads, timeout + SLOT_MARGIN_SECONDS)
 
     return [
-        task_type(names.EVALUATE_SCHEDULE, tasks.evaluate_schedule, 1),
+        task_type(names.EVALUATE_SCHEDULE, tasks.evaluate_schedule, tick_shards),
         task_type(names.APPLY_RETENTION, tasks.apply_retention, 4),
         task_type(names.RECORD_REMOVAL, tasks.record_removal, 4),
         task_type(names.DELIVER_NOTICE, tasks.deliver_notice, 2),
@@ -88,7 +89,7 @@ class ThreadTasks:
         self.queue = ConductorClient(settings.conductor_api_url)
         self.runner = ThreadRunner(
             self.queue,
-            task_types(),
+            task_types(settings.tick_shards),
             worker_id=settings.worker_id or socket.gethostname(),
             stop=process.stop_event(),
         )
@@ -128,7 +129,7 @@ def build_task_handler(settings: Settings) -> object:
         )
 
     workers = [
-        worker(names.EVALUATE_SCHEDULE, tasks.evaluate_schedule, 100, 1),
+        worker(names.EVALUATE_SCHEDULE, tasks.evaluate_schedule, 100, settings.tick_shards),
         worker(names.APPLY_RETENTION, tasks.apply_retention, 200, 4),
         worker(names.RECORD_REMOVAL, tasks.record_removal, 200, 4),
         worker(names.DELIVER_NOTICE, tasks.deliver_notice, 500, 2),
