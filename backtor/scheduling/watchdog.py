@@ -45,32 +45,30 @@ def stalled(last_tick_at: datetime | None, tick_started_at: datetime | None, now
     return recent is not None and now - recent > STALL
 
 
-def take_lease(services: Services, holder: str, now: datetime, shards: int = 1) -> bool:
-    """The watchdog lease; its holder writes its own BACKTOR_TICK_SHARDS with it (K)."""
+def take_lease(services: Services, holder: str, now: datetime) -> bool:
     return leases.take(
-        services,
-        SchedulerState.lease_holder,
-        SchedulerState.lease_until,
-        holder,
-        now,
-        LEASE,
-        tick_shards=shards,
+        services, SchedulerState.lease_holder, SchedulerState.lease_until, holder, now, LEASE
     )
 
 
 def ensure_tick(services: Services, holder: str) -> str | None:
     """Keep one tick workflow running per shard in force; returns the id of shard 0's.
 
-    K comes from this replica's setting (written with the lease, so the newest deployed
-    setting wins); ticks of shards beyond a K just lowered are terminated (a tick also ends
-    itself when its pass finds its shard beyond K: docs/scheduling.md, "Shards").
+    K comes from this replica's BACKTOR_TICK_SHARDS, written by the lease's holder, so the
+    newest deployed setting wins (replicas should agree). K rises before the new shards'
+    ticks start (their first pass must not find itself beyond K), and drops only once the
+    ticks of the shards beyond it are terminated: a watchdog that dies between the two
+    finds the old K at its next run and does it again. A tick whose pass finds its shard
+    beyond K also ends by itself (docs/scheduling.md, "Shards").
     """
     now = services.clock()
+    if not take_lease(services, holder, now):
+        return None
     shards = services.settings.tick_shards
     with services.db.begin() as session:
         before = shards_in_force(session)
-    if not take_lease(services, holder, now, shards):
-        return None
+    if shards > before:
+        _write_shards(services, holder, shards)
     looked_at = range(max(shards, before))
     correlation = {shard: tick_correlation_id(shard) for shard in looked_at}
     found = services.conductor.workflows_by_correlation(
@@ -91,11 +89,20 @@ def ensure_tick(services: Services, holder: str) -> str | None:
                 log.info("terminated tick %s of retired shard %d", retired.workflow_id, shard)
             continue
         kept[shard] = _keep_one(services, shard, running, heartbeats.get(shard), now)
+    if shards < before:
+        _write_shards(services, holder, shards)
     with services.db.begin() as session:
         session.execute(
             _NAME_TICK, [{"row": shard_state_id(i), "tick": tick} for i, tick in kept.items()]
         )
     return kept[0]
+
+
+def _write_shards(services: Services, holder: str, shards: int) -> None:
+    """K, written under the watchdog lease this replica holds."""
+    with services.db.begin() as session:
+        session.execute(_WRITE_SHARDS, {"holder": holder, "shards": shards})
+    log.info("tick shards in force: %d", shards)
 
 
 def _keep_one(
@@ -153,6 +160,14 @@ _STATE: Table = SchedulerState.__table__  # type: ignore[assignment]
 _LAST_TICK = select(SchedulerState.last_tick_at).where(SchedulerState.id == SCHEDULER_STATE_ID)
 _LAST_TICKS = select(SchedulerState.id, SchedulerState.last_tick_at).where(
     SchedulerState.id.in_(bindparam("rows", expanding=True))
+)
+_WRITE_SHARDS = (
+    update(_STATE)
+    .where(
+        _STATE.c.id == SCHEDULER_STATE_ID,
+        _STATE.c.lease_holder == bindparam("holder", type_=_STATE.c.lease_holder.type),
+    )
+    .values(tick_shards=bindparam("shards", type_=_STATE.c.tick_shards.type))
 )
 _NAME_TICK = (
     update(_STATE)

@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import select, update
 
 from backtor.conductor.names import CREATE_BACKUP, TICK, tick_correlation_id
+from backtor.core.errors import ConductorUnavailable
 from backtor.db.models import SCHEDULER_STATE_ID, Fire, FireStatus, SchedulerState
 from backtor.runtime.services import Services
 from backtor.scheduling.fires import _attempt_starts, claim_pending, schedule_due_fires
@@ -302,9 +303,36 @@ def test_the_watchdog_keeps_one_tick_per_shard_and_ends_the_retired_ones(core: C
         rows = session.scalars(select(SchedulerState.id).order_by(SchedulerState.id)).all()
     assert list(rows) == [1, 2, 3]  # each shard's lease row, created on demand
 
+    assert not run_tick(core.services, shard=2).retired  # K rose before its tick started
+
     watchdog(core, 2)
     assert shards_in_db(core) == 2
     assert set(open_ticks(core)) == {tick_correlation_id(s) for s in range(2)}
+
+
+def test_k_drops_only_once_the_retired_ticks_are_terminated(core: Core) -> None:
+    """A watchdog that fails halfway through lowering K leaves the old K: the next run
+    terminates what is left, then writes the new K."""
+    watchdog(core, 3)
+    terminate = core.twin.terminate_workflow
+    calls: list[str] = []
+
+    def fails_after_the_first(workflow_id: str, reason: str) -> None:
+        calls.append(workflow_id)
+        if len(calls) > 1:
+            raise ConductorUnavailable("Conductor went away")
+        terminate(workflow_id, reason)
+
+    core.twin.terminate_workflow = fails_after_the_first  # type: ignore[method-assign]
+    with pytest.raises(ConductorUnavailable):
+        watchdog(core, 1)
+    assert shards_in_db(core) == 3  # shard 2's tick still runs: K stays
+    assert set(open_ticks(core)) == {tick_correlation_id(0), tick_correlation_id(2)}
+    core.twin.terminate_workflow = terminate  # type: ignore[method-assign]
+    core.advance(7)  # the failed run's lease lapsed; another replica's watchdog takes over
+    watchdog(core, 1, holder="watchdog-b")
+    assert shards_in_db(core) == 1
+    assert set(open_ticks(core)) == {tick_correlation_id(0)}
 
 
 @pytest.mark.parametrize("shard", [1, 2])
