@@ -47,6 +47,24 @@ def take(
     return taken is not None
 
 
+def take_reading(
+    services: Services,
+    holder_column: InstrumentedAttribute[str | None],
+    until_column: InstrumentedAttribute[datetime | None],
+    holder: str,
+    now: datetime,
+    length: timedelta,
+    read: InstrumentedAttribute[Any],
+) -> tuple[bool, Any]:
+    """As `take`, in the same statement reading the row's column `read` (RETURNING):
+    (False, None) when another holds the lease."""
+    statement = _take_reading_statement(holder_column.key, until_column.key, read.key)
+    params = {"holder": holder, "now": now, "until": now + length, "row": SCHEDULER_STATE_ID}
+    with services.db.begin() as session:
+        taken = session.execute(statement, params).first()
+    return (False, None) if taken is None else (True, taken[1])
+
+
 def release(
     services: Services,
     holder_column: InstrumentedAttribute[str | None],
@@ -91,6 +109,11 @@ def _take_statement(holder_key: str, until_key: str, also: tuple[str, ...]) -> U
         .values(values)
         .returning(_STATE.c.id)
     )
+
+
+@cache
+def _take_reading_statement(holder_key: str, until_key: str, read_key: str) -> Update:
+    return _take_statement(holder_key, until_key, ()).returning(_column(read_key))
 
 
 @cache

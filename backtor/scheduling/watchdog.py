@@ -18,8 +18,9 @@ from backtor.conductor.payloads import WorkflowRun
 from backtor.conductor.registration import DEFINITIONS
 from backtor.db.models import SCHEDULER_STATE_ID, SchedulerState, shard_state_id
 from backtor.runtime.services import Services
+from backtor.runtime.settings import MAX_TICK_SHARDS
 from backtor.scheduling import leases
-from backtor.scheduling.shards import ensure_state_row, shards_in_force
+from backtor.scheduling.shards import ensure_state_row
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +46,22 @@ def stalled(last_tick_at: datetime | None, tick_started_at: datetime | None, now
     return recent is not None and now - recent > STALL
 
 
-def take_lease(services: Services, holder: str, now: datetime) -> bool:
-    return leases.take(
-        services, SchedulerState.lease_holder, SchedulerState.lease_until, holder, now, LEASE
+def take_lease(services: Services, holder: str, now: datetime) -> int | None:
+    """The watchdog lease; the number of shards in force, read in the same statement, or
+    None when another replica holds the lease."""
+    taken, shards = leases.take_reading(
+        services,
+        SchedulerState.lease_holder,
+        SchedulerState.lease_until,
+        holder,
+        now,
+        LEASE,
+        read=SchedulerState.tick_shards,
     )
+    return max(1, int(shards or 1)) if taken else None
 
 
-def ensure_tick(services: Services, holder: str) -> str | None:
+def ensure_tick(services: Services, holder: str, *, sweep: bool = False) -> str | None:
     """Keep one tick workflow running per shard in force; returns the id of shard 0's.
 
     K comes from this replica's BACKTOR_TICK_SHARDS, written by the lease's holder, so the
@@ -60,16 +70,20 @@ def ensure_tick(services: Services, holder: str) -> str | None:
     ticks of the shards beyond it are terminated: a watchdog that dies between the two
     finds the old K at its next run and does it again. A tick whose pass finds its shard
     beyond K also ends by itself (docs/scheduling.md, "Shards").
+
+    `sweep` looks at every possible shard's tick, not only those below the old and new K:
+    a replica that lost the lease in the middle of its run may still have started a tick
+    for a shard beyond the K another replica wrote meanwhile (the worker sweeps every
+    SWEEP_ROUNDS runs).
     """
     now = services.clock()
-    if not take_lease(services, holder, now):
+    before = take_lease(services, holder, now)
+    if before is None:
         return None
     shards = services.settings.tick_shards
-    with services.db.begin() as session:
-        before = shards_in_force(session)
     if shards > before:
         _write_shards(services, holder, shards)
-    looked_at = range(max(shards, before))
+    looked_at = range(MAX_TICK_SHARDS if sweep else max(shards, before))
     correlation = {shard: tick_correlation_id(shard) for shard in looked_at}
     found = services.conductor.workflows_by_correlation(
         TICK, list(correlation.values()), include_closed=False

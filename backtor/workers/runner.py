@@ -10,6 +10,7 @@ idempotent.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import signal
@@ -42,6 +43,9 @@ Handler = Callable[[TaskRun], TaskOutcome]
 # How often each worker looks after the tick; with the watchdog's STALL and LEASE this
 # bounds a failover to about STALL + WATCHDOG_SECONDS.
 WATCHDOG_SECONDS = 2.0
+# Every this many rounds (and at the first) the watchdog looks at every possible tick
+# shard's workflow, not only the shards in force (backtor.scheduling.watchdog.ensure_tick).
+SWEEP_ROUNDS = 15
 
 
 def stop_on_signals() -> threading.Event:
@@ -175,12 +179,14 @@ def run_worker(settings: Settings) -> int:
         holder,
         settings.worker_isolation,
     )
+    rounds = itertools.count()
     try:
         while not stop.is_set():
             if threads:
                 handler.supervise()
+            sweep = next(rounds) % SWEEP_ROUNDS == 0
             try:
-                ensure_tick(services, holder)
+                ensure_tick(services, holder, sweep=sweep)
                 health.watchdog_ran()
             except Exception as exc:  # the watchdog must outlive any one failure
                 log.warning("scheduler watchdog: %s", exc)

@@ -354,3 +354,25 @@ def test_a_shard_tick_that_stops_beating_is_replaced(core: Core, shard: int) -> 
     assert set(ticks) == {tick_correlation_id(s) for s in range(3)}
     assert ticks[tick_correlation_id(shard)][0].workflow_id != stuck
     assert core.twin.get_workflow(stuck).status.is_finished
+
+
+def test_a_sweep_ends_a_tick_started_beyond_k_by_a_replica_that_lost_its_lease(
+    core: Core,
+) -> None:
+    watchdog(core, 2)
+    stray = core.twin.start_workflow(
+        TICK, version=2, correlation_id=tick_correlation_id(5), input={"shard": 5}
+    )
+    watchdog(core, 2)  # looks at the shards in force only
+    assert core.twin.get_workflow(stray).status.is_open
+    settings = replace(core.services.settings, tick_shards=2)
+    services = Services(
+        settings=settings,
+        engine=core.services.engine,
+        db=core.services.db,
+        conductor=core.twin,
+        clock=core.clock,
+    )
+    ensure_tick(services, "watchdog-a", sweep=True)
+    assert core.twin.get_workflow(stray).status.is_finished
+    assert set(open_ticks(core)) == {tick_correlation_id(0), tick_correlation_id(1)}
