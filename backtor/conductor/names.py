@@ -12,6 +12,12 @@ VERIFY_BACKUP: Final = "verify_backup"
 TICK: Final = "backtor_scheduler"
 TICK_CORRELATION_ID: Final = "backtor-scheduler"
 
+
+def tick_correlation_id(shard: int) -> str:
+    """Tick shard `shard`'s correlation id: shard 0 keeps TICK_CORRELATION_ID, as before."""
+    return TICK_CORRELATION_ID if shard == 0 else f"{TICK_CORRELATION_ID}-shard-{shard}"
+
+
 # Backtor's own tasks
 EVALUATE_SCHEDULE: Final = "evaluate_schedule"
 APPLY_RETENTION: Final = "apply_retention"

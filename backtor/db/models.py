@@ -312,6 +312,11 @@ class Fire(Base):
 SCHEDULER_STATE_ID = 1
 
 
+def shard_state_id(shard: int) -> int:
+    """The scheduler_state row of tick shard `shard`: shard 0 keeps SCHEDULER_STATE_ID."""
+    return SCHEDULER_STATE_ID + shard
+
+
 class SchedulerState(Base):
     """One row: the tick workflow Backtor keeps alive, its heartbeat and the watchdog lease."""
 
@@ -326,6 +331,9 @@ class SchedulerState(Base):
     # tick to (backtor.scheduling.tick).
     pass_holder: Mapped[str | None] = mapped_column(String(128), nullable=True)
     pass_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The number of tick shards in force (row SCHEDULER_STATE_ID only; the watchdog writes
+    # it). Shard i > 0 keeps its pass lease and heartbeat in row shard_state_id(i).
+    tick_shards: Mapped[int] = mapped_column(Integer, nullable=False, server_default="1")
 
 
 # -- metrics shared by every process ----------------------------------------------------

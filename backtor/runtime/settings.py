@@ -28,6 +28,8 @@ METRICS_MODES = ("per-spec", "aggregated")
 # fifth of the memory, docs/performance.md#worker-footprint), or in conductor-python's
 # runner processes, one per task type (docs/operations.md#worker-isolation says when).
 WORKER_ISOLATIONS = ("thread", "process")
+# BACKTOR_TICK_SHARDS: at most this many tick workflows.
+MAX_TICK_SHARDS = 64
 _TRUE = ("1", "true")
 _FALSE = ("0", "false")
 
@@ -76,6 +78,9 @@ class Settings:
     # The worker id Backtor's tasks are polled under (conductor-python's variable, which
     # the storage workers' SDK reads itself); None: the host name.
     worker_id: str | None = None
+    # How many tick shards the watchdog keeps (docs/scheduling.md, "Shards"); replicas
+    # should agree: the one holding the watchdog lease writes its own into the database.
+    tick_shards: int = 1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -275,6 +280,16 @@ def _positive_int(variable: str, text: str) -> int:
     return number
 
 
+def _shards(variable: str, text: str) -> int:
+    try:
+        number = int(text.strip())
+    except ValueError:
+        number = 0
+    if not 1 <= number <= MAX_TICK_SHARDS:
+        raise SettingError(variable, text, f"must be a whole number, 1 to {MAX_TICK_SHARDS}")
+    return number
+
+
 def _jitter(variable: str, text: str) -> int:
     try:
         number = int(text.strip())
@@ -365,5 +380,6 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("BACKTOR_METRICS_MODE", "metrics_mode", "per-spec", _choice(METRICS_MODES)),
     Variable("BACKTOR_WORKER_ISOLATION", "worker_isolation", "thread", _choice(WORKER_ISOLATIONS)),
     Variable("CONDUCTOR_WORKER_ALL_WORKER_ID", "worker_id", None, _text),
+    Variable("BACKTOR_TICK_SHARDS", "tick_shards", "1", _shards),
 )
 AUTH_VARIABLES = tuple(v for v in VARIABLES if v.name.startswith("CONDUCTOR_AUTH_"))

@@ -60,6 +60,7 @@ from backtor.db.models import SCHEDULED_ONLY, BackupSpec, Fire, FireStatus, Skip
 from backtor.db.types import UTCDateTime
 from backtor.runtime.services import Services
 from backtor.scheduling.outcomes import record_stray_data
+from backtor.scheduling.shards import WHOLE, Part, owned
 from backtor.scheduling.stalls import dead_run
 
 log = logging.getLogger(__name__)
@@ -155,9 +156,12 @@ class DueReport:
     skipped: int
 
 
-def schedule_due_fires(session: Session, now: datetime, limit: int = 10_000) -> DueReport:
-    """Write a fire for every spec whose next fire time has come; move each spec on."""
-    specs = session.scalars(_DUE_SPECS, {"now": now, "limit": limit}).all()
+def schedule_due_fires(
+    session: Session, now: datetime, limit: int = 10_000, *, part: Part = WHOLE
+) -> DueReport:
+    """Write a fire for every spec (of the shard) whose next fire time has come; move each on."""
+    statement, shard = part.pick(_DUE_SPECS, _DUE_SPECS_SHARDED)
+    specs = session.scalars(statement, {"now": now, "limit": limit, **shard}).all()
     # Specs that share a schedule and a due time share a decision: compute it once a pass.
     decisions: dict[tuple[Timing, datetime], Decision] = {}
     rows = [row for spec in specs for row in _due_fire_rows(session, spec, now, decisions)]
@@ -178,6 +182,7 @@ _DUE_SPECS = (
     .limit(bindparam("limit"))
     .with_for_update(skip_locked=True)
 )
+_DUE_SPECS_SHARDED = _DUE_SPECS.where(owned(BackupSpec.id))
 
 
 def settle_due_fire(session: Session, spec: BackupSpec, now: datetime) -> None:
@@ -349,7 +354,12 @@ class FireOutcome:
 
 
 def claim_pending(
-    session: Session, now: datetime, *, fire_ids: Iterable[int] | None = None, limit: int = 5000
+    session: Session,
+    now: datetime,
+    *,
+    fire_ids: Iterable[int] | None = None,
+    limit: int = 5000,
+    part: Part = WHOLE,
 ) -> list[FireJob]:
     """Claim PENDING fires for one start attempt; a fire claimed by a live attempt is left.
 
@@ -362,7 +372,8 @@ def claim_pending(
     """
     now_and_since = {"now": now, "since": now - BUFFER_POLL}
     if fire_ids is None:
-        candidates = list(session.execute(_CANDIDATES, {**now_and_since, "limit": limit}))
+        statement, shard = part.pick(_CANDIDATES, _CANDIDATES_SHARDED)
+        candidates = list(session.execute(statement, {**now_and_since, "limit": limit, **shard}))
     else:
         wanted = {**now_and_since, "limit": limit, "fire_ids": list(fire_ids)}
         candidates = list(session.execute(_CANDIDATES_AMONG, wanted))
@@ -411,6 +422,7 @@ _CANDIDATES = (
     .order_by(Fire.scheduled_at, Fire.id)
     .limit(bindparam("limit"))
 )
+_CANDIDATES_SHARDED = _CANDIDATES.where(owned(Fire.spec_id))
 _CANDIDATES_AMONG = _CANDIDATES.where(Fire.id.in_(bindparam("fire_ids", expanding=True)))
 _BUFFERED_BESIDE = select(Fire.id, Fire.spec_id).where(
     _unclaimed(_NOW),
@@ -484,7 +496,7 @@ def start_fires(services: Services, jobs: Sequence[FireJob]) -> list[FireOutcome
 
 
 def start_due(
-    services: Services, now: datetime, keep_going: Callable[[], bool]
+    services: Services, now: datetime, keep_going: Callable[[], bool], part: Part = WHOLE
 ) -> list[FireOutcome]:
     """Claim the due fires a chunk at a time and start them; returns what was recorded.
 
@@ -497,13 +509,13 @@ def start_due(
     recorded: list[FireOutcome] = []
     version = DEFINITIONS.workflow_version(CREATE_BACKUP)
     with ThreadPoolExecutor(max_workers=START_CONCURRENCY) as pool:
-        jobs, plan = _claim_and_plan(services, now)
+        jobs, plan = _claim_and_plan(services, now, part)
         running = plan.launch(pool, services, version)
         unwell = False
         while jobs:
             unwell = unwell or plan.unwell
             if len(jobs) == START_CHUNK and not unwell and keep_going():
-                next_jobs, next_plan = _claim_and_plan(services, now)
+                next_jobs, next_plan = _claim_and_plan(services, now, part)
             else:
                 next_jobs, next_plan = [], _Plan([], [])
             next_running = next_plan.launch(pool, services, version)
@@ -514,9 +526,9 @@ def start_due(
     return recorded
 
 
-def _claim_and_plan(services: Services, now: datetime) -> tuple[list[FireJob], _Plan]:
+def _claim_and_plan(services: Services, now: datetime, part: Part) -> tuple[list[FireJob], _Plan]:
     with services.db.begin() as session:
-        jobs = claim_pending(session, now, limit=START_CHUNK)
+        jobs = claim_pending(session, now, limit=START_CHUNK, part=part)
     return jobs, (_plan_starts(services, jobs) if jobs else _Plan([], []))
 
 

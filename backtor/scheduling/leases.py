@@ -1,7 +1,8 @@
-"""Leases on the one scheduler_state row: who may act now, until when.
+"""Leases on scheduler_state rows: who may act now, until when.
 
-Two live there: the watchdog's (which replica looks after the tick) and the pass lease (one
-scheduler pass at a time). Taking one is a single conditional UPDATE, so two replicas that
+Two live there: the watchdog's (which replica looks after the ticks, row SCHEDULER_STATE_ID)
+and the pass lease (one scheduler pass at a time per tick shard, in the shard's row).
+Taking one is a single conditional UPDATE, so two replicas that
 race for it cannot both win; its holder renews it by taking it again.
 
 The statements are built once per lease, on the table (Core): every pass and every
@@ -33,16 +34,35 @@ def take(
     holder: str,
     now: datetime,
     length: timedelta,
+    row: int = SCHEDULER_STATE_ID,
     **also: Any,
 ) -> bool:
-    """Take or renew the lease for `holder` (setting the columns `also` names with it);
-    False when another holds it."""
+    """Take or renew the lease in `row` for `holder` (setting the columns `also` names with
+    it); False when another holds it (or the row does not exist)."""
     statement = _take_statement(holder_column.key, until_column.key, tuple(sorted(also)))
-    params = {"holder": holder, "now": now, "until": now + length}
+    params = {"holder": holder, "now": now, "until": now + length, "row": row}
     params |= {f"also_{key}": value for key, value in also.items()}
     with services.db.begin() as session:
         taken = session.execute(statement, params).first()
     return taken is not None
+
+
+def take_reading(
+    services: Services,
+    holder_column: InstrumentedAttribute[str | None],
+    until_column: InstrumentedAttribute[datetime | None],
+    holder: str,
+    now: datetime,
+    length: timedelta,
+    read: InstrumentedAttribute[Any],
+) -> tuple[bool, Any]:
+    """As `take`, in the same statement reading the row's column `read` (RETURNING):
+    (False, None) when another holds the lease."""
+    statement = _take_reading_statement(holder_column.key, until_column.key, read.key)
+    params = {"holder": holder, "now": now, "until": now + length, "row": SCHEDULER_STATE_ID}
+    with services.db.begin() as session:
+        taken = session.execute(statement, params).first()
+    return (False, None) if taken is None else (True, taken[1])
 
 
 def release(
@@ -50,18 +70,20 @@ def release(
     holder_column: InstrumentedAttribute[str | None],
     until_column: InstrumentedAttribute[datetime | None],
     holder: str,
+    row: int = SCHEDULER_STATE_ID,
 ) -> None:
     with services.db.begin() as session:
-        session.execute(*release_statement(holder_column, until_column, holder))
+        session.execute(*release_statement(holder_column, until_column, holder, row))
 
 
 def release_statement(
     holder_column: InstrumentedAttribute[str | None],
     until_column: InstrumentedAttribute[datetime | None],
     holder: str,
+    row: int = SCHEDULER_STATE_ID,
 ) -> tuple[Update, dict[str, Any]]:
     """The release and its parameters, for a caller with a transaction of its own open."""
-    return _release_statement(holder_column.key, until_column.key), {"holder": holder}
+    return _release_statement(holder_column.key, until_column.key), {"holder": holder, "row": row}
 
 
 def _column(key: str) -> Column[Any]:
@@ -81,7 +103,7 @@ def _take_statement(holder_key: str, until_key: str, also: tuple[str, ...]) -> U
     return (
         update(_STATE)
         .where(
-            _STATE.c.id == SCHEDULER_STATE_ID,
+            _STATE.c.id == bindparam("row", type_=_STATE.c.id.type),
             or_(holder == bindparam("holder", type_=holder.type), until.is_(None), until < now),
         )
         .values(values)
@@ -90,11 +112,19 @@ def _take_statement(holder_key: str, until_key: str, also: tuple[str, ...]) -> U
 
 
 @cache
+def _take_reading_statement(holder_key: str, until_key: str, read_key: str) -> Update:
+    return _take_statement(holder_key, until_key, ()).returning(_column(read_key))
+
+
+@cache
 def _release_statement(holder_key: str, until_key: str) -> Update:
     holder, until = _column(holder_key), _column(until_key)
     return (
         update(_STATE)
-        .where(_STATE.c.id == SCHEDULER_STATE_ID, holder == bindparam("holder", type_=holder.type))
+        .where(
+            _STATE.c.id == bindparam("row", type_=_STATE.c.id.type),
+            holder == bindparam("holder", type_=holder.type),
+        )
         .values({until: None})
     )
 
@@ -116,8 +146,10 @@ class Kept:
         holder: str,
         length: timedelta,
         stamp: InstrumentedAttribute[datetime | None] | None = None,
+        row: int = SCHEDULER_STATE_ID,
     ) -> None:
         self._services = services
+        self.row = row
         self._holder_column = holder_column
         self._until_column = until_column
         self.holder = holder
@@ -138,6 +170,7 @@ class Kept:
             self.holder,
             now,
             self._length,
+            self.row,
             **also,
         )
         self.until = now + self._length if taken else None

@@ -31,6 +31,7 @@ from backtor.scheduling.recording import (
     record_taken,
     recorded_checksum,
 )
+from backtor.scheduling.shards import WHOLE, Part, owned
 from backtor.scheduling.stalls import LOOKS_PER_PASS, due_a_look, repair_stalled
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ TIMEOUT_GRACE = timedelta(seconds=30)
 _SUCCESS_LABEL = {True: "success", False: "error"}
 
 
-def reconcile_fires(services: Services, limit: int = 1000) -> None:
+def reconcile_fires(services: Services, part: Part = WHOLE, limit: int = 1000) -> None:
     """Follow started create_backup runs until they end, and failed ones for a retry.
 
     Runs still open are read apart from failed ones under watch, so a week of failures
@@ -52,9 +53,13 @@ def reconcile_fires(services: Services, limit: int = 1000) -> None:
     error on one run is logged and the others are still followed.
     """
     now = services.clock()
+    open_runs_of, shard = part.pick(_OPEN_RUNS, _OPEN_RUNS_SHARDED)
+    watched_of, _ = part.pick(_WATCHED_RUNS, _WATCHED_RUNS_SHARDED)
     with services.db.begin() as session:
-        open_rows = session.execute(_OPEN_RUNS, {"limit": limit}).all()
-        watched = session.execute(_WATCHED_RUNS, {"limit": limit, "since": now - RETRY_WATCH}).all()
+        open_rows = session.execute(open_runs_of, {"limit": limit, **shard}).all()
+        watched = session.execute(
+            watched_of, {"limit": limit, "since": now - RETRY_WATCH, **shard}
+        ).all()
     if not open_rows and not watched:
         return
     names = sorted({row.name for row in (*open_rows, *watched)})
@@ -129,6 +134,8 @@ _WATCHED_RUNS = _tracked(
     & (Fire.finished_at > bindparam("since", type_=UTCDateTime())),
     Fire.finished_at.desc(),
 )
+_OPEN_RUNS_SHARDED = _OPEN_RUNS.where(owned(Fire.spec_id))
+_WATCHED_RUNS_SHARDED = _WATCHED_RUNS.where(owned(Fire.spec_id))
 
 
 def _follow(services: Services, row: Any, running: bool, now: datetime) -> None:

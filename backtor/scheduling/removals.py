@@ -38,6 +38,7 @@ from backtor.scheduling.following import ended_runs
 from backtor.scheduling.recording import REMOVAL_OPEN as OPEN
 from backtor.scheduling.recording import record_removed
 from backtor.scheduling.restores import no_open_run
+from backtor.scheduling.shards import WHOLE, Part, owned
 from backtor.scheduling.stalls import LOOKS_PER_PASS, due_a_look, repair_stalled
 
 log = logging.getLogger(__name__)
@@ -74,11 +75,11 @@ class RemovalJob:
     retried: bool = False
 
 
-def start_pending_removals(services: Services, limit: int = 200) -> int:
+def start_pending_removals(services: Services, part: Part = WHOLE, limit: int = 200) -> int:
     """Start remove_backup for REMOVING backups that have no workflow yet; returns how many."""
     now = services.clock()
     with services.db.begin() as session:
-        jobs = _claim(session, now, limit)
+        jobs = _claim(session, now, limit, part)
     if not jobs:
         return 0
     version = DEFINITIONS.workflow_version(REMOVE_BACKUP)
@@ -274,7 +275,7 @@ def _release(services: Services, jobs: Sequence[RemovalJob], error: str) -> None
         _release_each(session, [(job, error) for job in jobs])
 
 
-def promote_expired(session: Session, now: datetime, limit: int) -> int:
+def promote_expired(session: Session, now: datetime, limit: int, part: Part = WHOLE) -> int:
     """EXPIRING backups whose expires_at has passed become REMOVING (oldest first, at most
     `limit`); returns how many.
 
@@ -288,7 +289,8 @@ def promote_expired(session: Session, now: datetime, limit: int) -> int:
         Backup.expires_at <= now,
         Backup.pinned.is_(False),
     )
-    ids = list(session.scalars(_EXPIRED, {"now": now, "limit": limit}))
+    statement, shard = part.pick(_EXPIRED, _EXPIRED_SHARDED)
+    ids = list(session.scalars(statement, {"now": now, "limit": limit, **shard}))
     if not ids:
         return 0
     promoted = list(
@@ -315,11 +317,13 @@ _EXPIRED = (
     .order_by(Backup.expires_at, Backup.id)
     .limit(bindparam("limit"))
 )
+_EXPIRED_SHARDED = _EXPIRED.where(owned(Backup.spec_id))
 
 
-def _claim(session: Session, now: datetime, limit: int) -> list[RemovalJob]:
-    promote_expired(session, now, limit)
-    candidates = session.execute(_CANDIDATES, {"now": now, "limit": limit}).all()
+def _claim(session: Session, now: datetime, limit: int, part: Part) -> list[RemovalJob]:
+    promote_expired(session, now, limit, part)
+    statement, shard = part.pick(_CANDIDATES, _CANDIDATES_SHARDED)
+    candidates = session.execute(statement, {"now": now, "limit": limit, **shard}).all()
     if not candidates:
         return []
     # A claim left behind (its attempt died or stalled) or an error (a start with no clear
@@ -362,6 +366,7 @@ _CANDIDATES = (
     .order_by(Backup.scheduled_at, Backup.id)
     .limit(bindparam("limit"))
 )
+_CANDIDATES_SHARDED = _CANDIDATES.where(owned(Backup.spec_id))
 
 
 # The reads of promote_expired, reconcile_removals and advance_purges, built once: they
@@ -400,16 +405,21 @@ _RUN_SEEN_ENDED = (
     .values(removed_by_open_run=None)
     .execution_options(synchronize_session=False)
 )
+_TRACKED_SHARDED = _TRACKED.where(owned(Backup.spec_id))
+_RECORDED_BY_OPEN_RUN_SHARDED = _RECORDED_BY_OPEN_RUN.where(owned(Backup.spec_id))
 _PURGING = select(BackupSpec.id).where(BackupSpec.deleting.is_(True))
+_PURGING_SHARDED = _PURGING.where(owned(BackupSpec.id))
 
 
-def reconcile_removals(services: Services, limit: int = 500) -> None:
+def reconcile_removals(services: Services, part: Part = WHOLE, limit: int = 500) -> None:
     """Find how started removals ended, however they ended, and record it."""
+    statement, shard = part.pick(_TRACKED, _TRACKED_SHARDED)
+    recorded, _ = part.pick(_RECORDED_BY_OPEN_RUN, _RECORDED_BY_OPEN_RUN_SHARDED)
     with services.db.begin() as session:
         tracked = [
-            *session.execute(_TRACKED, {"limit": limit}),
+            *session.execute(statement, {"limit": limit, **shard}),
             # Read apart, so that open removals can never be crowded out by them.
-            *session.execute(_RECORDED_BY_OPEN_RUN, {"limit": limit}),
+            *session.execute(recorded, {"limit": limit, **shard}),
         ]
     if not tracked:
         return
@@ -586,9 +596,12 @@ def _record_failure(
     )
 
 
-def advance_purges(session: Session, now: datetime, max_removals: int) -> None:
+def advance_purges(
+    session: Session, now: datetime, max_removals: int, *, part: Part = WHOLE
+) -> None:
     """For specs being deleted (DELETE ?purge=true): mark their backups for removal."""
-    spec_ids = list(session.scalars(_PURGING))
+    statement, shard = part.pick(_PURGING, _PURGING_SHARDED)
+    spec_ids = list(session.scalars(statement, shard))
     for spec_id in spec_ids:
         mark_purge_removals(session, spec_id, now, max_removals)
         finish_purge_if_done(session, spec_id)

@@ -35,6 +35,7 @@ from backtor.db import counters
 from backtor.db.models import Backup, BackupSpec, BackupStatus
 from backtor.runtime.services import Services
 from backtor.scheduling.pins import BackupNotFound
+from backtor.scheduling.shards import WHOLE, Part, owned
 
 log = logging.getLogger(__name__)
 
@@ -296,28 +297,30 @@ class _Tracked:
     requested_at: datetime | None
 
 
-def follow_runs(services: Services, limit: int = 500) -> None:
+def follow_runs(services: Services, part: Part = WHOLE, limit: int = 500) -> None:
     """Record every restore and verification that ended; settle starts with no answer."""
     for kind in KINDS:
+        statement, shard = part.pick(_open_runs(kind.name), _open_runs(kind.name, sharded=True))
         with services.db.begin() as session:
-            rows = [
-                _Tracked(*row) for row in session.execute(_open_runs(kind.name), {"limit": limit})
-            ]
+            rows = [_Tracked(*row) for row in session.execute(statement, {"limit": limit, **shard})]
         if rows:
             _follow(services, kind, rows)
 
 
 @cache
-def _open_runs(kind_name: str) -> Select[int, str, str | None, str | None, datetime | None]:
-    """follow_runs' read for one kind, built once: it runs twice every pass."""
+def _open_runs(
+    kind_name: str, sharded: bool = False
+) -> Select[int, str, str | None, str | None, datetime | None]:
+    """follow_runs' read for one kind (and one shard's), built once: it runs twice a pass."""
     kind = next(kind for kind in KINDS if kind.name == kind_name)
-    return (
+    statement = (
         select(Backup.id, BackupSpec.name, kind.status, kind.workflow_id, kind.requested_at)
         .join(BackupSpec, BackupSpec.id == Backup.spec_id)
         .where(run_open(kind))
         .order_by(Backup.id)
         .limit(bindparam("limit"))
     )
+    return statement.where(owned(Backup.spec_id)) if sharded else statement
 
 
 def _follow(services: Services, kind: Kind, rows: Sequence[_Tracked]) -> None:

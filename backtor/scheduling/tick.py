@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, Update, bindparam, exists, func, or_, select
+from sqlalchemy import Select, Update, bindparam, exists, func, or_, select, true
 from sqlalchemy.orm import Session
 
 from backtor.core.errors import ConductorRefused, ConductorUnavailable
-from backtor.db.models import SCHEDULER_STATE_ID, BackupSpec, Fire, FireStatus, SchedulerState
+from backtor.db.models import BackupSpec, Fire, FireStatus, SchedulerState
 from backtor.db.types import UTCDateTime
 from backtor.runtime.services import Services
 from backtor.scheduling import leases
@@ -30,6 +30,7 @@ from backtor.scheduling.notices import notice_step
 from backtor.scheduling.outcomes import reconcile_fires
 from backtor.scheduling.removals import advance_purges, reconcile_removals, start_pending_removals
 from backtor.scheduling.restores import follow_runs
+from backtor.scheduling.shards import Part, ensure_state_row, owned, part_of
 from backtor.scheduling.verifications import start_scheduled_verifications
 
 log = logging.getLogger(__name__)
@@ -53,24 +54,33 @@ class TickReport:
     next_due: datetime | None
     healthy: bool
     ran: bool = True  # False: another replica's pass held the lease
+    retired: bool = False  # True: the shard is beyond the number in force; its tick ends
 
 
-def run_tick(services: Services, holder: str = PROCESS_HOLDER) -> TickReport:
+def run_tick(services: Services, holder: str = PROCESS_HOLDER, shard: int = 0) -> TickReport:
+    """One pass of tick shard `shard` (docs/scheduling.md, "Shards"; 0: all specs when K=1)."""
     now = services.clock()
     deadline = now + PASS_BUDGET
-    lease = _pass_lease(services, holder)
-    if not lease.keep(now):
+    lease = _pass_lease(services, holder, Part(shard).row)
+    if not lease.keep(now) and not (shard > 0 and _first_pass_of_shard(services, lease, now)):
         with services.db.begin() as session:
-            busy_until = session.scalar(_PASS_UNTIL)
+            busy_until = session.scalar(_PASS_UNTIL, {"row": lease.row})
         return TickReport(0, 0, 0, busy_until, True, ran=False)
     released = False
     try:
         with services.db.begin() as session:
-            schedule_due_fires(session, now)
+            # K is read once, at the start: the whole pass works on one partition.
+            part = part_of(session, shard)
+            if not part.retired:
+                schedule_due_fires(session, now, part=part)
+        if part.retired:
+            log.info("scheduler tick shard %d ends: %d shard(s) in force", shard, part.count)
+            return TickReport(0, 0, 0, None, True, retired=True)
         outcomes = start_due(
             services,
             now,
             keep_going=lambda: services.clock() < deadline and lease.keep(services.clock()),
+            part=part,
         )
         started = sum(1 for o in outcomes if o.status is FireStatus.STARTED)
         skipped = sum(1 for o in outcomes if o.status is FireStatus.SKIPPED)
@@ -88,25 +98,25 @@ def run_tick(services: Services, holder: str = PROCESS_HOLDER) -> TickReport:
                 break  # out of budget: the rest waits for the next pass
             # Each stage stands alone: Conductor refusing one call must not stop the others.
             try:
-                stage(services)
+                stage(services, part)
             except (ConductorUnavailable, ConductorRefused) as exc:
                 log.warning("scheduler pass: %s stopped early: %s", stage.__name__, exc)
                 healthy = False
         # Notifications last, bounded; their failures are logged there, never the pass's.
-        if services.clock() < deadline and lease.keep(services.clock()):
+        if part.notices and services.clock() < deadline and lease.keep(services.clock()):
             notice_step(services, deadline)
         # The last look and the release in one transaction: one write fewer a pass.
         with services.db.begin() as session:
-            next_due = _next_due(session, services.clock())
-            session.execute(*_release_statement(holder))
+            next_due = _next_due(session, services.clock(), part)
+            session.execute(*_release_statement(holder, lease.row))
         released = True
     finally:
         if not released:
-            _release_pass(services, holder)
+            _release_pass(services, holder, lease.row)
     return TickReport(started, skipped, waiting, next_due, healthy)
 
 
-def _pass_lease(services: Services, holder: str) -> leases.Kept:
+def _pass_lease(services: Services, holder: str, row: int) -> leases.Kept:
     """The pass lease; its writes are also the heartbeat the watchdog's stall rule reads."""
     return leases.Kept(
         services,
@@ -115,26 +125,39 @@ def _pass_lease(services: Services, holder: str) -> leases.Kept:
         holder,
         PASS_LEASE,
         stamp=SchedulerState.last_tick_at,
+        row=row,
     )
 
 
-_PASS_UNTIL = select(SchedulerState.pass_until).where(SchedulerState.id == SCHEDULER_STATE_ID)
-
-
-def _release_statement(holder: str) -> tuple[Update, dict[str, Any]]:
-    return leases.release_statement(SchedulerState.pass_holder, SchedulerState.pass_until, holder)
-
-
-def _release_pass(services: Services, holder: str) -> None:
-    leases.release(services, SchedulerState.pass_holder, SchedulerState.pass_until, holder)
-
-
-def _advance_purges(services: Services) -> None:
+def _first_pass_of_shard(services: Services, lease: leases.Kept, now: datetime) -> bool:
+    """A shard's row is created on demand (the watchdog creates it too): then take again."""
     with services.db.begin() as session:
-        advance_purges(session, services.clock(), services.settings.max_removals_per_run)
+        if session.scalar(_PASS_UNTIL_ROW_EXISTS, {"row": lease.row}) is not None:
+            return False
+        ensure_state_row(session, lease.row)
+    return lease.keep(now)
 
 
-def _next_due(session: Session, now: datetime) -> datetime | None:
+_PASS_UNTIL = select(SchedulerState.pass_until).where(SchedulerState.id == bindparam("row"))
+_PASS_UNTIL_ROW_EXISTS = select(SchedulerState.id).where(SchedulerState.id == bindparam("row"))
+
+
+def _release_statement(holder: str, row: int) -> tuple[Update, dict[str, Any]]:
+    return leases.release_statement(
+        SchedulerState.pass_holder, SchedulerState.pass_until, holder, row
+    )
+
+
+def _release_pass(services: Services, holder: str, row: int) -> None:
+    leases.release(services, SchedulerState.pass_holder, SchedulerState.pass_until, holder, row)
+
+
+def _advance_purges(services: Services, part: Part) -> None:
+    with services.db.begin() as session:
+        advance_purges(session, services.clock(), services.settings.max_removals_per_run, part=part)
+
+
+def _next_due(session: Session, now: datetime, part: Part) -> datetime | None:
     """When the next pass has work: the next fire time, or a PENDING fire's retry.
 
     A PENDING fire claimed by another replica's attempt is due when that claim lapses, not
@@ -143,29 +166,33 @@ def _next_due(session: Session, now: datetime) -> datetime | None:
     of the run it waits for finds it due at once. One statement, built once: it runs after
     every pass.
     """
+    statement, shard = part.pick(_NEXT_DUE, _NEXT_DUE_SHARDED)
     next_fire_at, claim_lapses, unclaimed = session.execute(
-        _NEXT_DUE, {"now": now, "buffer_since": now - BUFFER_POLL}
+        statement, {"now": now, "buffer_since": now - BUFFER_POLL, **shard}
     ).one()
     candidates = [next_fire_at, claim_lapses, now if unclaimed else None]
     return min((moment for moment in candidates if moment is not None), default=None)
 
 
-def _next_due_statement() -> Select[datetime | None, datetime | None, bool]:
+def _next_due_statement(sharded: bool) -> Select[datetime | None, datetime | None, bool]:
     now = bindparam("now", type_=UTCDateTime())
     buffer_since = bindparam("buffer_since", type_=UTCDateTime())
     pending = Fire.status == FireStatus.PENDING.value
+    spec_owned = owned(BackupSpec.id) if sharded else true()
+    fire_owned = owned(Fire.spec_id) if sharded else true()
     next_fire_at = (
         select(func.min(BackupSpec.next_fire_at))
-        .where(BackupSpec.enabled.is_(True), BackupSpec.deleting.is_(False))
+        .where(BackupSpec.enabled.is_(True), BackupSpec.deleting.is_(False), spec_owned)
         .scalar_subquery()
     )
     claim_lapses = (
         select(func.min(Fire.claimed_until))
-        .where(pending, Fire.claimed_until >= now)
+        .where(pending, Fire.claimed_until >= now, fire_owned)
         .scalar_subquery()
     )
     unclaimed = exists().where(
         pending,
+        fire_owned,
         or_(Fire.claimed_until.is_(None), Fire.claimed_until < now),
         # A fire whose spec has another fire under a live claim waits for that claim.
         not_held(Fire, now),
@@ -174,4 +201,5 @@ def _next_due_statement() -> Select[datetime | None, datetime | None, bool]:
     return select(next_fire_at, claim_lapses, unclaimed)
 
 
-_NEXT_DUE = _next_due_statement()
+_NEXT_DUE = _next_due_statement(sharded=False)
+_NEXT_DUE_SHARDED = _next_due_statement(sharded=True)

@@ -27,6 +27,7 @@ from backtor.db.models import Backup, BackupSpec, BackupStatus
 from backtor.db.types import UTCDateTime
 from backtor.runtime.services import Services
 from backtor.scheduling.restores import OPEN_RUN, VERIFY, RunJob, claim, start
+from backtor.scheduling.shards import WHOLE, Part, owned
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +48,13 @@ class Acted:
     jobs: tuple[RunJob, ...]
 
 
-def start_scheduled_verifications(services: Services) -> None:
+def start_scheduled_verifications(services: Services, part: Part = WHOLE) -> None:
     """The pass's stage: every due verifyCron fire claims its backups and starts their runs."""
     now = services.clock()
     stop_at = now + STEP_BUDGET
+    statement, shard = part.pick(_DUE, _DUE_SHARDED)
     with services.db() as session:
-        due = session.execute(_DUE, {"now": now, "limit": SPECS_PER_PASS}).all()
+        due = session.execute(statement, {"now": now, "limit": SPECS_PER_PASS, **shard}).all()
     for spec_id, due_at in due:
         if services.clock() >= stop_at:
             break  # the rest stays due for the next pass
@@ -75,6 +77,7 @@ _DUE = (
     .order_by(BackupSpec.next_verify_at, BackupSpec.id)
     .limit(bindparam("limit"))
 )
+_DUE_SHARDED = _DUE.where(owned(BackupSpec.id))
 _CANDIDATES = (
     select(Backup.id, Backup.scheduled_at, Backup.last_verified_at, Backup.verify_run_status)
     .where(Backup.spec_id == bindparam("spec_id"), Backup.status == BackupStatus.COMPLETED.value)

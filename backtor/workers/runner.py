@@ -10,6 +10,7 @@ idempotent.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import signal
@@ -42,6 +43,9 @@ Handler = Callable[[TaskRun], TaskOutcome]
 # How often each worker looks after the tick; with the watchdog's STALL and LEASE this
 # bounds a failover to about STALL + WATCHDOG_SECONDS.
 WATCHDOG_SECONDS = 2.0
+# Every this many rounds (and at the first) the watchdog looks at every possible tick
+# shard's workflow, not only the shards in force (backtor.scheduling.watchdog.ensure_tick).
+SWEEP_ROUNDS = 15
 
 
 def stop_on_signals() -> threading.Event:
@@ -62,9 +66,10 @@ def stop_on_signals() -> threading.Event:
 STOP_WAIT_SECONDS = 12.0
 
 
-def task_types() -> list[TaskType]:
+def task_types(tick_shards: int = 1) -> list[TaskType]:
     """Backtor's task types with their concurrency; a slot lasts the task's response timeout
-    plus a margin (backtor.workers.threads)."""
+    plus a margin (backtor.workers.threads). One evaluate_schedule per tick shard at most:
+    one replica may hold several shards' ticks at once."""
     from backtor.workers import tasks
 
     def task_type(name: str, handler: Handler, threads: int) -> TaskType:
@@ -72,7 +77,7 @@ def task_types() -> list[TaskType]:
         return TaskType(name, handler, threads, timeout + SLOT_MARGIN_SECONDS)
 
     return [
-        task_type(names.EVALUATE_SCHEDULE, tasks.evaluate_schedule, 1),
+        task_type(names.EVALUATE_SCHEDULE, tasks.evaluate_schedule, tick_shards),
         task_type(names.APPLY_RETENTION, tasks.apply_retention, 4),
         task_type(names.RECORD_REMOVAL, tasks.record_removal, 4),
         task_type(names.DELIVER_NOTICE, tasks.deliver_notice, 2),
@@ -88,7 +93,7 @@ class ThreadTasks:
         self.queue = ConductorClient(settings.conductor_api_url)
         self.runner = ThreadRunner(
             self.queue,
-            task_types(),
+            task_types(settings.tick_shards),
             worker_id=settings.worker_id or socket.gethostname(),
             stop=process.stop_event(),
         )
@@ -128,7 +133,7 @@ def build_task_handler(settings: Settings) -> object:
         )
 
     workers = [
-        worker(names.EVALUATE_SCHEDULE, tasks.evaluate_schedule, 100, 1),
+        worker(names.EVALUATE_SCHEDULE, tasks.evaluate_schedule, 100, settings.tick_shards),
         worker(names.APPLY_RETENTION, tasks.apply_retention, 200, 4),
         worker(names.RECORD_REMOVAL, tasks.record_removal, 200, 4),
         worker(names.DELIVER_NOTICE, tasks.deliver_notice, 500, 2),
@@ -174,12 +179,14 @@ def run_worker(settings: Settings) -> int:
         holder,
         settings.worker_isolation,
     )
+    rounds = itertools.count()
     try:
         while not stop.is_set():
             if threads:
                 handler.supervise()
+            sweep = next(rounds) % SWEEP_ROUNDS == 0
             try:
-                ensure_tick(services, holder)
+                ensure_tick(services, holder, sweep=sweep)
                 health.watchdog_ran()
             except Exception as exc:  # the watchdog must outlive any one failure
                 log.warning("scheduler watchdog: %s", exc)

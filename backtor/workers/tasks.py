@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import timedelta
+from typing import Any
 
 from backtor.conductor.payloads import TaskRun
-from backtor.conductor.results import TaskOutcome, handed_back, in_progress
+from backtor.conductor.results import TaskOutcome, completed, handed_back, in_progress
 from backtor.runtime.services import Services
 from backtor.scheduling.handlers import record_backup, record_removed_backup
 from backtor.scheduling.notices import deliver
@@ -36,8 +37,22 @@ def evaluate_schedule(task: TaskRun) -> TaskOutcome:
         if stopping():
             return handed_back()
         return schedule_passes(
-            process_services(), wait=wait, stopping=stopping, holder=execution_holder()
+            process_services(),
+            wait=wait,
+            stopping=stopping,
+            holder=execution_holder(),
+            shard=shard_of(task.input),
         )
+
+
+def shard_of(task_input: Mapping[str, Any]) -> int:
+    """The tick shard named in the task's input; absent (a tick started before shards): 0."""
+    value = task_input.get("shard")
+    try:
+        return max(0, int(value)) if value is not None else 0
+    except (TypeError, ValueError):
+        log.error("evaluate_schedule: shard %r is no shard number; acting as shard 0", value)
+        return 0
 
 
 def execution_holder() -> str:
@@ -58,6 +73,7 @@ def schedule_passes(
     stopping: Callable[[], bool],
     hold_seconds: float = HOLD_SECONDS,
     holder: str = PROCESS_HOLDER,
+    shard: int = 0,
 ) -> TaskOutcome:
     """One or more scheduler passes, then IN_PROGRESS until the next due fire.
 
@@ -66,7 +82,10 @@ def schedule_passes(
     deadline = services.clock() + timedelta(seconds=hold_seconds)
     started = skipped = 0
     while True:
-        report = run_tick(services, holder)
+        report = run_tick(services, holder, shard)
+        if report.retired:
+            # A shard beyond the number in force: its tick ends (docs/scheduling.md, "Shards").
+            return completed({"shard": shard, "retired": True, "started": started})
         started += report.started
         skipped += report.skipped
         now = services.clock()
@@ -89,6 +108,7 @@ def schedule_passes(
         "skipped": skipped,
         "nextDue": report.next_due.isoformat() if report.next_due else None,
         "healthy": report.healthy,
+        "shard": shard,
     }
     return in_progress(output, callback)
 

@@ -78,6 +78,9 @@ class Scenario:
     # Knob of issue 14: fires claimed per chunk of a pass's starts (fires.START_CHUNK), small
     # here so that the start pipeline (claim ahead, record behind) runs across chunks.
     start_chunk: int = 64
+    # Knob of issue 14 (shards): (at ms, K) moments at which every replica's
+    # BACKTOR_TICK_SHARDS becomes K (watchdog scenarios only: the watchdog writes K).
+    shard_changes: tuple[tuple[int, int], ...] = ()
 
     def describe(self) -> str:
         """One line for a failure report."""
@@ -98,6 +101,7 @@ class Scenario:
             f"rmfail={self.remove_fail}) purge_at={self.purge_at_ms} "
             f"cap={self.max_removals} api_clients={self.api_clients} "
             f"watchdog={self.watchdog} restores={self.restore_rate} chunk={self.start_chunk} "
+            f"shards={list(self.shard_changes)} "
             f"| {specs}"
         )
 
@@ -278,7 +282,9 @@ def generate(seed: int) -> Scenario:
         api_clients=rng.choice((1, 1, 2)),
         watchdog=rng.random() < 0.4,  # drawn last: the other fields of a seed stay as they were
     )
-    return _start_chunks(_restores(_jitters(_overlap_policies(_schedule_controls(rng, scenario)))))
+    return _shard_changes(
+        _start_chunks(_restores(_jitters(_overlap_policies(_schedule_controls(rng, scenario)))))
+    )
 
 
 # Knobs of issue 12, per spec: a removal delay (s) and autoPauseAfterFailures.
@@ -355,6 +361,17 @@ def _restores(scenario: Scenario) -> Scenario:
 # Scheduled verification of a spec (verifyCronString, verifySampleRate); None: not sent.
 VERIFY_CRONS: tuple[str | None, ...] = (None, None, "*/3 * * * * *", "*/7 * * * * *")
 VERIFY_SAMPLES: tuple[float | None, ...] = (None, 0.0, 0.5, 1.0)
+
+
+def _shard_changes(scenario: Scenario) -> Scenario:
+    """Knob `shard_changes` (issue 14, shards), from a stream of its own: in half of the
+    watchdog scenarios K changes one to three times mid-scenario (1, 2 or 3 shards)."""
+    rng = random.Random(f"{scenario.seed}:shards")
+    if not scenario.watchdog or rng.random() < 0.5:
+        return scenario
+    moments = sorted(rng.randrange(0, scenario.horizon_ms) for _ in range(rng.randint(1, 3)))
+    changes = tuple((at, rng.choice((1, 2, 3))) for at in moments)
+    return dataclasses.replace(scenario, shard_changes=changes)
 
 
 def _start_chunks(scenario: Scenario) -> Scenario:

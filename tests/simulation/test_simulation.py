@@ -185,7 +185,7 @@ def _expiry_not_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
     import backtor.scheduling.removals as removals
     from backtor.db.models import Backup
 
-    def promote_all(session: Any, now: Any, limit: int) -> int:
+    def promote_all(session: Any, now: Any, limit: int, part: Any = None) -> int:
         expiring = (Backup.status == "EXPIRING") & Backup.pinned.is_(False)
         moved = {"status": "REMOVING", "next_attempt_at": now}
         session.execute(update(Backup).where(expiring).values(**moved))

@@ -64,6 +64,7 @@ from backtor.core.errors import BacktorError, ConductorRefused, ConductorUnavail
 from backtor.core.schedule import OverlapPolicy, jitter_offset
 from backtor.core.specs import SpecDraft
 from backtor.db.models import (
+    SCHEDULER_STATE_ID,
     Backup,
     BackupSpec,
     BackupStatus,
@@ -81,7 +82,7 @@ from backtor.scheduling.recording import plan_for
 from backtor.scheduling.tick import TickReport, run_tick
 from backtor.scheduling.watchdog import LEASE, ensure_tick
 from backtor.workers.runner import WATCHDOG_SECONDS
-from backtor.workers.tasks import MAX_CALLBACK_SECONDS, schedule_passes
+from backtor.workers.tasks import MAX_CALLBACK_SECONDS, schedule_passes, shard_of
 from tests.simulation import api
 from tests.simulation.fibers import Acting, Crash, Fiber, FiberPool, acting, set_acting
 from tests.simulation.pauses import PauseModel
@@ -602,6 +603,8 @@ class World:
             if scenario.duplicate_gap_ms:
                 gap = scenario.duplicate_gap_ms
                 self.spawn(self.operator_tick_actor(), self.later("duplicates", 0, gap))
+            for at_ms, shards in scenario.shard_changes:
+                self.spawn(self.shards_actor(shards), at_ms)
         else:
             self.spawn(self.tick_actor(), self.later("tick", 0, 2_000))
             if scenario.duplicate_gap_ms:
@@ -887,6 +890,15 @@ class World:
             fn = partial(api.delete_purge, self.services("api-purge"), name)
             yield from self.api_call("api-purge", f"purge {name}", fn)
 
+    def shards_actor(self, shards: int) -> Actor:
+        """Every replica is redeployed with BACKTOR_TICK_SHARDS = `shards` (knob
+        `shard_changes`): the watchdog writes it as K at its next run, and passes of the old
+        partition may still run beside the new shards' (docs/scheduling.md, "Shards")."""
+        self.note("chaos", f"BACKTOR_TICK_SHARDS becomes {shards}")
+        self.count(f"shards.{shards}")
+        self.settings = dataclasses.replace(self.settings, tick_shards=shards)
+        yield self.clock.now_ms
+
     def outage_actor(self, length: int) -> Actor:
         self.outages += 1
         self.set_fault_rates(self.scenario.fault_rate)
@@ -1042,6 +1054,7 @@ class World:
                 wait=self.tick_wait,
                 stopping=lambda: self.settling,
                 holder=name,
+                shard=shard_of(task.input),
             )
             try:
                 outcome = yield from self.call(name, fn, self.crash_plan(), sleeps=True)
@@ -1076,12 +1089,12 @@ class World:
         self.pause(act.fiber, self.clock.now_ms + math.ceil(seconds * 1000))
         return self.settling
 
-    def recorded_run_tick(self, services: Services, holder: str) -> TickReport:
+    def recorded_run_tick(self, services: Services, holder: str, shard: int = 0) -> TickReport:
         """run_tick as schedule_passes calls it, each pass noted for the liveness check."""
         record = PassRecord(self.clock.now_ms, holder)
         self.passes.append(record)
         try:
-            report = run_tick(services, holder)
+            report = run_tick(services, holder, shard)
         finally:
             record.end_ms = self.clock.now_ms
         record.ran = report.ran
@@ -1153,14 +1166,16 @@ class World:
         the ticks then go (the settle loop drives passes itself) and the check is recorded.
         """
         with self.db.maker() as session:
-            holder = session.scalar(select(SchedulerState.lease_holder))
+            holder = session.scalar(
+                select(SchedulerState.lease_holder).where(SchedulerState.id == SCHEDULER_STATE_ID)
+            )
         names = [f"{name}:watchdog" for name in self.replica_names()]
         holder = holder if holder in names else names[0]
         until = self.clock.now_ms + 2 * WATCHDOG_MS + int(LEASE.total_seconds() * 1000)
         kept: str | None = None
         while kept is None and self.clock.now_ms <= until:
             try:
-                kept = ensure_tick(self.services("settle"), holder)
+                kept = ensure_tick(self.services("settle"), holder, sweep=True)
             except CONDUCTOR_ERRORS as error:
                 self.fail(f"[7 one tick] the watchdog failed with Conductor healthy: {error}")
                 return
@@ -1168,7 +1183,11 @@ class World:
                 self.clock.set(self.clock.now_ms + WATCHDOG_MS)
         running = [w.workflow_id for w in self.running_ticks()]
         with self.db.maker() as session:
-            named = session.scalar(select(SchedulerState.tick_workflow_id))
+            named = session.scalar(
+                select(SchedulerState.tick_workflow_id).where(
+                    SchedulerState.id == SCHEDULER_STATE_ID
+                )
+            )
         self.tick_check = (kept, running, named)
         with self.no_faults():
             for workflow_id in running:
@@ -1370,6 +1389,9 @@ class World:
             actor.close()
         self.agenda.clear()
         if self.scenario.watchdog:
+            # Back to one shard: the settle's watchdog run ends the other shards' ticks, and
+            # the settle loop's passes (shard 0) see every spec.
+            self.settings = dataclasses.replace(self.settings, tick_shards=1)
             self.settle_watchdog()
         self.interleave = False
         self.finish_storage_jobs()

@@ -62,6 +62,9 @@ BAD_VALUES = [
     ("BACKTOR_REMOVAL_RETRY_SECONDS", "-1"),
     ("BACKTOR_REMOVAL_RETRY_SECONDS", "nan"),
     ("BACKTOR_REMOVAL_RETRY_SECONDS", "inf"),
+    ("BACKTOR_TICK_SHARDS", "0"),
+    ("BACKTOR_TICK_SHARDS", "65"),
+    ("BACKTOR_TICK_SHARDS", "two"),
     ("BACKTOR_JITTER_SECONDS", "-1"),
     ("BACKTOR_JITTER_SECONDS", "86401"),
     ("BACKTOR_JITTER_SECONDS", "1.5"),
@@ -208,6 +211,7 @@ def test_good_values_are_read() -> None:
             "BACKTOR_METRICS_MODE": " Aggregated ",
             "BACKTOR_WORKER_ISOLATION": "Process",
             "CONDUCTOR_WORKER_ALL_WORKER_ID": "replica-1",
+            "BACKTOR_TICK_SHARDS": "64",
         }
     )
     assert settings.conductor_api_url == "https://conductor.example/api"
@@ -224,6 +228,7 @@ def test_good_values_are_read() -> None:
     assert settings.verify_sample_rate == 0.25
     assert settings.metrics_mode == "aggregated"
     assert (settings.worker_isolation, settings.worker_id) == ("process", "replica-1")
+    assert settings.tick_shards == 64
 
 
 @pytest.mark.parametrize(
