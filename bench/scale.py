@@ -2,7 +2,7 @@
 
 Run: .venv/bin/python bench/scale.py [--sizes 1000 10000 100000] [--backups-per-spec 90]
      [--big-specs 10] [--big-backups 100000] [--herd 1000 10000] [--passes 20]
-     [--api-requests 400] [--scrapes 5] [--skip herd api metrics]
+     [--shards 1 3] [--api-requests 400] [--scrapes 5] [--skip herd api metrics]
 
 For each size a fresh database on the local PostgreSQL of scripts/postgres is migrated and
 filled straight in SQL (generate_series): N specs `bench-spec-NNNNNN` whose daily fires are
@@ -18,6 +18,8 @@ or CONDUCTOR_API_URL) serves every size. Printed, per size:
   Passes that started nothing, p50/p99, next to one `SELECT 1` round trip on the same pool;
   passes that started fires, their time per start, next to one plain `POST /api/workflow`
   (one at a time, the same run): with starts in it a pass is as slow as Conductor.
+  For each K of `--shards`, a round is one pass of each tick shard (K set in the database),
+  timed by its slowest shard: the round's time when each shard has a replica of its own.
 - retention: a retention run (`apply_plan`: read the candidates, plan, store tags, mark
   removals under the cap of 100) of `bench-big` and of `bench-big-all-00`, the second
   after one that stored the tags, rolled back; next to `sorted()` over the same
@@ -46,13 +48,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 
 from backtor.conductor.http import ConductorClient
 from backtor.conductor.registration import register_definitions
 from backtor.db.engine import make_engine, make_session_factory
 from backtor.db.migrate import upgrade_to_head
-from backtor.db.models import BackupSpec
+from backtor.db.models import BackupSpec, SchedulerState
 from backtor.runtime.services import Services
 from backtor.runtime.settings import Settings
 from backtor.scheduling.recording import apply_plan, completed_records
@@ -206,23 +208,35 @@ class Passes:
     plain_start: float  # the floor of a start: one plain POST /api/workflow, one at a time
 
 
-def passes(database_url: str, conductor_url: str, count: int) -> Passes:
-    """`count` whole passes in this process, one after another; and their floors."""
+def passes(database_url: str, conductor_url: str, count: int, shards: int = 1) -> Passes:
+    """`count` rounds of whole passes in this process, one after another; and their floors.
+
+    With `shards` > 1, K is set in the database and a round is one pass of each shard, one
+    after another; a round's time is its slowest shard's pass: what it takes when each shard
+    runs on a replica of its own (this bench has 2 cores, so they are not run at once).
+    """
     settings = Settings.from_env({"DATABASE_URL": database_url, "CONDUCTOR_API_URL": conductor_url})
     services = Services.from_settings(settings)
+    with services.db.begin() as session:
+        session.execute(update(SchedulerState).values(tick_shards=shards))
     try:
         idle: list[float] = []
         busy: list[tuple[float, int]] = []
         for _ in range(count):
-            began = time.perf_counter()
-            report = run_tick(services, holder="bench:scale")
-            spent = time.perf_counter() - began
-            if not report.ran:
-                raise RuntimeError("the pass lease was held: is a worker running on this database?")
-            if report.started:
-                busy.append((spent, report.started))
+            slowest, started = 0.0, 0
+            for shard in range(shards):
+                began = time.perf_counter()
+                report = run_tick(services, holder=f"bench:scale:{shard}", shard=shard)
+                slowest = max(slowest, time.perf_counter() - began)
+                if not report.ran:
+                    raise RuntimeError(
+                        "a pass lease was held: is a worker running on this database?"
+                    )
+                started += report.started
+            if started:
+                busy.append((slowest, started))
             else:
-                idle.append(spent)
+                idle.append(slowest)
         floor = []
         for _ in range(count):
             began = time.perf_counter()
@@ -319,6 +333,7 @@ def main() -> int:
     parser.add_argument("--big-backups", type=int, default=100_000)
     parser.add_argument("--herd", type=int, nargs="+", default=[1000, 10_000])
     parser.add_argument("--passes", type=int, default=20)
+    parser.add_argument("--shards", type=int, nargs="+", default=[1, 3])
     parser.add_argument("--api-requests", type=int, default=400)
     parser.add_argument("--scrapes", type=int, default=5)
     parser.add_argument("--skip", nargs="*", default=[], choices=["herd", "api", "metrics"])
@@ -340,7 +355,9 @@ def main() -> int:
                     f"\n## {n:,} specs, {rows:,} backups (filled in "
                     f"{time.perf_counter() - began:.0f} s)"
                 )
-                print(pass_line(passes(database_url, conductor_url, args.passes)))
+                for shards in args.shards:
+                    found = passes(database_url, conductor_url, args.passes, shards)
+                    print(f"K={shards} " + pass_line(found))
                 for name in ("bench-big", "bench-big-all-00"):
                     took, sort, count = retention_run(database_url, name)
                     print(

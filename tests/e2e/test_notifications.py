@@ -307,7 +307,11 @@ def test_a_receiver_that_is_down_delays_nothing(stack: Stack) -> None:
     times = [f.scheduled_at for f in fires]
     assert all(b - a == timedelta(seconds=2) for a, b in itertools.pairwise(times))
     # Each started before the next was due (on a loaded 2-core machine a start takes tenths
-    # of a second, notices or not; the tick itself never waits for a receiver).
-    lags = sorted((f.started_at - f.scheduled_at).total_seconds() for f in fires if f.started_at)
-    assert len(lags) == len(fires) and lags[-1] < 2.0, lags
+    # of a second, notices or not; the tick itself never waits for a receiver). The first
+    # is left out: a new spec's first fire waits for the first pass that sees the spec, up
+    # to 4 s after its creation (docs/scheduling.md, "The tick"), notices or not.
+    lags = sorted(
+        (f.started_at - f.scheduled_at).total_seconds() for f in fires[1:] if f.started_at
+    )
+    assert len(lags) == len(fires) - 1 and lags[-1] < 2.0, lags
     logs_hold_no_secret(stack)
