@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
-from sqlalchemy import bindparam, case, func, or_, select, update
+from sqlalchemy import bindparam, case, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from backtor.conductor import webhooks
@@ -249,16 +249,23 @@ def _memory(services: Services) -> _Memory:
     return entry[1]
 
 
-def notice_step(services: Services, until: datetime | None = None) -> None:
+def notice_step(services: Services, until: datetime | None = None, *, outbox: bool = True) -> None:
     """The pass's last step: overdue check, follow started notices, start pending ones.
 
     Each part is bounded (batches, and no new start after `until`) and stands alone: a
     failure is logged and the pass goes on, so notifications never hold up scheduling.
+    `outbox` False: the pass knows no notice is open, and only the overdue check runs.
     """
     parts: tuple[tuple[str, Callable[[], object]], ...] = (
         ("overdue check", lambda: check_overdue(services)),
-        ("follow", lambda: follow_notices(services)),
-        ("start", lambda: start_pending_notices(services, until=until)),
+        *(
+            (
+                ("follow", lambda: follow_notices(services)),
+                ("start", lambda: start_pending_notices(services, until=until)),
+            )
+            if outbox
+            else ()
+        ),
     )
     for name, part in parts:
         if until is not None and services.clock() >= until:
@@ -389,6 +396,8 @@ _STARTED = (
     .order_by(Notice.id)
     .limit(bindparam("limit"))
 )
+# Whether the outbox has a notice to start or follow (the pass's look-ahead, tick.py).
+WORK = exists().where(Notice.status.in_((NoticeStatus.PENDING.value, NoticeStatus.STARTED.value)))
 
 
 def start_pending_notices(

@@ -12,7 +12,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, String, bindparam, select, update
+from sqlalchemy import ColumnElement, Select, String, bindparam, exists, or_, select, update
 
 from backtor.conductor.names import BACKUP, CREATE_BACKUP
 from backtor.conductor.payloads import TaskRun, TaskStatus, WorkflowRun, WorkflowStatus
@@ -128,12 +128,15 @@ def _tracked(
     )
 
 
-_OPEN_RUNS = _tracked(Fire.outcome.is_(None), Fire.started_at)
-_WATCHED_RUNS = _tracked(
-    Fire.outcome.in_(("FAILED", "TIMED_OUT", "TERMINATED"))
-    & (Fire.finished_at > bindparam("since", type_=UTCDateTime())),
-    Fire.finished_at.desc(),
+_OPEN: ColumnElement[bool] = Fire.outcome.is_(None)
+_WATCHED: ColumnElement[bool] = Fire.outcome.in_(("FAILED", "TIMED_OUT", "TERMINATED")) & (
+    Fire.finished_at > bindparam("since", type_=UTCDateTime())
 )
+_OPEN_RUNS = _tracked(_OPEN, Fire.started_at)
+_WATCHED_RUNS = _tracked(_WATCHED, Fire.finished_at.desc())
+# Whether reconcile_fires has a run to read (the pass's look-ahead, tick.py; `since` is
+# now - RETRY_WATCH): the same conditions as its two reads, every shard's.
+WORK = exists().where(Fire.status == FireStatus.STARTED.value, or_(_OPEN, _WATCHED))
 _OPEN_RUNS_SHARDED = _OPEN_RUNS.where(owned(Fire.spec_id))
 _WATCHED_RUNS_SHARDED = _WATCHED_RUNS.where(owned(Fire.spec_id))
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Select, Table, and_, bindparam, or_, select, update
+from sqlalchemy import ColumnElement, Select, Table, and_, bindparam, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from backtor.conductor.names import REMOVE_BACKUP
@@ -307,13 +307,14 @@ def promote_expired(session: Session, now: datetime, limit: int, part: Part = WH
 
 
 _NOW = bindparam("now", type_=UTCDateTime())
+_EXPIRED_NOW = and_(
+    Backup.status == BackupStatus.EXPIRING.value,
+    Backup.expires_at <= _NOW,
+    Backup.pinned.is_(False),
+)
 _EXPIRED = (
     select(Backup.id)
-    .where(
-        Backup.status == BackupStatus.EXPIRING.value,
-        Backup.expires_at <= _NOW,
-        Backup.pinned.is_(False),
-    )
+    .where(_EXPIRED_NOW)
     .order_by(Backup.expires_at, Backup.id)
     .limit(bindparam("limit"))
 )
@@ -390,15 +391,12 @@ def _followed(run: Any, condition: ColumnElement[bool]) -> Select[Any]:
     )
 
 
-_TRACKED = _followed(
-    Backup.remove_workflow_id,
-    Backup.status.in_(OPEN) & Backup.remove_workflow_id.is_not(None),
-)
+_STARTED = Backup.status.in_(OPEN) & Backup.remove_workflow_id.is_not(None)
 # Recorded REMOVED by their run's own record_removal, that run's end not seen yet: its
 # worker may have died after recording, before reporting (then it is repaired below).
-_RECORDED_BY_OPEN_RUN = _followed(
-    Backup.removed_by_open_run, Backup.removed_by_open_run.is_not(None)
-)
+_RECORDED: ColumnElement[bool] = Backup.removed_by_open_run.is_not(None)
+_TRACKED = _followed(Backup.remove_workflow_id, _STARTED)
+_RECORDED_BY_OPEN_RUN = _followed(Backup.removed_by_open_run, _RECORDED)
 _RUN_SEEN_ENDED = (
     update(Backup)
     .where(Backup.id == bindparam("backup_id"))
@@ -408,6 +406,12 @@ _RUN_SEEN_ENDED = (
 _TRACKED_SHARDED = _TRACKED.where(owned(Backup.spec_id))
 _RECORDED_BY_OPEN_RUN_SHARDED = _RECORDED_BY_OPEN_RUN.where(owned(Backup.spec_id))
 _PURGING = select(BackupSpec.id).where(BackupSpec.deleting.is_(True))
+
+# Whether each stage has anything to read (the pass's look-ahead, tick.py): the same
+# conditions as its reads, every shard's.
+START_WORK = or_(exists().where(_EXPIRED_NOW), exists().where(_claimable(_NOW)))
+FOLLOW_WORK = or_(exists().where(_STARTED), exists().where(_RECORDED))
+PURGE_WORK = exists().where(BackupSpec.deleting.is_(True))
 _PURGING_SHARDED = _PURGING.where(owned(BackupSpec.id))
 
 

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, bindparam, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, bindparam, exists, or_, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from backtor.conductor.names import RESTORE_BACKUP, VERIFY_BACKUP
@@ -321,6 +321,10 @@ def _open_runs(
         .limit(bindparam("limit"))
     )
     return statement.where(owned(Backup.spec_id)) if sharded else statement
+
+
+# Whether follow_runs has a run to read (the pass's look-ahead, tick.py).
+WORK = or_(*(exists().where(run_open(kind)) for kind in KINDS))
 
 
 def _follow(services: Services, kind: Kind, rows: Sequence[_Tracked]) -> None:

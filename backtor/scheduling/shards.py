@@ -64,9 +64,6 @@ class Part:
             return whole, {}
         return sharded, {"shard_count": self.count, "shard_index": self.index}
 
-    def owns(self, spec_id: int) -> bool:
-        return spec_id % self.count == self.index
-
 
 WHOLE = Part()
 

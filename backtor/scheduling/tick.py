@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,7 +18,7 @@ from backtor.core.errors import ConductorRefused, ConductorUnavailable
 from backtor.db.models import BackupSpec, Fire, FireStatus, SchedulerState
 from backtor.db.types import UTCDateTime
 from backtor.runtime.services import Services
-from backtor.scheduling import leases
+from backtor.scheduling import leases, notices, outcomes, removals, restores, verifications
 from backtor.scheduling.fires import (
     BUFFER_POLL,
     left_for_retry,
@@ -27,7 +28,7 @@ from backtor.scheduling.fires import (
     start_due,
 )
 from backtor.scheduling.notices import notice_step
-from backtor.scheduling.outcomes import reconcile_fires
+from backtor.scheduling.outcomes import RETRY_WATCH, reconcile_fires
 from backtor.scheduling.removals import advance_purges, reconcile_removals, start_pending_removals
 from backtor.scheduling.restores import follow_runs
 from backtor.scheduling.shards import Part, ensure_state_row, owned, part_of
@@ -73,27 +74,26 @@ def run_tick(services: Services, holder: str = PROCESS_HOLDER, shard: int = 0) -
             part = part_of(session, shard)
             if not part.retired:
                 schedule_due_fires(session, now, part=part)
+                work = _look_ahead(session, now)
         if part.retired:
             log.info("scheduler tick shard %d ends: %d shard(s) in force", shard, part.count)
             return TickReport(0, 0, 0, None, True, retired=True)
-        outcomes = start_due(
+        started_or_skipped = start_due(
             services,
             now,
             keep_going=lambda: services.clock() < deadline and lease.keep(services.clock()),
             part=part,
         )
-        started = sum(1 for o in outcomes if o.status is FireStatus.STARTED)
-        skipped = sum(1 for o in outcomes if o.status is FireStatus.SKIPPED)
-        waiting = sum(1 for o in outcomes if left_for_retry(o))
+        started = sum(1 for o in started_or_skipped if o.status is FireStatus.STARTED)
+        skipped = sum(1 for o in started_or_skipped if o.status is FireStatus.SKIPPED)
+        waiting = sum(1 for o in started_or_skipped if left_for_retry(o))
         healthy = waiting == 0
-        for stage in (
-            reconcile_fires,
-            _advance_purges,
-            follow_runs,  # before removals: a verification that ended lets its removal start
-            start_scheduled_verifications,  # after follow_runs: a verdict just in counts
-            start_pending_removals,
-            reconcile_removals,
-        ):
+        if started_or_skipped:  # runs just started (or terminated for them) are followed at once
+            work.stages.add(reconcile_fires)
+        for stage in _STAGES:
+            if stage not in work.stages:
+                continue
+            work.stages.update(_STAGES[_STAGES.index(stage) :])  # its writes feed the rest
             if services.clock() >= deadline or not lease.keep(services.clock()):
                 break  # out of budget: the rest waits for the next pass
             # Each stage stands alone: Conductor refusing one call must not stop the others.
@@ -104,7 +104,8 @@ def run_tick(services: Services, holder: str = PROCESS_HOLDER, shard: int = 0) -
                 healthy = False
         # Notifications last, bounded; their failures are logged there, never the pass's.
         if part.notices and services.clock() < deadline and lease.keep(services.clock()):
-            notice_step(services, deadline)
+            # A stage that ran may have written a notice: the outbox is read then too.
+            notice_step(services, deadline, outbox=work.outbox or bool(work.stages))
         # The last look and the release in one transaction: one write fewer a pass.
         with services.db.begin() as session:
             next_due = _next_due(session, services.clock(), part)
@@ -157,6 +158,40 @@ def _advance_purges(services: Services, part: Part) -> None:
         advance_purges(session, services.clock(), services.settings.max_removals_per_run, part=part)
 
 
+Stage = Callable[[Services, Part], object]
+
+
+# The stages after the starts, in order; each runs only when the look-ahead found it work.
+_STAGES: tuple[Stage, ...] = (
+    reconcile_fires,
+    _advance_purges,
+    follow_runs,  # before removals: a verification that ended lets its removal start
+    start_scheduled_verifications,  # after follow_runs: a verdict just in counts
+    start_pending_removals,
+    reconcile_removals,
+)
+
+
+@dataclass(frozen=True)
+class Work:
+    stages: set[Stage]  # the stages that have something to read
+    outbox: bool  # a notice waits to be started or followed
+
+
+def _look_ahead(session: Session, now: datetime) -> Work:
+    """The stages with anything to read, and the outbox: one statement, not a dozen.
+
+    An idle pass then costs four transactions (issue 14, the lean worker); the simulation
+    pays for every stage's empty reads too. Each stage's condition is the same as its
+    reads' and spans every shard, so a stage is never skipped with work waiting. Once a
+    stage runs, every later one does: its writes may give them work (a verification that
+    ended frees a removal, a recorded backup expires others), as in a pass without the
+    look-ahead. Work that an API call or a worker writes meanwhile waits for the next pass.
+    """
+    *found, outbox = session.execute(_LOOK_AHEAD, {"now": now, "since": now - RETRY_WATCH}).one()
+    return Work({stage for stage, has in zip(_STAGES, found, strict=True) if has}, outbox)
+
+
 def _next_due(session: Session, now: datetime, part: Part) -> datetime | None:
     """When the next pass has work: the next fire time, or a PENDING fire's retry.
 
@@ -201,5 +236,14 @@ def _next_due_statement(sharded: bool) -> Select[datetime | None, datetime | Non
     return select(next_fire_at, claim_lapses, unclaimed)
 
 
+_LOOK_AHEAD = select(
+    outcomes.WORK,
+    removals.PURGE_WORK,
+    restores.WORK,
+    verifications.WORK,
+    removals.START_WORK,
+    removals.FOLLOW_WORK,
+    notices.WORK,
+)
 _NEXT_DUE = _next_due_statement(sharded=False)
 _NEXT_DUE_SHARDED = _next_due_statement(sharded=True)

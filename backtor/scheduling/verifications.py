@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import and_, bindparam, exists, select, update
 from sqlalchemy.orm import Session
 
 from backtor.core.cron import CronError
@@ -66,14 +66,17 @@ def start_scheduled_verifications(services: Services, part: Part = WHOLE) -> Non
 
 
 # The stage's reads and its fence, built once: the first runs every pass.
+_DUE_NOW = and_(
+    BackupSpec.next_verify_at.is_not(None),
+    BackupSpec.next_verify_at <= bindparam("now", type_=UTCDateTime()),
+    BackupSpec.enabled.is_(True),
+    BackupSpec.deleting.is_(False),
+)
+# Whether a verifyCron fire is due (the pass's look-ahead, tick.py).
+WORK = exists().where(_DUE_NOW)
 _DUE = (
     select(BackupSpec.id, BackupSpec.next_verify_at)
-    .where(
-        BackupSpec.next_verify_at.is_not(None),
-        BackupSpec.next_verify_at <= bindparam("now", type_=UTCDateTime()),
-        BackupSpec.enabled.is_(True),
-        BackupSpec.deleting.is_(False),
-    )
+    .where(_DUE_NOW)
     .order_by(BackupSpec.next_verify_at, BackupSpec.id)
     .limit(bindparam("limit"))
 )

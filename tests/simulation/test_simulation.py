@@ -198,7 +198,7 @@ def _expiry_not_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
     ("plant", "caught_by", "known"),
     [
         pytest.param(_skip_rows_vanish, "was due but has no fire row", 1, id="skips-not-written"),
-        pytest.param(_never_adopt, "the ledger lost the run", 14, id="lost-start-not-adopted"),
+        pytest.param(_never_adopt, "the ledger lost the run", 70, id="lost-start-not-adopted"),
         pytest.param(_retention_marks_nothing, "should be removed", 0, id="retention-removes-none"),
         pytest.param(_watchdog_sees_no_stall, "[8 the tick lives]", 22, id="dead-tick-kept"),
         pytest.param(_watchdog_keeps_the_youngest, "[7 one tick]", 0, id="youngest-tick-kept"),
