@@ -254,28 +254,27 @@ def notice_step(services: Services, until: datetime | None = None, *, outbox: bo
 
     Each part is bounded (batches, and no new start after `until`) and stands alone: a
     failure is logged and the pass goes on, so notifications never hold up scheduling.
-    `outbox` False: the pass knows no notice is open, and only the overdue check runs.
+    `outbox` False: the pass knows no notice was open; the outbox is read only if the
+    overdue check writes one.
     """
     parts: tuple[tuple[str, Callable[[], object]], ...] = (
         ("overdue check", lambda: check_overdue(services)),
-        *(
-            (
-                ("follow", lambda: follow_notices(services)),
-                ("start", lambda: start_pending_notices(services, until=until)),
-            )
-            if outbox
-            else ()
-        ),
+        ("follow", lambda: follow_notices(services)),
+        ("start", lambda: start_pending_notices(services, until=until)),
     )
     for name, part in parts:
         if until is not None and services.clock() >= until:
             return
         try:
-            part()
+            written = part()
         except BacktorError as exc:
             log.warning("notices: %s stopped early this pass: %s", name, exc)
         except Exception as exc:  # isolated; the text may hold a statement's parameters
             log.warning("notices: %s failed this pass (%s)", name, type(exc).__name__)
+        else:
+            outbox = outbox or bool(written)  # the overdue check wrote a notice: read it
+            if not outbox:
+                return
 
 
 def check_overdue(services: Services, limit: int = OVERDUE_BATCH) -> int:

@@ -339,6 +339,32 @@ def test_an_overdue_spec_is_notified_once_per_episode(notifying: Core) -> None:
     assert len({n.key for n in rows(core)}) == 3
 
 
+def test_a_pass_that_found_the_outbox_empty_still_starts_the_overdue_notice_it_writes(
+    notifying: Core,
+) -> None:
+    """The pass's look-ahead said no notice was open; the overdue check then wrote one."""
+    core = notifying
+    core.add_spec("late", cron="0 * * * * *")
+    core.advance(464.0)
+    notices.notice_step(core.services, outbox=False)
+    (overdue,) = rows(core)
+    assert (overdue.kind, overdue.status) == ("spec.overdue", "STARTED")
+    assert overdue.notify_workflow_id is not None
+
+
+def test_a_pass_that_found_the_outbox_empty_reads_it_no_further(notifying: Core) -> None:
+    core = notifying
+    spec_id = core.add_spec("late", cron="0 * * * * *").id
+    with core.services.db.begin() as session:  # open, but the pass's look-ahead missed it
+        spec = session.get(BackupSpec, spec_id)
+        assert spec is not None
+        notices.notify(session, spec, "spec.recovered", "late/recovered", None, {}, core.now())
+    notices.notice_step(core.services, outbox=False)
+    assert [n.status for n in rows(core)] == ["PENDING"]
+    notices.notice_step(core.services)
+    assert [n.status for n in rows(core)] == ["STARTED"]
+
+
 def test_the_overdue_check_runs_at_most_every_few_seconds_over_a_rolling_window(
     notifying: Core,
 ) -> None:
