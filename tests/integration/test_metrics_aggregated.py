@@ -436,7 +436,7 @@ def test_cutoffs_by_class_count_what_cutoffs_by_schedule_count(
 
 
 def test_the_database_keys_no_two_period_classes_together(postgres_url: str) -> None:
-    """Specs that share a class key in SQL share periods.period_class (so one expected
+    """Schedules that share a class key in SQL share periods.period_class (so one expected
     period serves them), and every daily time outside a shift window shares its class
     with the others of its stretch of the day."""
     upgrade_to_head(postgres_url)
