@@ -8,8 +8,8 @@ specs per state, how many specs are overdue or unverified by the per-spec alerts
 rules (freshness.py), the oldest last success, the counters summed over specs; and the
 figures that never had a spec label, unchanged. Its answer has the same 47 series whatever
 the number of specs, and no query returns a row per spec: each is a COUNT, SUM or MIN,
-grouped by a key with a handful of values, or by schedule (cron, zone, verify cron), whose
-expected periods only Python computes.
+grouped by a key with a handful of values, or by the period class of a schedule (periods.py),
+whose expected periods only Python computes.
 
 Per-spec families map to fleet ones by name: the sum over specs of `backtor_X` is
 `backtor_fleet_X`, with the same labels but `backup`.
@@ -133,9 +133,9 @@ class AggregatedCollector(MetricsCollector):
         The limits rest on each schedule's expected period, computed in Python as per-spec
         mode does (a spec whose period is not known yet counts in neither, as it has no
         expected period there); the database applies them to the specs in one pass. On
-        PostgreSQL the database groups the schedules by period class first, so both
-        statements carry a row per class (a few dozen for 100,000 daily crons spread over
-        the day), not per distinct cron; on SQLite, per distinct schedule, in chunks.
+        PostgreSQL the database keys the schedules by period class first, so the periods
+        are looked up and the cutoffs bound per class (a few dozen for 100,000 daily crons
+        spread over the day), not per distinct cron; on SQLite, per distinct schedule.
         """
         deadline = time.monotonic() + self.period_budget
         if session.get_bind().dialect.name == "postgresql":
@@ -161,12 +161,13 @@ class AggregatedCollector(MetricsCollector):
     def _freshness_by_class(
         self, session: Session, now: datetime, deadline: float
     ) -> tuple[float | None, int, int]:
-        """PostgreSQL: the database keys each active spec by its schedule's period class,
-        lists the classes (each with one of its crons), and applies each class's cutoffs.
+        """PostgreSQL: the database keys each distinct schedule of the active specs by its
+        period class, lists the classes (each with one of its crons), and applies each
+        class's cutoffs to the specs of its schedules.
 
-        Every spec of a class has the expected period of the class's cron: the period cache
-        keys periods by the same class (periods.period_class), so the figures are those of
-        a computation per distinct schedule.
+        Every schedule of a class has the expected period of the class's cron: the period
+        cache keys periods by the same class (periods.period_class), and the database's key
+        is never coarser, so the figures are those of a computation per schedule.
         """
         zones, bounds = [], []
         for zone in session.scalars(_ACTIVE_ZONES, {"now": now}):
@@ -320,8 +321,8 @@ def _daily(cron: Any) -> tuple[Any, Any]:
     """A daily cron's (midnight form, time of day in seconds) in SQL; the time is NULL for
     any other cron (whose midnight form means nothing).
 
-    A boolean match (100 ms over 100,000 specs) and split_part: regexp_match, which
-    captures the fields, costs 10 to 40 times as much."""
+    A boolean match (about 1 µs a cron) and split_part: regexp_match, which captures the
+    fields, costs 10 to 40 times as much."""
     field = [func.split_part(cron, " ", i) for i in range(1, 7)]
     daily = cron.regexp_match(DAILY_CRON)
     midnight = literal("0 0 0 ") + field[3] + " " + field[4] + " " + field[5]
