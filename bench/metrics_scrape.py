@@ -1,7 +1,7 @@
 """How long a /metrics scrape takes, and how big it is, per-spec against aggregated mode.
 
 Run: .venv/bin/python bench/metrics_scrape.py [--specs 1000 10000 100000] [--scrapes 20]
-     [--modes per-spec aggregated] [--database-url URL] [--detail]
+     [--modes per-spec aggregated] [--database-url URL] [--detail] [--layout scale]
 
 For each spec count, a fresh PostgreSQL database on the local server (scripts/postgres)
 unless --database-url is given (then one count only), filled like a busy install: N specs
@@ -14,7 +14,9 @@ p95 / max, the answer's size and series count. A table at the end puts the modes
 side with their ratios. --detail also times the collector in this process, split into its
 database queries and the text it writes. The load average is printed before and after
 (the figures move with it on a shared machine). No Conductor is needed (its reachability
-shows as 0).
+shows as 0). --layout scale fills like bench/scale.py instead (every spec its own daily
+cron, 90 daily backups each, 10 big specs with 100,000 hourly ones): the worst case for
+aggregated mode's schedules, 86,400 distinct crons at 10^5 specs.
 """
 
 from __future__ import annotations
@@ -204,6 +206,7 @@ class Scrape:
     series: int
     first: list[float]  # seconds, the first three scrapes
     warm: list[float]
+    backups: int | None = None  # rows filled, when not the spread layout's
 
 
 def scrape(database_url: str, specs: int, mode: str, scrapes: int) -> Scrape:
@@ -265,8 +268,9 @@ def table(results: list[Scrape]) -> str:
             if mode not in rows:
                 continue
             r = rows[mode]
+            backups = r.backups or specs * (HISTORY + HELD)
             lines.append(
-                f"| {specs:,} | {specs * (HISTORY + HELD):,} | {mode} | {r.series:,} | "
+                f"| {specs:,} | {backups:,} | {mode} | {r.series:,} | "
                 f"{r.size / 1e6:.2f} MB | {r.first[0] * 1000:,.0f} ms | "
                 f"{statistics.median(r.warm) * 1000:,.1f} ms | {p95(r.warm) * 1000:,.1f} ms |"
             )
@@ -290,6 +294,12 @@ def main() -> int:
         "--database-url", default=None, help="an empty database (default: a fresh one)"
     )
     parser.add_argument("--detail", action="store_true", help="time the collector in process")
+    parser.add_argument(
+        "--layout",
+        choices=["spread", "scale"],
+        default="spread",
+        help="spread: about 130 schedules; scale: bench/scale.py's fill, a cron per spec",
+    )
     args = parser.parse_args()
     if args.database_url and len(args.specs) > 1:
         parser.error("--database-url takes one --specs count")
@@ -305,13 +315,20 @@ def main() -> int:
         try:
             upgrade_to_head(database_url)
             began = time.perf_counter()
-            fill(database_url, specs)
+            rows: int | None = None
+            if args.layout == "scale":
+                from scale import fill as scale_fill  # bench/scale.py: the same directory
+
+                rows = scale_fill(database_url, specs, 90, 10, 100_000)
+            else:
+                fill(database_url, specs)
             print(
-                f"{specs} specs: filled {specs * (HISTORY + HELD)} backups and their counters"
+                f"{specs} specs: filled {rows or specs * (HISTORY + HELD)} backups"
                 f" in {time.perf_counter() - began:.1f} s"
             )
             for mode in args.modes:
                 results.append(scrape(database_url, specs, mode, args.scrapes))
+                results[-1].backups = rows
                 report(results[-1])
                 if args.detail:
                     in_process(database_url, mode, args.scrapes)

@@ -172,6 +172,14 @@ class PeriodCache:
             self._entries[key] = (period, clock)
         return period
 
+    def windows(self, zone: str, now: datetime) -> tuple[tuple[int, int], ...]:
+        """The zone's shift windows as period_class sees them (none for an unknown zone),
+        so the database can key schedules by class the same way."""
+        try:
+            return self._windows(zone, now, time.monotonic())
+        except (KeyError, ValueError):
+            return ()
+
     def _windows(self, zone: str, now: datetime, clock: float) -> tuple[tuple[int, int], ...]:
         found = self._zones.get(zone)
         if found is not None and clock - found[1] < self.ttl:

@@ -20,7 +20,7 @@ from backtor.db import counters, repository
 from backtor.db.engine import make_engine, make_session_factory
 from backtor.db.migrate import upgrade_to_head
 from backtor.db.models import SCHEDULER_STATE_ID, Backup, BackupSpec, BackupStatus, SchedulerState
-from backtor.observability import aggregated, freshness
+from backtor.observability import aggregated, freshness, periods
 from backtor.observability.aggregated import AggregatedCollector, fleet_name
 from backtor.observability.collector import HELD_STATUSES, MetricsCollector
 from backtor.runtime.settings import Settings
@@ -330,3 +330,156 @@ def test_sqlite_counts_many_schedules_in_several_passes(
     shared = [s for s in whole if not s[0].startswith(PROCESS_LOCAL)]
     assert shared == [s for s in chunked if not s[0].startswith(PROCESS_LOCAL)]
     assert one(whole, "backtor_specs_overdue") and one(whole, "backtor_specs_not_verified")
+
+
+# -- PostgreSQL: the cutoffs per period class, against the cutoffs per schedule ------------
+
+# Zones with offset changes (Lord Howe shifts by 30 minutes) and one without.
+CLASS_ZONES = ["Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "UTC"]
+# Times of day inside or at the edges of those zones' shift windows (02:00-03:00 local in
+# Berlin and New York, 01:30-02:00 in Lord Howe, and the second either side).
+EDGE_TIMES = ["0 0 2", "59 59 1", "0 0 3", "1 0 3", "30 30 2", "0 30 1", "0 0 1", "0 59 1"]
+OTHER_CRONS = [
+    "0 0 * * * *",
+    "0 */10 * * * *",
+    "0 30 2 * * MON-FRI",
+    "0 0 2 * * SUN",
+    "0 0 4 1 * *",
+    "05 07 03 * * *",  # leading zeros: periods.daily_time reads it as 03:07:05
+]
+
+
+def class_fleet(session: Session, seed: int, size: int, now: datetime) -> None:
+    """Daily crons at many times of day (a few inside shift windows), hourly and weekly
+    ones, daily verify crons at many times, in zones with and without offset changes; last
+    successes spread around the limits, so a period off by an hour shows in the counts."""
+    rng = random.Random(seed)
+    for i in range(size):
+        kind = rng.random()
+        if kind < 0.6:
+            at = rng.randrange(0, 86_400, 7)
+            cron = f"{at % 60} {at // 60 % 60} {at // 3600} * * *"
+        elif kind < 0.75:
+            cron = f"{rng.choice(EDGE_TIMES)} * * *"
+        else:
+            cron = rng.choice(OTHER_CRONS)
+        verify = None
+        if rng.random() < 0.4:
+            at = rng.randrange(0, 86_400, 13)
+            verify = rng.choice(
+                [f"{at % 60} {at // 60 % 60} {at // 3600} * * *", f"{rng.choice(EDGE_TIMES)} * * *"]
+            )
+        draft = SpecDraft(name=f"class-{i:04d}", backup_cron_string=cron, verify_cron_string=verify)
+        created = whole_seconds(now - timedelta(days=rng.choice([1, 2, 40])))
+        spec = repository.create_spec(session, normalise_spec(draft), created)
+        spec.timezone = rng.choice(CLASS_ZONES)
+        spec.enabled = rng.random() > 0.05
+        for k in range(rng.randrange(0, 3)):
+            ended = whole_seconds(now - timedelta(seconds=rng.randrange(60, 4 * 86_400)))
+            session.add(
+                Backup(
+                    spec_id=spec.id,
+                    status="COMPLETED",
+                    scheduled_at=ended - timedelta(minutes=6),
+                    start_time=ended - timedelta(minutes=5),
+                    end_time=ended,
+                    data_id=f"{spec.name}-{k}",
+                    verify_status=rng.choice(["NEVER", "VERIFIED"]),
+                )
+            )
+
+
+# Around Berlin's and New York's spring and autumn changes, and a plain summer day.
+CLASS_NOWS = [
+    datetime(2026, 3, 29, 1, 30, tzinfo=UTC),
+    datetime(2026, 3, 30, 12, 0, tzinfo=UTC),
+    datetime(2026, 11, 1, 7, 0, tzinfo=UTC),
+    datetime(2026, 11, 2, 3, 0, tzinfo=UTC),
+    NOW,
+]
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_cutoffs_by_class_count_what_cutoffs_by_schedule_count(
+    postgres_url: str, seed: int
+) -> None:
+    """The class path (PostgreSQL's) gives exactly the figures of the per-schedule path on
+    a fleet of hundreds of distinct schedules, at instants around offset changes."""
+    upgrade_to_head(postgres_url)
+    engine = make_engine(postgres_url)
+    try:
+        sessions = make_session_factory(engine)
+        with sessions.begin() as session:
+            class_fleet(session, seed, size=400, now=CLASS_NOWS[0])
+        figures = set()
+        for now in CLASS_NOWS:
+            collector = AggregatedCollector(
+                sessions, clock=lambda now=now: now, period_budget_seconds=600
+            )
+            with sessions() as session:
+                schedules = session.execute(aggregated._active_schedules(now)).all()
+                deadline = 1e18
+                by_schedule = collector._freshness_by_schedule(session, schedules, now, deadline)
+                by_class = collector._freshness_by_class(session, now, deadline)
+                classes = session.execute(
+                    aggregated._SCHEDULE_CLASSES,
+                    {"window_zones": [], "window_bounds": [], "now": now},
+                ).all()
+            assert by_class == by_schedule, now
+            assert len(classes) < len(schedules) / 3  # the schedules did collapse
+            figures.add(by_class[1:])
+        assert len(schedules) > 200
+        assert all(overdue > 0 and not_verified > 0 for overdue, not_verified in figures)
+        assert len(figures) > 1
+    finally:
+        engine.dispose()
+
+
+def test_the_database_keys_no_two_period_classes_together(postgres_url: str) -> None:
+    """Schedules that share a class key in SQL share periods.period_class (so one expected
+    period serves them), and every daily time outside a shift window shares its class
+    with the others of its stretch of the day."""
+    upgrade_to_head(postgres_url)
+    engine = make_engine(postgres_url)
+    now = CLASS_NOWS[0]
+    try:
+        sessions = make_session_factory(engine)
+        with sessions.begin() as session:
+            class_fleet(session, seed=5, size=600, now=now)
+        collector = AggregatedCollector(sessions, clock=lambda: now)
+        zones: list[str] = []
+        bounds: list[int] = []
+        for zone in CLASS_ZONES:
+            for bound in aggregated._window_bounds(collector.periods.windows(zone, now)):
+                zones.append(zone)
+                bounds.append(bound)
+        keyed = aggregated._KEYED
+        with sessions() as session:
+            rows = session.execute(
+                select(
+                    keyed.c.cron,
+                    keyed.c.zone,
+                    keyed.c.verify_cron,
+                    keyed.c.key_cron,
+                    keyed.c.key_verify,
+                    keyed.c.at,
+                    keyed.c.verify_at,
+                ),
+                {"window_zones": zones, "window_bounds": bounds, "now": now},
+            ).all()
+    finally:
+        engine.dispose()
+    windows = {zone: collector.periods.windows(zone, now) for zone in CLASS_ZONES}
+    python_class: dict[tuple[object, ...], set[tuple[object, ...]]] = defaultdict(set)
+    sql_class: dict[tuple[object, ...], set[tuple[object, ...]]] = defaultdict(set)
+    for cron, zone, verify, key_cron, key_verify, at, verify_at in rows:
+        mine = (
+            periods.period_class(cron, zone, windows[zone]),
+            periods.period_class(verify, zone, windows[zone]) if verify else None,
+        )
+        sql_class[key_cron, zone, key_verify, at, verify_at].add(mine)
+        python_class[mine].add((key_cron, zone, key_verify, at, verify_at))
+    assert all(len(found) == 1 for found in sql_class.values())  # never coarser
+    assert len(sql_class) == len(python_class)  # and as coarse: the same partition
+    assert any(windows[zone] for zone in CLASS_ZONES)
+    assert len(rows) > 3 * len(sql_class)
