@@ -88,12 +88,13 @@ def run_tick(services: Services, holder: str = PROCESS_HOLDER, shard: int = 0) -
         skipped = sum(1 for o in started_or_skipped if o.status is FireStatus.SKIPPED)
         waiting = sum(1 for o in started_or_skipped if left_for_retry(o))
         healthy = waiting == 0
-        if started_or_skipped:  # runs just started (or terminated for them) are followed at once
-            work.stages.add(reconcile_fires)
+        # Runs just started (or terminated for them) are followed at once.
+        found = work.stages | {reconcile_fires} if started_or_skipped else work.stages
+        ran_a_stage = False
         for stage in _STAGES:
-            if stage not in work.stages:
-                continue
-            work.stages.update(_STAGES[_STAGES.index(stage) :])  # its writes feed the rest
+            if not (ran_a_stage or stage in found):
+                continue  # nothing to read, and no stage before it wrote anything
+            ran_a_stage = True
             if services.clock() >= deadline or not lease.keep(services.clock()):
                 break  # out of budget: the rest waits for the next pass
             # Each stage stands alone: Conductor refusing one call must not stop the others.
@@ -105,7 +106,7 @@ def run_tick(services: Services, holder: str = PROCESS_HOLDER, shard: int = 0) -
         # Notifications last, bounded; their failures are logged there, never the pass's.
         if part.notices and services.clock() < deadline and lease.keep(services.clock()):
             # A stage that ran may have written a notice: the outbox is read then too.
-            notice_step(services, deadline, outbox=work.outbox or bool(work.stages))
+            notice_step(services, deadline, outbox=work.outbox or ran_a_stage)
         # The last look and the release in one transaction: one write fewer a pass.
         with services.db.begin() as session:
             next_due = _next_due(session, services.clock(), part)
@@ -174,7 +175,7 @@ _STAGES: tuple[Stage, ...] = (
 
 @dataclass(frozen=True)
 class Work:
-    stages: set[Stage]  # the stages that have something to read
+    stages: frozenset[Stage]  # the stages that have something to read
     outbox: bool  # a notice waits to be started or followed
 
 
@@ -189,7 +190,7 @@ def _look_ahead(session: Session, now: datetime) -> Work:
     look-ahead. Work that an API call or a worker writes meanwhile waits for the next pass.
     """
     *found, outbox = session.execute(_LOOK_AHEAD, {"now": now, "since": now - RETRY_WATCH}).one()
-    return Work({stage for stage, has in zip(_STAGES, found, strict=True) if has}, outbox)
+    return Work(frozenset(stage for stage, has in zip(_STAGES, found, strict=True) if has), outbox)
 
 
 def _next_due(session: Session, now: datetime, part: Part) -> datetime | None:

@@ -152,10 +152,11 @@ def test_the_look_ahead_finds_each_stages_work(core: Core, case: str) -> None:
     core.add_spec("hourly", cron="0 0 * * * *")
     with core.services.db() as session:
         idle = tick._look_ahead(session, core.now())
-    assert idle == tick.Work(set(), False)
+    assert idle == tick.Work(frozenset(), False)
     make, stage = CASES[case]
     make(core)
     with core.services.db() as session:
         found = tick._look_ahead(session, core.now())
-    expected = tick.Work({stage}, False) if stage is not None else tick.Work(set(), True)
+    stages = frozenset() if stage is None else frozenset({stage})
+    expected = tick.Work(stages, outbox=stage is None)
     assert found == expected
