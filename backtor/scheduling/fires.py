@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from dataclasses import replace as dataclass_replace
 from datetime import datetime, timedelta
@@ -351,6 +351,9 @@ class FireOutcome:
     # overlapPolicy terminateOther: the runs this attempt terminated, and the reason given.
     terminated: tuple[str, ...] = ()
     terminate_reason: str | None = None
+    # PENDING because its claim ran short before the start could begin: the pass claimed
+    # ahead of what Conductor took, which says nothing about Conductor's health.
+    lapsed: bool = False
 
 
 def claim_pending(
@@ -496,39 +499,98 @@ def start_fires(services: Services, jobs: Sequence[FireJob]) -> list[FireOutcome
 
 
 def start_due(
-    services: Services, now: datetime, keep_going: Callable[[], bool], part: Part = WHOLE
+    services: Services, keep_going: Callable[[], bool], part: Part = WHOLE
 ) -> list[FireOutcome]:
     """Claim the due fires a chunk at a time and start them; returns what was recorded.
 
-    A pipeline, so that a herd starts at the rate Conductor takes starts: while one chunk's
-    starts run in the pool, the next chunk is claimed and looked up, its starts queue behind
-    them, and the chunk before is recorded. Each fire still goes claim, look-up, start,
-    record, in that order. `keep_going` (the pass's budget and lease) is asked before each
-    new chunk; after a chunk that found Conductor unwell, no new chunk is claimed.
+    A pipeline, so that a herd starts at the rate Conductor takes starts: once the chunk
+    under way is down to its last REFILL_AT starts, the next chunk is claimed and looked
+    up, its starts queue behind them, and the chunk before is recorded. A chunk holds
+    CHUNK_SECONDS of starts at the rate measured so far, so its last start still begins
+    well inside its claim (START_MARGIN) on a slow server. Each fire still goes claim,
+    look-up, start, record, in that order. Each chunk is claimed at the time it is
+    claimed, not the pass's start: a claim taken late in a long pass lasts its full CLAIM.
+    `keep_going` (the pass's budget and lease) is asked before each new chunk; after a
+    chunk that found Conductor unwell, or a claim that ran short, no new chunk is claimed.
     """
     recorded: list[FireOutcome] = []
     version = DEFINITIONS.workflow_version(CREATE_BACKUP)
+    pace = _Pace(services.clock())
     with ThreadPoolExecutor(max_workers=START_CONCURRENCY) as pool:
-        jobs, plan = _claim_and_plan(services, now, part)
+        limit = pace.chunk()
+        jobs, plan = _claim_and_plan(services, part, limit)
         running = plan.launch(pool, services, version)
         unwell = False
         while jobs:
             unwell = unwell or plan.unwell
-            if len(jobs) == START_CHUNK and not unwell and keep_going():
-                next_jobs, next_plan = _claim_and_plan(services, now, part)
-            else:
-                next_jobs, next_plan = [], _Plan([], [])
+            next_jobs: list[FireJob] = []
+            next_plan = _Plan([], [])
+            if len(jobs) == limit and not unwell:
+                unwell = _wait_for_refill(running)
+                pace.observe(running, services.clock())
+                if not unwell and keep_going():
+                    limit = pace.chunk()
+                    next_jobs, next_plan = _claim_and_plan(services, part, limit)
             next_running = next_plan.launch(pool, services, version)
             outcomes = [*plan.decided, *(future.result() for future in running)]
+            pace.observe(running, services.clock())
             unwell = unwell or any(left_for_retry(outcome) for outcome in outcomes)
             recorded += _record_outcomes(services, outcomes)
             jobs, plan, running = next_jobs, next_plan, next_running
     return recorded
 
 
-def _claim_and_plan(services: Services, now: datetime, part: Part) -> tuple[list[FireJob], _Plan]:
+# The next chunk is claimed once the chunk under way has this many starts left: late
+# enough that the new chunk's starts begin soon after its claim, early enough that its
+# look-up is done before the pool runs dry.
+REFILL_AT = 2 * START_CONCURRENCY
+# A chunk holds about this many seconds of starts at the pass's measured rate (between
+# START_CONCURRENCY and START_CHUNK fires): with REFILL_AT ahead of it, its last start
+# begins about this long after its claim, inside START_MARGIN's 6 s.
+CHUNK_SECONDS = 3.0
+# The first chunk, before any rate is known: its last start begins within 5 s of its claim
+# down to 5 starts a second.
+FIRST_CHUNK = 4 * START_CONCURRENCY
+
+
+def _wait_for_refill(running: Sequence[Future[FireOutcome]]) -> bool:
+    """Wait until at most REFILL_AT of the chunk's starts are unfinished; True when a
+    finished one was left for a retry (Conductor unwell, or its claim ran short)."""
+    pending = [future for future in running if not future.done()]
+    while len(pending) > REFILL_AT:
+        wait(pending, return_when=FIRST_COMPLETED)
+        pending = [future for future in pending if not future.done()]
+    return any(
+        left_for_retry(future.result())
+        for future in running
+        if future.done() and future.exception() is None
+    )
+
+
+class _Pace:
+    """The pass's start rate so far, and the chunk size it allows."""
+
+    def __init__(self, began: datetime) -> None:
+        self._began = began
+        self._counted: set[int] = set()
+        self._rate: float | None = None
+
+    def observe(self, running: Sequence[Future[FireOutcome]], now: datetime) -> None:
+        self._counted.update(id(future) for future in running if future.done())
+        elapsed = (now - self._began).total_seconds()
+        if elapsed > 0 and self._counted:
+            self._rate = len(self._counted) / elapsed
+
+    def chunk(self) -> int:
+        if self._rate is None:
+            return min(FIRST_CHUNK, START_CHUNK)
+        floor = min(START_CONCURRENCY, START_CHUNK)
+        return max(floor, min(START_CHUNK, int(self._rate * CHUNK_SECONDS)))
+
+
+def _claim_and_plan(services: Services, part: Part, limit: int) -> tuple[list[FireJob], _Plan]:
     with services.db.begin() as session:
-        jobs = claim_pending(session, now, limit=START_CHUNK, part=part)
+        jobs = claim_pending(session, services.clock(), limit=limit, part=part)
     return jobs, (_plan_starts(services, jobs) if jobs else _Plan([], []))
 
 
@@ -780,18 +842,16 @@ def _start_one(
 ) -> FireOutcome:
     """Start the fire's create_backup; first terminate `others` (overlapPolicy terminateOther)."""
     if _claim_lapsing(services, job):
-        return _unavailable(job, "the claim lapsed before the start; tried again next pass")
+        return _lapsed(job)
     terminated: tuple[str, ...] = ()
     reason = terminate_reason(job) if others else None
     if others:
         assert reason is not None
         terminated, problem = _terminate_others(services, job, others, reason)
-        if problem is None and _claim_lapsing(services, job):
-            problem = "the claim lapsed before the start; tried again next pass"
-        if problem is not None:  # tried again next pass; what was terminated is recorded
-            return dataclass_replace(
-                _unavailable(job, problem), terminated=terminated, terminate_reason=reason
-            )
+        if problem is not None or _claim_lapsing(services, job):
+            # Tried again next pass; what was terminated is recorded.
+            outcome = _lapsed(job) if problem is None else _unavailable(job, problem)
+            return dataclass_replace(outcome, terminated=terminated, terminate_reason=reason)
     try:
         workflow_id = services.conductor.start_workflow(
             CREATE_BACKUP,
@@ -926,6 +986,13 @@ def _unavailable(job: FireJob, error: str, *, refused: bool = False) -> FireOutc
         error=error[:500],
         refused=refused,
         attempt=job.attempts,
+    )
+
+
+def _lapsed(job: FireJob) -> FireOutcome:
+    return dataclass_replace(
+        _unavailable(job, "the claim lapsed before the start; tried again next pass"),
+        lapsed=True,
     )
 
 
@@ -1164,6 +1231,13 @@ def _account(session: Session, spec_id: int, outcome: FireOutcome, now: datetime
             outcome.scheduled_at.isoformat(),
             outcome.workflow_id,
             extra={"backup": name, "workflow_id": outcome.workflow_id},
+        )
+    elif outcome.lapsed:  # not an error: the pass claimed ahead of what Conductor took
+        log.info(
+            "spec %s: fire %s not started before its claim ran short; next pass",
+            name,
+            outcome.scheduled_at.isoformat(),
+            extra={"backup": name},
         )
     else:  # still PENDING (Conductor unreachable or refusing: tried again later), or given up
         counters.increment(session, counters.TRIGGER, name, "error")

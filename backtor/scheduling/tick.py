@@ -51,7 +51,7 @@ PROCESS_HOLDER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 class TickReport:
     started: int
     skipped: int
-    waiting: int  # fires that could not start (Conductor unavailable) and wait for a retry
+    waiting: int  # fires that could not start (Conductor unavailable, a claim ran short)
     next_due: datetime | None
     healthy: bool
     ran: bool = True  # False: another replica's pass held the lease
@@ -80,14 +80,14 @@ def run_tick(services: Services, holder: str = PROCESS_HOLDER, shard: int = 0) -
             return TickReport(0, 0, 0, None, True, retired=True)
         started_or_skipped = start_due(
             services,
-            now,
             keep_going=lambda: services.clock() < deadline and lease.keep(services.clock()),
             part=part,
         )
         started = sum(1 for o in started_or_skipped if o.status is FireStatus.STARTED)
         skipped = sum(1 for o in started_or_skipped if o.status is FireStatus.SKIPPED)
         waiting = sum(1 for o in started_or_skipped if left_for_retry(o))
-        healthy = waiting == 0
+        # A claim that ran short (the pass claimed ahead of Conductor) is no fault of it.
+        healthy = not any(left_for_retry(o) and not o.lapsed for o in started_or_skipped)
         # Runs just started (or terminated for them) are followed at once.
         found = work.stages | {reconcile_fires} if started_or_skipped else work.stages
         ran_a_stage = False

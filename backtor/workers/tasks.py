@@ -20,7 +20,7 @@ from backtor.conductor.results import TaskOutcome, completed, handed_back, in_pr
 from backtor.runtime.services import Services
 from backtor.scheduling.handlers import record_backup, record_removed_backup
 from backtor.scheduling.notices import deliver
-from backtor.scheduling.tick import PROCESS_HOLDER, run_tick
+from backtor.scheduling.tick import PROCESS_HOLDER, TickReport, run_tick
 from backtor.workers.process import in_flight, process_services, stopping, wait
 
 log = logging.getLogger(__name__)
@@ -100,8 +100,7 @@ def schedule_passes(
             break
         if wait_for > 0 and wait(wait_for):
             break
-    # Stopping: hand the tick back at once, for another worker to take.
-    callback = 0 if stopping() else max(1, min(MAX_CALLBACK_SECONDS, math.floor(wait_for) - 1))
+    callback = _callback_seconds(report, wait_for, stopping())
     output = {
         "lastTickAt": now.isoformat(),
         "started": started,
@@ -111,6 +110,21 @@ def schedule_passes(
         "shard": shard,
     }
     return in_progress(output, callback)
+
+
+def _callback_seconds(report: TickReport, wait_for: float, stopping: bool) -> int:
+    """When Conductor hands the tick out again.
+
+    At once when stopping (another worker takes it), and when the last pass ran out of its
+    budget with due fires left after starting some: a herd's next chunk must not wait a
+    second between passes (it cost a quarter of the herd's start rate). A pass that made
+    no progress never loops without a pause.
+    """
+    if stopping:
+        return 0
+    if wait_for <= 0 and report.healthy and report.started + report.skipped > 0:
+        return 0
+    return max(1, min(MAX_CALLBACK_SECONDS, math.floor(wait_for) - 1))
 
 
 def apply_retention(task: TaskRun) -> TaskOutcome:
