@@ -20,7 +20,7 @@ from backtor.conductor.results import TaskOutcome, completed, handed_back, in_pr
 from backtor.runtime.services import Services
 from backtor.scheduling.handlers import record_backup, record_removed_backup
 from backtor.scheduling.notices import deliver
-from backtor.scheduling.tick import PROCESS_HOLDER, TickReport, run_tick
+from backtor.scheduling.tick import PASS_BUDGET, PROCESS_HOLDER, TickReport, run_tick
 from backtor.workers.process import in_flight, process_services, stopping, wait
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,8 @@ HOLD_SECONDS = 2.0
 # Longest wait between ticks: spec changes are seen within it, and the heartbeat it leaves
 # stays well inside the watchdog's stall rule (backtor.scheduling.watchdog.STALL).
 MAX_CALLBACK_SECONDS = 4
+# The least budget a pass gets however long its task was held before it.
+MIN_BUDGET = timedelta(seconds=1)
 
 
 def evaluate_schedule(task: TaskRun) -> TaskOutcome:
@@ -79,10 +81,14 @@ def schedule_passes(
 
     `wait(seconds)` sleeps (True: stop now); the simulation passes one that moves its clock.
     """
-    deadline = services.clock() + timedelta(seconds=hold_seconds)
+    began = services.clock()
+    deadline = began + timedelta(seconds=hold_seconds)
     started = skipped = 0
     while True:
-        report = run_tick(services, holder, shard)
+        # The task's whole hold stays within the pass budget plus the starts in flight, so
+        # it never outlives its response timeout (10 s), however long it waited before.
+        held = services.clock() - began
+        report = run_tick(services, holder, shard, budget=max(MIN_BUDGET, PASS_BUDGET - held))
         if report.retired:
             # A shard beyond the number in force: its tick ends (docs/scheduling.md, "Shards").
             return completed({"shard": shard, "retired": True, "started": started})

@@ -152,3 +152,30 @@ def test_a_claim_that_runs_short_is_no_error_and_leaves_the_pass_healthy(core: C
     with core.services.db() as session:
         rows = counters.read_all(session)
     assert not [row for row in rows if row[0] == counters.TRIGGER and row[2] == "error"], rows
+
+
+def test_a_pass_after_a_wait_for_the_due_second_gets_what_is_left_of_the_budget(
+    core: Core, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The task sleeps up to HOLD_SECONDS to the exact due time before a pass; that pass's
+    budget is what is left of PASS_BUDGET, so the task's whole hold stays bounded."""
+    import backtor.workers.tasks as tasks
+
+    core.add_spec("soon", cron="0 0 * * * *")
+    core.advance_to(core.due("soon"), plus=-1.5)
+    budgets: list[float] = []
+    run = tasks.run_tick
+
+    def recording(*args: Any, budget: timedelta, **kwargs: Any) -> TickReport:
+        budgets.append(budget.total_seconds())
+        return run(*args, budget=budget, **kwargs)
+
+    def wait(seconds: float) -> bool:
+        core.advance(seconds)
+        return False
+
+    monkeypatch.setattr(tasks, "run_tick", recording)
+    outcome = schedule_passes(core.services, wait=wait, stopping=lambda: False)
+    assert outcome.output["started"] == 1
+    assert budgets[0] == tasks.PASS_BUDGET.total_seconds()
+    assert budgets[1] == pytest.approx(tasks.PASS_BUDGET.total_seconds() - 1.5, abs=0.01)

@@ -79,7 +79,7 @@ from backtor.runtime.settings import Settings
 from backtor.scheduling import restores
 from backtor.scheduling.handlers import record_backup, record_removed_backup
 from backtor.scheduling.recording import plan_for
-from backtor.scheduling.tick import TickReport, run_tick
+from backtor.scheduling.tick import PASS_BUDGET, TickReport, run_tick
 from backtor.scheduling.watchdog import LEASE, ensure_tick
 from backtor.workers.runner import WATCHDOG_SECONDS
 from backtor.workers.tasks import MAX_CALLBACK_SECONDS, schedule_passes, shard_of
@@ -1089,12 +1089,14 @@ class World:
         self.pause(act.fiber, self.clock.now_ms + math.ceil(seconds * 1000))
         return self.settling
 
-    def recorded_run_tick(self, services: Services, holder: str, shard: int = 0) -> TickReport:
+    def recorded_run_tick(
+        self, services: Services, holder: str, shard: int = 0, budget: timedelta = PASS_BUDGET
+    ) -> TickReport:
         """run_tick as schedule_passes calls it, each pass noted for the liveness check."""
         record = PassRecord(self.clock.now_ms, holder)
         self.passes.append(record)
         try:
-            report = run_tick(services, holder, shard)
+            report = run_tick(services, holder, shard, budget)
         finally:
             record.end_ms = self.clock.now_ms
         record.ran = report.ran
