@@ -515,9 +515,10 @@ def start_due(
     """
     recorded: list[FireOutcome] = []
     version = DEFINITIONS.workflow_version(CREATE_BACKUP)
-    pace = _Pace(services.clock())
+    began = services.clock()
+    finished = 0  # the starts of the chunks recorded so far
     with ThreadPoolExecutor(max_workers=START_CONCURRENCY) as pool:
-        limit = pace.chunk()
+        limit = _chunk_size(0, 0.0)
         jobs, plan = _claim_and_plan(services, part, limit)
         running = plan.launch(pool, services, version)
         unwell = False
@@ -527,13 +528,13 @@ def start_due(
             next_plan = _Plan([], [])
             if len(jobs) == limit and not unwell:
                 unwell = _wait_for_refill(running)
-                pace.observe(running, services.clock())
                 if not unwell and keep_going():
-                    limit = pace.chunk()
+                    done = finished + sum(1 for future in running if future.done())
+                    limit = _chunk_size(done, (services.clock() - began).total_seconds())
                     next_jobs, next_plan = _claim_and_plan(services, part, limit)
             next_running = next_plan.launch(pool, services, version)
             outcomes = [*plan.decided, *(future.result() for future in running)]
-            pace.observe(running, services.clock())
+            finished += len(running)
             unwell = unwell or any(left_for_retry(outcome) for outcome in outcomes)
             recorded += _record_outcomes(services, outcomes)
             jobs, plan, running = next_jobs, next_plan, next_running
@@ -567,25 +568,13 @@ def _wait_for_refill(running: Sequence[Future[FireOutcome]]) -> bool:
     )
 
 
-class _Pace:
-    """The pass's start rate so far, and the chunk size it allows."""
-
-    def __init__(self, began: datetime) -> None:
-        self._began = began
-        self._counted: set[int] = set()
-        self._rate: float | None = None
-
-    def observe(self, running: Sequence[Future[FireOutcome]], now: datetime) -> None:
-        self._counted.update(id(future) for future in running if future.done())
-        elapsed = (now - self._began).total_seconds()
-        if elapsed > 0 and self._counted:
-            self._rate = len(self._counted) / elapsed
-
-    def chunk(self) -> int:
-        if self._rate is None:
-            return min(FIRST_CHUNK, START_CHUNK)
-        floor = min(START_CONCURRENCY, START_CHUNK)
-        return max(floor, min(START_CHUNK, int(self._rate * CHUNK_SECONDS)))
+def _chunk_size(finished: int, elapsed_seconds: float) -> int:
+    """Fires to claim next: CHUNK_SECONDS of starts at the pass's rate so far, between
+    START_CONCURRENCY and START_CHUNK (FIRST_CHUNK while no rate is known)."""
+    if finished == 0 or elapsed_seconds <= 0:
+        return min(FIRST_CHUNK, START_CHUNK)
+    rate = finished / elapsed_seconds
+    return max(min(START_CONCURRENCY, START_CHUNK), min(START_CHUNK, int(rate * CHUNK_SECONDS)))
 
 
 def _claim_and_plan(services: Services, part: Part, limit: int) -> tuple[list[FireJob], _Plan]:

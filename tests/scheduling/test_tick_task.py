@@ -1,7 +1,9 @@
-"""The tick's task (evaluate_schedule): when it asks Conductor to hand it out again.
+"""The tick's task (evaluate_schedule) and the start pipeline under a herd.
 
-A herd larger than one pass's budget must go on at once; anything else waits at least a
-second, so that no pass loops without a pause.
+A herd larger than one pass's budget must go on at once (anything else waits at least a
+second, so that no pass loops without a pause), and its chunks must fit their claims.
+SQLite and the Conductor twin in simulated time; "a slow server" advances the clock on
+each start.
 """
 
 from __future__ import annotations
@@ -27,6 +29,16 @@ def _herd(core: Core, count: int) -> None:
     core.advance_to(core.due("herd-00"), plus=0.2)
 
 
+def _slow_server(core: Core, monkeypatch: pytest.MonkeyPatch, seconds_per_start: float) -> None:
+    start = core.twin.start_workflow
+
+    def slow_start(*args: Any, **kwargs: Any) -> str:
+        core.advance(seconds_per_start)
+        return start(*args, **kwargs)
+
+    monkeypatch.setattr(core.twin, "start_workflow", slow_start)
+
+
 def _fires(core: Core, status: FireStatus) -> int:
     with core.services.db() as session:
         return int(session.scalar(select(func.count()).where(Fire.status == status.value)) or 0)
@@ -37,13 +49,7 @@ def test_a_herd_larger_than_a_pass_is_handed_out_again_at_once(
 ) -> None:
     _herd(core, 30)
     monkeypatch.setattr(fires, "START_CHUNK", 4)
-    start = core.twin.start_workflow
-
-    def slow_start(*args: Any, **kwargs: Any) -> str:
-        core.advance(0.5)  # a loaded server: the pass's 4 s budget ends mid-herd
-        return start(*args, **kwargs)
-
-    monkeypatch.setattr(core.twin, "start_workflow", slow_start)
+    _slow_server(core, monkeypatch, 0.5)  # the pass's 4 s budget ends mid-herd
     outcome = schedule_passes(core.services, wait=lambda _s: True, stopping=lambda: False)
 
     started = _fires(core, FireStatus.STARTED)
@@ -84,17 +90,10 @@ def test_the_callback(
 # -- the start pipeline ------------------------------------------------------------------
 
 
-def _lapsed_and_started(core: Core, seconds_per_start: float, count: int) -> tuple[int, int]:
-    """A herd started by start_due alone (no budget) on a server taking `seconds_per_start`
-    of simulated time for each start: how many claims ran short, how many started."""
+def _lapsed_and_started(core: Core, count: int) -> tuple[int, int]:
+    """A herd started by start_due alone (no budget): how many claims ran short, how many
+    started."""
     _herd(core, count)
-    start = core.twin.start_workflow
-
-    def slow_start(*args: Any, **kwargs: Any) -> str:
-        core.advance(seconds_per_start)
-        return start(*args, **kwargs)
-
-    core.twin.start_workflow = slow_start  # type: ignore[method-assign]
     with core.services.db.begin() as session:
         fires.schedule_due_fires(session, core.now())
     outcomes = fires.start_due(core.services, keep_going=lambda: True)
@@ -103,15 +102,19 @@ def _lapsed_and_started(core: Core, seconds_per_start: float, count: int) -> tup
     return lapsed, started
 
 
-def test_a_slow_server_gets_smaller_chunks_and_no_claim_runs_short(core: Core) -> None:
+def test_a_slow_server_gets_smaller_chunks_and_no_claim_runs_short(
+    core: Core, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """At 10 starts a second, chunks of 64 claimed two ahead would begin their last starts
     12 s after their claim, past START_MARGIN: the pipeline sizes its chunks by the rate it
     measures and claims the next one only when the pool is nearly through."""
-    lapsed, started = _lapsed_and_started(core, 0.1, 200)
-    assert (lapsed, started) == (0, 200)
+    _slow_server(core, monkeypatch, 0.1)
+    assert _lapsed_and_started(core, 200) == (0, 200)
 
 
-def test_a_chunk_is_claimed_only_when_the_pool_is_nearly_through(core: Core) -> None:
+def test_a_chunk_is_claimed_only_when_the_pool_is_nearly_through(
+    core: Core, monkeypatch: pytest.MonkeyPatch
+) -> None:
     claims: list[tuple[int, int]] = []  # (limit, fires started before the claim)
     claim = fires.claim_pending
 
@@ -119,13 +122,9 @@ def test_a_chunk_is_claimed_only_when_the_pool_is_nearly_through(core: Core) -> 
         claims.append((kwargs["limit"], len(core.twin.workflows(CREATE_BACKUP))))
         return claim(session, now, **kwargs)
 
-    fires_module_claim = pytest.MonkeyPatch()
-    fires_module_claim.setattr(fires, "claim_pending", counting)
-    try:
-        lapsed, started = _lapsed_and_started(core, 0.01, 150)
-    finally:
-        fires_module_claim.undo()
-    assert (lapsed, started) == (0, 150)
+    monkeypatch.setattr(fires, "claim_pending", counting)
+    _slow_server(core, monkeypatch, 0.01)
+    assert _lapsed_and_started(core, 150) == (0, 150)
     assert claims[0] == (fires.FIRST_CHUNK, 0)
     # Each later chunk waits until the ones before have at most REFILL_AT starts left.
     for i, (_, before) in enumerate(claims[1:], start=1):
@@ -134,18 +133,28 @@ def test_a_chunk_is_claimed_only_when_the_pool_is_nearly_through(core: Core) -> 
     assert max(limit for limit, _ in claims) == fires.START_CHUNK  # a fast server: full chunks
 
 
-def test_a_claim_that_runs_short_is_no_error_and_leaves_the_pass_healthy(core: Core) -> None:
+@pytest.mark.parametrize(
+    ("finished", "elapsed", "expected"),
+    [
+        pytest.param(0, 0.0, fires.FIRST_CHUNK, id="no-rate-yet"),
+        pytest.param(48, 0.0, fires.FIRST_CHUNK, id="no-time-yet"),
+        pytest.param(100, 4.0, fires.START_CHUNK, id="fast: 25 a second"),
+        pytest.param(40, 4.0, 30, id="10 a second: 3 s of starts"),
+        pytest.param(4, 4.0, fires.START_CONCURRENCY, id="1 a second: the pool's width"),
+    ],
+)
+def test_the_chunk_size(finished: int, elapsed: float, expected: int) -> None:
+    assert fires._chunk_size(finished, elapsed) == expected
+
+
+def test_a_claim_that_runs_short_is_no_error_and_leaves_the_pass_healthy(
+    core: Core, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """At one start a second even the first chunk outlasts its claims' start window: the
     fires left over wait for the next pass, and neither the pass nor the metrics call it
     Conductor's fault."""
     _herd(core, 40)
-    start = core.twin.start_workflow
-
-    def very_slow_start(*args: Any, **kwargs: Any) -> str:
-        core.advance(1.0)
-        return start(*args, **kwargs)
-
-    core.twin.start_workflow = very_slow_start  # type: ignore[method-assign]
+    _slow_server(core, monkeypatch, 1.0)
     report = run_tick(core.services)
     assert report.waiting > 0 and report.healthy, report
     assert _fires(core, FireStatus.PENDING) == 40 - report.started
