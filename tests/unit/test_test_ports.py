@@ -5,6 +5,8 @@ starting."""
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -16,21 +18,24 @@ def test_without_a_range_the_system_picks(monkeypatch: pytest.MonkeyPatch) -> No
     assert 1024 <= free_port() < 65536
 
 
-def test_a_port_from_the_range_and_never_a_taken_one(monkeypatch: pytest.MonkeyPatch) -> None:
+@contextmanager
+def _taken_port() -> Iterator[int]:
+    """A port some server listens on for the block."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
         taken.bind(("127.0.0.1", 0))
-        port = taken.getsockname()[1]
         taken.listen()
+        yield int(taken.getsockname()[1])
+
+
+def test_a_port_from_the_range_and_never_a_taken_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    with _taken_port() as port:
         monkeypatch.setenv("BACKTOR_TEST_PORTS", f"{port}-{port + 1}")
         for _ in range(20):
             assert free_port() == port + 1
 
 
 def test_a_range_with_no_free_port_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
-        taken.bind(("127.0.0.1", 0))
-        port = taken.getsockname()[1]
-        taken.listen()
+    with _taken_port() as port:
         monkeypatch.setenv("BACKTOR_TEST_PORTS", f"{port}-{port}")
         with pytest.raises(RuntimeError, match="no port in the range is free"):
             free_port()
